@@ -1,0 +1,102 @@
+"""kafka-python producers and consumers built from one config, security settings included."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from events.envelope import CloudEvent
+from events.messages import EventData
+
+log = logging.getLogger(__name__)
+
+
+class KafkaConfig(BaseModel):
+    """Connection settings; the security fields pass straight through to kafka-python."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    client_id: str = "aif-tuning"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        for name in ("sasl_mechanism", "sasl_plain_username", "ssl_cafile", "ssl_certfile",
+                     "ssl_keyfile"):
+            if (value := getattr(self, name)) is not None:
+                kw[name] = value
+        if self.sasl_plain_password is not None:
+            kw["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        return kw
+
+
+def make_producer(cfg: KafkaConfig) -> KafkaProducer:
+    """Idempotence-friendly settings: wait for all replicas, keep per-key order on retry."""
+    return KafkaProducer(
+        acks="all",
+        retries=5,
+        max_in_flight_requests_per_connection=1,
+        linger_ms=5,
+        **cfg.client_kwargs(),
+    )
+
+
+def make_consumer(cfg: KafkaConfig, *topics: str, **overrides: Any) -> KafkaConsumer:
+    kw: dict[str, Any] = {"enable_auto_commit": False, "auto_offset_reset": "earliest"}
+    kw.update(overrides)
+    return KafkaConsumer(*topics, **cfg.client_kwargs(), **kw)
+
+
+def ensure_topics(cfg: KafkaConfig, topics: list[str], partitions: int = 3) -> None:
+    """Create missing topics; a broker that auto-creates or already has them is fine."""
+    admin = KafkaAdminClient(**cfg.client_kwargs())
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def envelope(
+    data: EventData,
+    *,
+    source: str,
+    tenant: str | None,
+    subject: str | None = None,
+    event_id: str | None = None,
+) -> CloudEvent:
+    extra = {"id": event_id} if event_id else {}
+    return CloudEvent(
+        source=source,
+        type=data.TYPE,
+        subject=subject,
+        tenant=tenant,
+        data=data.model_dump(mode="json", exclude_none=True),
+        **extra,
+    )
+
+
+def publish(producer: KafkaProducer, topic: str, event: CloudEvent, key: str | None) -> None:
+    """Send and wait for the broker's ack, so callers may record the event as published."""
+    producer.send(topic, key=key.encode() if key else None, value=event.to_bytes()).get(timeout=30)

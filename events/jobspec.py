@@ -1,0 +1,88 @@
+"""Files exchanged between the orchestrator and the worker processes it launches.
+
+Workers may run on another node (Slurm, Kubernetes), so they get a frozen JSON spec on a
+shared filesystem and answer with a result JSON and a progress JSONL beside it. They report;
+the orchestrator decides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.recipe import Recipe
+
+TRAINING_SPEC = "training_spec.json"
+TRAINING_RESULT = "training_result.json"
+EVALUATION_SPEC = "evaluation_spec.json"
+EVALUATION_RESULT = "evaluation_result.json"
+PROGRESS_LOG = "progress.jsonl"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def write(self, path: Path) -> None:
+        """Write atomically so a reader never sees half a file."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path):  # noqa: ANN206 - returns cls
+        return cls.model_validate_json(path.read_text())
+
+
+class TrainingSpec(_Frozen):
+    job_id: str
+    tenant: str
+    recipe: Recipe = Field(description="The effective recipe: overrides applied, paths absolute.")
+    work_dir: str = Field(description="Job directory; outputs go under it.")
+    model_cache_dir: str = Field(description="Where converted base models are cached.")
+
+
+class TrainingResult(_Frozen):
+    adapter_dir: str
+    base_model_dir: str = Field(description="HF directory of the base model the adapter fits.")
+    steps: int
+    final_loss: float
+    train_tokens: int
+    wall_s: float
+    files_sha256: dict[str, str] = Field(description="Adapter file name -> sha256.")
+
+
+class EvaluationSpec(_Frozen):
+    job_id: str
+    base_model_dir: str
+    adapter_dir: str | None = Field(None, description="None scores the base model alone.")
+    recipe: Recipe
+    output_dir: str
+
+
+class TaskMetric(_Frozen):
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    num_fewshot: int
+    samples: int
+
+
+class EvaluationResult(_Frozen):
+    base: list[TaskMetric]
+    tuned: list[TaskMetric]
+    lm_eval_version: str
+    task_config_sha256: dict[str, str]
+    wall_s: float
+
+
+class ProgressLine(_Frozen):
+    """One line of progress.jsonl, appended by a worker and relayed as a progress event."""
+
+    stage: str
+    step: int
+    total_steps: int
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None

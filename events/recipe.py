@@ -1,0 +1,198 @@
+"""Recipe schema: what to tune, on which data, how, and how to judge the result.
+
+A recipe arrives by name (a YAML file under `recipes/`) or inline in a request. Unknown keys
+are errors, never silently ignored: a typo such as `learning_rte` would otherwise train with
+the default and nobody would notice.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from events.envelope import describe_validation_error
+
+
+class RecipeError(ValueError):
+    """A recipe file or inline recipe is invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataFormat(StrEnum):
+    prompt_completion = "prompt_completion"
+    chat = "chat"
+    instruction = "instruction"
+    text = "text"
+
+
+class ModelSection(_Strict):
+    base: str = Field(
+        "smollm2-135m-instruct",
+        description="Registered model name, hub id, local HF directory or path to a .gguf file.",
+    )
+
+
+class DataSection(_Strict):
+    dataset: str | None = Field(None, description="Hub dataset id, for sites with hub access.")
+    train_file: str = Field(description="Local JSONL/CSV/Parquet file; relative to the recipe.")
+    validation_file: str | None = None
+    format: DataFormat = DataFormat.prompt_completion
+    prompt_template: str | None = Field(
+        None, description="Jinja template over the row's columns giving the prompt."
+    )
+    completion_template: str | None = Field(
+        None, description="Jinja template giving the completion; only its tokens are trained on."
+    )
+
+    @model_validator(mode="after")
+    def check_templates(self) -> DataSection:
+        if self.format is DataFormat.prompt_completion and not (
+            self.prompt_template and self.completion_template
+        ):
+            raise ValueError("format 'prompt_completion' needs prompt_template and completion_template")
+        return self
+
+
+class LoraSection(_Strict):
+    r: int = Field(16, ge=1, le=256)
+    alpha: int = Field(32, ge=1, le=1024)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = False
+
+
+class TrainSection(_Strict):
+    max_steps: int = Field(100, ge=1, le=1_000_000)
+    learning_rate: float = Field(2e-4, gt=0.0, le=1e-2)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
+    batch_size: int = Field(8, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_seq_len: int = Field(256, ge=16, le=131072)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int = 42
+    num_processes: int = Field(1, ge=1, le=1024)
+    logging_steps: int = Field(5, ge=1)
+
+
+class EvalTask(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    yaml: str | None = Field(
+        None, description="lm-eval task YAML shipped with the recipe; None for built-in tasks."
+    )
+
+
+class EvalSection(_Strict):
+    tasks: list[EvalTask] = Field(min_length=1)
+    num_fewshot: int = Field(0, ge=0, le=64)
+    batch_size: int = Field(16, ge=1, le=1024)
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many documents.")
+    apply_chat_template: bool = False
+    seed: int = 1234
+
+
+class GateSection(_Strict):
+    task: str
+    metric: str = "acc"
+    min_gain: float = Field(0.0, description="Tuned must beat base by this much (absolute).")
+    stderr_factor: float = Field(
+        1.0, ge=0.0, description="The gain must also exceed this many combined stderrs."
+    )
+
+
+class Resources(_Strict):
+    gpu_hours: float | None = Field(None, ge=0.0, description="Estimate on one GPU, hub data.")
+
+
+class Recipe(_Strict):
+    version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    sector: Literal[
+        "health", "energy", "climate", "education", "media", "public_sector", "finance", "general"
+    ]
+    description: str
+    intended_use: str = ""
+    language: str = "en"
+    model: ModelSection = ModelSection()
+    data: DataSection
+    lora: LoraSection = LoraSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection
+    gate: GateSection
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def check_gate_task(self) -> Recipe:
+        names = [t.name for t in self.eval.tasks]
+        if self.gate.task not in names:
+            raise ValueError(f"gate.task {self.gate.task!r} is not one of eval.tasks {names}")
+        return self
+
+    def resolve_paths(self, base_dir: Path) -> Recipe:
+        """Make every recipe-relative file path absolute, so the frozen copy runs anywhere."""
+
+        def _abs(p: str | None) -> str | None:
+            return None if p is None else str((base_dir / p).resolve())
+
+        data = self.data.model_copy(
+            update={
+                "train_file": _abs(self.data.train_file),
+                "validation_file": _abs(self.data.validation_file),
+            }
+        )
+        tasks = [t.model_copy(update={"yaml": _abs(t.yaml)}) for t in self.eval.tasks]
+        return self.model_copy(
+            update={"data": data, "eval": self.eval.model_copy(update={"tasks": tasks})}
+        )
+
+
+class HyperparameterOverrides(_Strict):
+    """What a request may change in a recipe; bounded so one request cannot book a cluster."""
+
+    max_steps: int | None = Field(None, ge=1, le=100_000)
+    learning_rate: float | None = Field(None, gt=0.0, le=1e-2)
+    batch_size: int | None = Field(None, ge=1, le=256)
+    lora_r: int | None = Field(None, ge=1, le=256)
+    eval_limit: int | None = Field(None, ge=1, le=100_000)
+    num_processes: int | None = Field(None, ge=1, le=64)
+
+    def apply(self, recipe: Recipe) -> Recipe:
+        train = {
+            k: v
+            for k, v in {
+                "max_steps": self.max_steps,
+                "learning_rate": self.learning_rate,
+                "batch_size": self.batch_size,
+                "num_processes": self.num_processes,
+            }.items()
+            if v is not None
+        }
+        update: dict[str, object] = {"train": recipe.train.model_copy(update=train)}
+        if self.lora_r is not None:
+            update["lora"] = recipe.lora.model_copy(update={"r": self.lora_r})
+        if self.eval_limit is not None:
+            update["eval"] = recipe.eval.model_copy(update={"limit": self.eval_limit})
+        return Recipe.model_validate(recipe.model_copy(update=update).model_dump())
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    """Parse and validate one recipe YAML; paths inside it become absolute."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise RecipeError(f"{path}: no such recipe file") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+    try:
+        return Recipe.model_validate(raw).resolve_paths(path.parent)
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: {describe_validation_error(exc)}") from exc

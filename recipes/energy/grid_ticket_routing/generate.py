@@ -1,0 +1,100 @@
+"""Generate the synthetic ticket data for the grid-ticket-routing recipe.
+
+    python -m recipes.energy.grid_ticket_routing.generate
+
+Deterministic (fixed seed), so the committed files can be checked against a fresh run. The
+routing rules are this fictional operator's own: which team handles what cannot be guessed
+from general knowledge alone, which is what makes the task worth a fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SEED = 20261126
+
+PLACES = ["Elm Street", "the harbour district", "Nordweg 12", "the school on Hill Road",
+          "Riverside flats", "the industrial park", "Mill Lane", "the old town square",
+          "Station Road", "the wind farm access road", "Oak Avenue", "the hospital car park"]
+OPENERS = ["", "Hello, ", "Customer report: ", "Via the app: ", "Phone note: ", "Hi team, "]
+TIMES = ["since this morning", "for two hours", "since last night", "every evening",
+         "since about 6 pm", "on and off all week", "since the storm", "for ten minutes"]
+
+# Team -> ticket templates. Several templates share surface words with other teams on
+# purpose ("meter", "line", "bill") so that keyword matching alone is not enough.
+TEMPLATES: dict[str, list[str]] = {
+    "dispatch": [
+        "No power at {place} {time}, the whole street is dark.",
+        "Our building at {place} lost electricity {time}.",
+        "Lights went out at {place} {time} and neighbours have no power either.",
+        "Complete blackout at {place} {time}, the meter display is blank too.",
+        "Power cut at {place} {time}; we need a crew to restore supply.",
+    ],
+    "accounts": [
+        "My bill for {place} is twice as high as usual, please check it.",
+        "I was charged twice this month for the account at {place}.",
+        "Please change the bank details used for my direct debit at {place}.",
+        "The invoice for {place} shows a reading that I never submitted.",
+        "I moved out of {place} but I am still being billed.",
+    ],
+    "metering": [
+        "The smart meter at {place} stopped sending readings {time}.",
+        "Meter display at {place} shows an error code {time}.",
+        "Please replace the old meter at {place}, it is hard to read.",
+        "The meter at {place} is making a clicking noise {time}.",
+        "Our meter cabinet door at {place} is broken and will not close.",
+    ],
+    "forestry": [
+        "Tree branches are touching the overhead line at {place}.",
+        "A hedge at {place} has grown into the power line {time}.",
+        "Please trim the trees near the cables at {place} before they cause a fault.",
+        "Ivy is climbing the pole at {place} up to the line.",
+        "A fallen tree is leaning on the line at {place} but power is still on.",
+    ],
+    "emergency": [
+        "A power line is down on the road at {place} and sparking!",
+        "Smoke is coming from the substation at {place} {time}.",
+        "Children are playing near an open transformer box at {place}.",
+        "There is a burning smell and sparks from the cable at {place}.",
+        "A car hit the pole at {place} and wires are hanging low.",
+    ],
+}
+
+TEAMS = list(TEMPLATES)
+
+
+def _ticket(rng: random.Random, team: str) -> dict[str, str]:
+    body = rng.choice(TEMPLATES[team]).format(place=rng.choice(PLACES), time=rng.choice(TIMES))
+    return {"text": rng.choice(OPENERS) + body, "label": team}
+
+
+def _balanced(rng: random.Random, n: int, exclude: set[str]) -> list[dict[str, str]]:
+    """n unique tickets, the same number per team, none whose text is in `exclude`."""
+    rows: list[dict[str, str]] = []
+    for team in TEAMS:
+        texts: set[str] = set()
+        while len(texts) < n // len(TEAMS):
+            row = _ticket(rng, team)
+            if row["text"] not in exclude and row["text"] not in texts:
+                texts.add(row["text"])
+                rows.append(row)
+    rng.shuffle(rows)
+    return rows
+
+
+def generate(out_dir: Path = HERE / "data", n_train: int = 800, n_test: int = 200) -> None:
+    """Write balanced train.jsonl and test.jsonl that share no ticket text."""
+    rng = random.Random(SEED)
+    test = _balanced(rng, n_test, set())
+    train = _balanced(rng, n_train, {r["text"] for r in test})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train), ("test", test)):
+        with (out_dir / f"{name}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    generate()
