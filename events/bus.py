@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Literal
 
@@ -70,10 +71,8 @@ def ensure_topics(cfg: KafkaConfig, topics: list[str], partitions: int = 3) -> N
         existing = set(admin.list_topics())
         missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

@@ -8,6 +8,7 @@ the orchestrator decides.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +31,7 @@ class _Frozen(BaseModel):
         tmp.replace(path)
 
     @classmethod
-    def read(cls, path: Path):  # noqa: ANN206 - returns cls
+    def read(cls, path: Path) -> Self:
         return cls.model_validate_json(path.read_text())
 
 

@@ -51,7 +51,7 @@ class JobStatusChanged(EventData):
     job_id: str
     tenant: str
     state: JobState
-    previous_state: JobState | None
+    previous_state: JobState | None = None
     reason: str = ""
     at: datetime
 

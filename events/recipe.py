@@ -56,7 +56,9 @@ class DataSection(_Strict):
         if self.format is DataFormat.prompt_completion and not (
             self.prompt_template and self.completion_template
         ):
-            raise ValueError("format 'prompt_completion' needs prompt_template and completion_template")
+            raise ValueError(
+                "format 'prompt_completion' needs prompt_template and completion_template"
+            )
         return self
 
 

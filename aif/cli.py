@@ -1,0 +1,214 @@
+"""The `aif` command line: run the service, submit and follow jobs, manage recipes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aif.follow import follow_job
+from aif.settings import Settings, get_settings
+from events.bus import make_producer, publish
+from events.client import finetune_request
+from events.envelope import job_id_for
+from events.messages import (
+    EvaluationCompleted,
+    EventData,
+    JobProgress,
+    JobStatusChanged,
+    ModelReady,
+)
+from events.recipe import HyperparameterOverrides, RecipeError, load_recipe_file
+from events.states import JobState
+from recipes import load_recipe, recipe_files
+
+app = typer.Typer(help="aif-tuning: event-driven LoRA fine-tuning and evaluation.",
+                  no_args_is_help=True)
+recipes_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+console = Console()
+
+Tenant = Annotated[str, typer.Option(help="Tenant the job belongs to.")]
+MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's training steps.")]
+EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
+
+
+def _setup() -> Settings:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    return get_settings()
+
+
+def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
+            eval_limit: int | None, train_file: str | None) -> str:
+    event = finetune_request(
+        tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
+        overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
+    )
+    job_id = job_id_for(event.source, event.id)
+    producer = make_producer(settings.kafka)
+    try:
+        publish(producer, settings.topics.requests, event, key=job_id)
+    finally:
+        producer.close()
+    return job_id
+
+
+def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]:
+    """Show transitions as lines and training as a bar; return the final state."""
+    seen: list[EventData] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("waiting for the orchestrator", total=None, info="")
+        for ev in follow_job(settings.kafka, settings.topics, job_id):
+            seen.append(ev)
+            if isinstance(ev, JobStatusChanged):
+                progress.console.print(f"[bold]{ev.state}[/bold]  {ev.reason}")
+                progress.update(bar, description=str(ev.state))
+                if ev.state.terminal:
+                    return ev.state, seen
+            elif isinstance(ev, JobProgress):
+                info = f"step {ev.step}/{ev.total_steps}"
+                if ev.loss is not None:
+                    info += f"  loss {ev.loss:.3f}"
+                if ev.tokens_per_s:
+                    info += f"  {ev.tokens_per_s:.0f} tok/s"
+                if ev.eta_s is not None:
+                    info += f"  eta {ev.eta_s:.0f}s"
+                progress.update(bar, description=ev.stage, total=ev.total_steps,
+                                completed=ev.step, info=info)
+    raise RuntimeError("event stream ended")  # follow_job raises TimeoutError first
+
+
+def _print_outcome(final: JobState, events: list[EventData]) -> None:
+    evaluated = next((e for e in events if isinstance(e, EvaluationCompleted)), None)
+    if evaluated:
+        table = Table(title="base vs tuned")
+        for col in ("task", "metric", "base", "tuned", "delta"):
+            table.add_column(col, justify="right" if col in ("base", "tuned", "delta") else "left")
+        for s in evaluated.scores:
+            table.add_row(s.task, s.metric, f"{s.base:.3f}", f"{s.tuned:.3f}", f"{s.delta:+.3f}")
+        console.print(table)
+        console.print(f"gate: {'passed' if evaluated.gate.passed else 'failed'} - "
+                      f"{evaluated.gate.reason}")
+    ready = next((e for e in events if isinstance(e, ModelReady)), None)
+    if ready:
+        console.print(f"model ready: {ready.adapter_uri}")
+    console.print(f"job finished: [bold]{final}[/bold]")
+
+
+@app.command()
+def up() -> None:
+    """Run the service (broker if needed, orchestrator, web app) until Ctrl-C."""
+    from aif.service import Service
+
+    settings = _setup()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Service(settings) as service:
+        console.print(f"aif-tuning is up. Leaderboard: {service.url}  (Ctrl-C to stop)")
+        try:
+            while not stop.wait(1):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def submit(
+    recipe: Annotated[str, typer.Argument(help="Recipe name, see `aif recipes list`.")],
+    tenant: Tenant = "demo",
+    max_steps: MaxSteps = None,
+    eval_limit: EvalLimit = None,
+    train_file: Annotated[
+        str | None, typer.Option(help="Training data instead of the recipe's.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+) -> None:
+    """Publish a fine-tuning request to the running service."""
+    settings = _setup()
+    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file)
+    console.print(f"submitted job {job_id}")
+    if wait:
+        final, events = _follow(settings, job_id)
+        _print_outcome(final, events)
+        raise typer.Exit(0 if final is JobState.succeeded else 1)
+
+
+@app.command()
+def demo(
+    recipe: Annotated[str, typer.Option(help="Recipe to run.")] = "grid-ticket-routing",
+    max_steps: MaxSteps = None,
+    eval_limit: EvalLimit = None,
+    serve: Annotated[bool, typer.Option(help="Keep serving the leaderboard afterwards.")] = False,
+) -> None:
+    """Everything at once on embedded defaults: one request from Kafka to the leaderboard."""
+    from aif.service import Service
+
+    settings = _setup()
+    started = time.monotonic()
+    with Service(settings) as service:
+        console.print(f"services up (broker {settings.kafka.bootstrap_servers}, "
+                      f"database {settings.db_url}, web {service.url})")
+        job_id = _submit(settings, recipe, "demo", max_steps, eval_limit, None)
+        console.print(f"published a fine-tuning request for [bold]{recipe}[/bold]: job {job_id}")
+        final, events = _follow(settings, job_id)
+        _print_outcome(final, events)
+        console.print(f"wall time {time.monotonic() - started:.0f}s")
+        console.print(f"leaderboard: {service.url}"
+                      + ("" if serve else "  (run `aif up` to browse it)"))
+        if serve:
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+    raise typer.Exit(0 if final is JobState.succeeded else 1)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """Every shipped recipe with its sector and gate."""
+    table = Table()
+    for col in ("name", "sector", "language", "base model", "gate"):
+        table.add_column(col)
+    for name in recipe_files():
+        r = load_recipe(name)
+        table.add_row(r.name, r.sector, r.language, r.model.base,
+                      f"{r.gate.metric} on {r.gate.task} >= base + {r.gate.min_gain}")
+    console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str) -> None:
+    """The recipe as the service will run it (paths resolved)."""
+    try:
+        console.print_json(load_recipe(name).model_dump_json())
+    except RecipeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@recipes_app.command("validate")
+def recipes_validate(files: list[Path]) -> None:
+    """Check recipe files; errors name the file and the field."""
+    failed = False
+    for path in files:
+        try:
+            load_recipe_file(path)
+            console.print(f"{path}: ok")
+        except RecipeError as exc:
+            console.print(f"[red]{exc}[/red]")
+            failed = True
+    raise typer.Exit(1 if failed else 0)

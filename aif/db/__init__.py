@@ -1,0 +1,1 @@
+"""Job store: SQLAlchemy models, engine/session factory and Alembic migrations."""

@@ -1,0 +1,45 @@
+"""What every launcher offers: start a stage command, poll it, stop it."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """A stage entrypoint (`python -m <module> <spec>`), optionally under `accelerate launch`."""
+
+    module: str
+    spec_path: Path
+    num_processes: int = 1
+    distributed: bool = True
+
+    def argv(self, python: str = sys.executable) -> list[str]:
+        if not self.distributed:
+            return [python, "-m", self.module, str(self.spec_path)]
+        return [
+            python, "-m", "accelerate.commands.launch",
+            "--num_processes", str(self.num_processes),
+            "--num_machines", "1",
+            "--mixed_precision", "no",
+            "--dynamo_backend", "no",
+            "-m", self.module, str(self.spec_path),
+        ]
+
+
+class RunHandle(Protocol):
+    def poll(self) -> int | None:
+        """Exit code once finished, else None."""
+
+    def terminate(self) -> None:
+        """Ask the run to stop (SIGTERM: it checkpoints, then exits)."""
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the run's combined output, for failure reasons."""
+
+
+class Launcher(Protocol):
+    def start(self, command: StageCommand, log_path: Path) -> RunHandle: ...

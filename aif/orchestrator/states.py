@@ -1,0 +1,69 @@
+"""The job state machine. The table below is the whole truth about which moves are legal.
+
+| from         | to                                            |
+|--------------|-----------------------------------------------|
+| (new)        | validating                                    |
+| validating   | queued, rejected, cancelled                   |
+| queued       | training, cancelled, failed                   |
+| training     | evaluating, failed, cancelled                 |
+| evaluating   | handing_off, rejected, failed, cancelled      |
+| handing_off  | succeeded, failed                             |
+| terminal     | nothing                                       |
+
+Every transition is stored together with its status event in the outbox, in the caller's
+transaction, so the event is published if and only if the state change was committed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from aif.db.models import Job, Outbox, Transition, utcnow
+from events.bus import envelope
+from events.messages import EventData, JobStatusChanged
+from events.states import JobState
+from events.topics import Topics
+
+S = JobState
+ALLOWED: dict[JobState | None, frozenset[JobState]] = {
+    None: frozenset({S.validating}),
+    S.validating: frozenset({S.queued, S.rejected, S.cancelled}),
+    S.queued: frozenset({S.training, S.cancelled, S.failed}),
+    S.training: frozenset({S.evaluating, S.failed, S.cancelled}),
+    S.evaluating: frozenset({S.handing_off, S.rejected, S.failed, S.cancelled}),
+    S.handing_off: frozenset({S.succeeded, S.failed}),
+    S.succeeded: frozenset(),
+    S.failed: frozenset(),
+    S.cancelled: frozenset(),
+    S.rejected: frozenset(),
+}
+
+SOURCE = "urn:aif-tuning:orchestrator"
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: code tried a move the table does not allow."""
+
+
+def enqueue_event(
+    session: Session, topic: str, data: EventData, *, job: Job, event_id: str | None = None
+) -> None:
+    event = envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id, event_id=event_id)
+    session.add(Outbox(topic=topic, key=job.id, payload=event.to_bytes().decode()))
+
+
+def transition(
+    session: Session, job: Job, to: JobState, topics: Topics, reason: str = ""
+) -> None:
+    current = JobState(job.state) if job.state else None
+    if to not in ALLOWED[current]:
+        raise IllegalTransition(f"job {job.id}: {current} -> {to} is not allowed")
+    now = utcnow()
+    job.state, job.reason, job.updated_at = to.value, reason, now
+    session.add(Transition(job=job, from_state=current, to_state=to, reason=reason, at=now))
+    status = JobStatusChanged(
+        job_id=job.id, tenant=job.tenant, state=to, previous_state=current, reason=reason, at=now
+    )
+    # The event id is derived from the transition, so a re-sent outbox row is recognisable.
+    enqueue_event(session, topics.status, status, job=job,
+                  event_id=f"{job.id}:{len(job.transitions)}:{to}")

@@ -1,0 +1,60 @@
+"""Service settings from environment variables (prefix `AIF_`, nested with `__`).
+
+Built by `get_settings()`, never at import time, so a training pod can import the packages
+without any service configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, HttpUrl
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.bus import KafkaConfig
+from events.topics import Topics
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIF_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(Path(".aif"), description="Jobs, converted models and the SQLite file.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite.")
+    kafka: KafkaConfig = KafkaConfig()
+    topic_prefix: str = Field("aif", pattern=r"^[A-Za-z0-9._-]+$")
+    embedded_broker: bool = Field(
+        True, description="Start the bundled Tansu broker if nothing listens on loopback."
+    )
+    consumer_group: str = "aif-orchestrator"
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    worker_slots: int = Field(1, ge=1, le=64, description="Jobs this orchestrator runs at once.")
+    lease_s: float = Field(
+        60.0, gt=1.0, description="A job whose worker stops heartbeating is re-adopted after this."
+    )
+    launcher: str = "local"
+    inference_lora_url: HttpUrl | None = Field(
+        None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
+    )
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'aif.db').resolve()}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return (self.home / "jobs").resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.home / "models").resolve()
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real embedded broker, real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from aif.broker import EmbeddedBroker
+from aif.db.session import session_factory
+from events.topics import Topics
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "AIF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded Tansu broker for the session; tests isolate themselves by topic prefix."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    b = EmbeddedBroker(bootstrap, tmp_path_factory.mktemp("broker") / "broker.log")
+    b.start()
+    yield bootstrap
+    b.stop()
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server; fails loudly if none answers."""
+    name = f"aif_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} (.ci/run starts it): "
+                    f"{exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aif.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def sessions(db_url: str) -> sessionmaker[Session]:
+    return session_factory(db_url)

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from events.recipe import HyperparameterOverrides, RecipeError, load_recipe_file
+from recipes import RECIPES_DIR, load_recipe, recipe_files
+
+SHIPPED = sorted(RECIPES_DIR.glob("*/*/recipe.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.parent.name for p in SHIPPED])
+def test_every_shipped_recipe_is_valid_and_its_files_exist(path: Path) -> None:
+    recipe = load_recipe_file(path)
+    assert Path(recipe.data.train_file).is_file()
+    for task in recipe.eval.tasks:
+        assert task.yaml is None or Path(task.yaml).is_file()
+
+
+def test_at_least_one_recipe_ships() -> None:
+    assert "grid-ticket-routing" in recipe_files()
+
+
+def _write(tmp_path: Path, **changes: object) -> Path:
+    raw = yaml.safe_load((SHIPPED[0]).read_text())
+    raw.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, train={"learning_rte": 1e-4})
+    with pytest.raises(RecipeError) as err:
+        load_recipe_file(path)
+    assert str(path) in str(err.value)
+    assert "train.learning_rte" in str(err.value)
+
+
+def test_bad_choice_lists_allowed_values(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="sector.*'health'"):
+        load_recipe_file(_write(tmp_path, sector="mining"))
+
+
+def test_gate_must_name_an_evaluated_task(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="gate.task 'nope'"):
+        load_recipe_file(_write(tmp_path, gate={"task": "nope"}))
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe_file(bad)
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe_file(tmp_path / "absent.yaml")
+
+
+def test_unknown_recipe_suggests_a_name() -> None:
+    with pytest.raises(RecipeError, match="Did you mean 'grid-ticket-routing'"):
+        load_recipe("grid-ticket-routin")
+
+
+def test_overrides_apply_and_are_bounded() -> None:
+    recipe = load_recipe("grid-ticket-routing")
+    tuned = HyperparameterOverrides(max_steps=7, lora_r=4, eval_limit=10).apply(recipe)
+    assert (tuned.train.max_steps, tuned.lora.r, tuned.eval.limit) == (7, 4, 10)
+    assert recipe.train.max_steps != 7  # the original is untouched
+    with pytest.raises(ValueError, match="max_steps"):
+        HyperparameterOverrides(max_steps=10**7)
+
+
+def test_generated_data_matches_the_generator(tmp_path: Path) -> None:
+    from recipes.energy.grid_ticket_routing.generate import HERE, generate
+
+    generate(tmp_path)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (HERE / "data" / name).read_bytes()
