@@ -36,14 +36,17 @@ class JobPublic(BaseModel):
     transitions: list[TransitionPublic]
 
 
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
 def create_app(sessions: sessionmaker[Session]) -> FastAPI:
     app = FastAPI(title="aif-tuning", version="0.1.0")
-
-    def get_session() -> Iterator[Session]:
-        with sessions() as session:
-            yield session
-
-    SessionDep = Annotated[Session, Depends(get_session)]
+    app.state.sessions = sessions
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:

@@ -23,7 +23,7 @@ def _request(**data: object) -> bytes:
     return ev.to_bytes()
 
 
-def _accept(sessions: sessionmaker[Session], raw: bytes | None):  # noqa: ANN202
+def _accept(sessions: sessionmaker[Session], raw: bytes | None):
     with sessions() as s:
         result = accept(s, raw, TOPICS)
         s.commit()

@@ -38,12 +38,12 @@ def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
 
 
 def test_bad_choice_lists_allowed_values(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError, match="sector.*'health'"):
+    with pytest.raises(RecipeError, match=r"sector.*'health'"):
         load_recipe_file(_write(tmp_path, sector="mining"))
 
 
 def test_gate_must_name_an_evaluated_task(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError, match="gate.task 'nope'"):
+    with pytest.raises(RecipeError, match=r"gate.task 'nope'"):
         load_recipe_file(_write(tmp_path, gate={"task": "nope"}))
 
 

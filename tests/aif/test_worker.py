@@ -1,0 +1,96 @@
+"""Job leases and early decisions of the worker, on a real database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from aif.db.models import Job, utcnow
+from aif.launchers import get_launcher
+from aif.orchestrator.intake import accept
+from aif.orchestrator.worker import JobWorker, LeaseLost
+from aif.settings import Settings
+from events.bus import envelope
+from events.messages import FineTuneRequested
+from events.states import JobState
+
+
+class _NoBus:
+    """The early steps publish only through the outbox; nothing may reach Kafka directly."""
+
+    def send(self, *a: object, **k: object) -> None:
+        raise AssertionError("worker published directly")
+
+
+def _worker(sessions: sessionmaker[Session], tmp_path: Path) -> JobWorker:
+    settings = Settings(home=tmp_path, lease_s=30)
+    return JobWorker(settings, sessions, _NoBus(), get_launcher("local"))  # type: ignore[arg-type]
+
+
+def _store(sessions: sessionmaker[Session], **data: object) -> str:
+    ev = envelope(FineTuneRequested.model_validate(data), source="urn:t", tenant="acme")
+    with sessions() as s:
+        result = accept(s, ev.to_bytes(), Settings().topics)
+        s.commit()
+    assert result.job_id
+    return result.job_id
+
+
+def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    job_id = _store(sessions, recipe="grid-ticket-routing")
+    a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
+    assert a.claim() == job_id
+    assert b.claim() is None
+    a.heartbeat(job_id, JobState.validating)
+    with pytest.raises(LeaseLost):
+        b.heartbeat(job_id, JobState.validating)
+
+
+def test_expired_lease_is_re_adopted(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    job_id = _store(sessions, recipe="grid-ticket-routing")
+    a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
+    assert a.claim() == job_id
+    with sessions() as s:
+        s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    assert b.claim() == job_id
+    with pytest.raises(LeaseLost):
+        a.heartbeat(job_id, JobState.validating)
+
+
+def test_validation_freezes_the_recipe_with_overrides(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = _store(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
+    w = _worker(sessions, tmp_path)
+    assert w.claim() == job_id
+    w._validate(w._load(job_id))
+    job = w._load(job_id)
+    assert job.state == JobState.queued
+    assert job.recipe["train"]["max_steps"] == 3
+    assert Path(job.work_dir).is_dir()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({"recipe": "no-such-recipe"}, "Unknown recipe 'no-such-recipe'"),
+        ({"recipe": "grid-ticket-routing", "train_file": "/nonexistent.jsonl"},
+         "data.train_file: no such file /nonexistent.jsonl"),
+    ],
+)
+def test_unrunnable_requests_are_rejected_with_the_reason(
+    sessions: sessionmaker[Session], tmp_path: Path, data: dict, reason: str
+) -> None:
+    job_id = _store(sessions, **data)
+    w = _worker(sessions, tmp_path)
+    assert w.claim() == job_id
+    w.run_job(job_id)
+    job = w._load(job_id)
+    assert job.state == JobState.rejected
+    assert reason in job.reason
+    assert job.lease_owner is None
