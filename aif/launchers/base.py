@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,12 @@ class StageCommand:
     def argv(self, python: str = sys.executable) -> list[str]:
         if not self.distributed:
             return [python, "-m", self.module, str(self.spec_path)]
+        threads = max(1, (os.cpu_count() or 1) // self.num_processes)
         return [
             python, "-m", "accelerate.commands.launch",
             "--num_processes", str(self.num_processes),
+            # accelerate defaults to one thread per process, leaving CPU cores idle.
+            "--num_cpu_threads_per_process", str(threads),
             "--num_machines", "1",
             "--mixed_precision", "no",
             "--dynamo_backend", "no",

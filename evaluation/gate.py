@@ -1,0 +1,65 @@
+"""Decide whether a tuned adapter is worth publishing, from the scores the worker reported.
+
+A gain must be both large enough to matter (`min_gain`) and larger than the noise of a
+finite test set (`stderr_factor` combined standard errors); otherwise a lucky run of a
+200-document test would publish an adapter that is no better than the base model.
+"""
+
+from __future__ import annotations
+
+import math
+
+from events.jobspec import EvaluationResult, TaskMetric
+from events.messages import GateDecision, MetricScore
+from events.recipe import Recipe
+
+
+def scores(result: EvaluationResult) -> list[MetricScore]:
+    """Base against tuned for every task/metric that both runs report."""
+    base = {(m.task, m.metric): m for m in result.base}
+    return [
+        MetricScore(
+            task=t.task,
+            metric=t.metric,
+            base=base[key].value,
+            tuned=t.value,
+            base_stderr=base[key].stderr,
+            tuned_stderr=t.stderr,
+        )
+        for t in result.tuned
+        if (key := (t.task, t.metric)) in base
+    ]
+
+
+def decide(recipe: Recipe, result: EvaluationResult) -> tuple[list[MetricScore], GateDecision]:
+    gate = recipe.gate
+    all_scores = scores(result)
+    label = f"{gate.metric} on {gate.task}"
+    missing = [
+        run
+        for run, metrics in (("base", result.base), ("tuned", result.tuned))
+        if not _find(metrics, gate.task, gate.metric)
+    ]
+    if missing:
+        reason = f"{label}: no {' or '.join(missing)} score in the evaluation results"
+        return all_scores, GateDecision(passed=False, reason=reason)
+    score = next(s for s in all_scores if (s.task, s.metric) == (gate.task, gate.metric))
+    stderr = math.hypot(score.base_stderr or 0.0, score.tuned_stderr or 0.0)
+    big_enough = score.delta >= gate.min_gain
+    above_noise = score.delta > gate.stderr_factor * stderr
+    reason = (
+        f"{label}: {score.tuned:.3f} vs base {score.base:.3f} ({score.delta:+.3f}); "
+        f"needs >= {gate.min_gain:+.3f} and > {gate.stderr_factor} x stderr {stderr:.3f}"
+    )
+    failures = [
+        text
+        for ok, text in ((big_enough, "below min_gain"), (above_noise, "within stderr"))
+        if not ok
+    ]
+    if failures:
+        reason += f" - failed: {', '.join(failures)}"
+    return all_scores, GateDecision(passed=not failures, reason=reason)
+
+
+def _find(metrics: list[TaskMetric], task: str, metric: str) -> TaskMetric | None:
+    return next((m for m in metrics if (m.task, m.metric) == (task, metric)), None)

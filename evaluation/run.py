@@ -1,0 +1,70 @@
+"""Worker entrypoint: `python -m evaluation.run /path/evaluation_spec.json`.
+
+The orchestrator only reads files, so every outcome must end in `evaluation_result.json`
+or a non-zero exit with the reason on stderr; progress goes to `progress.jsonl` as it
+happens. Under `accelerate launch` only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import sys
+import time
+from pathlib import Path
+
+from evaluation.runner import evaluate_model
+from evaluation.tasks import materialise_tasks
+from events.jobspec import (
+    EVALUATION_RESULT,
+    PROGRESS_LOG,
+    EvaluationResult,
+    EvaluationSpec,
+    ProgressLine,
+)
+
+
+def run(spec: EvaluationSpec) -> EvaluationResult | None:
+    """Score base then tuned; return None on non-main ranks, which write nothing."""
+    started = time.monotonic()
+    output_dir = Path(spec.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    tasks = materialise_tasks(spec.recipe.eval, output_dir)
+    models = [None] if spec.adapter_dir is None else [None, spec.adapter_dir]
+    scored = []
+    for step, adapter_dir in enumerate(models, start=1):
+        metrics, _ = evaluate_model(spec, adapter_dir, tasks)
+        scored.append(metrics)
+        if is_main:
+            line = ProgressLine(stage="evaluation", step=step, total_steps=len(models))
+            with (output_dir / PROGRESS_LOG).open("a") as log:
+                log.write(line.model_dump_json() + "\n")
+    if not is_main:
+        return None
+    result = EvaluationResult(
+        base=scored[0],
+        tuned=scored[1] if len(scored) > 1 else [],
+        lm_eval_version=importlib.metadata.version("lm_eval"),
+        task_config_sha256=tasks.sha256,
+        wall_s=time.monotonic() - started,
+    )
+    result.write(output_dir / EVALUATION_RESULT)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__)
+    parser.add_argument("spec", type=Path, help=f"path to {EvaluationSpec.__name__} JSON")
+    args = parser.parse_args(argv)
+    try:
+        run(EvaluationSpec.read(args.spec))
+    except Exception as exc:  # the contract is a message and an exit code, never a trace
+        print(f"evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

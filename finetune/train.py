@@ -1,0 +1,245 @@
+"""LoRA fine-tuning worker: `accelerate launch ... -m finetune.train SPEC` or `python -m ...`.
+
+It reads a frozen TrainingSpec and answers only with files in the job directory (progress
+lines while it runs, the adapter and a TrainingResult at the end), so it can run on any node
+that sees the shared filesystem. The flow reads top to bottom: setup, train, save.
+
+Exit codes: 0 done, 2 the spec, data or base model is unusable, 3 the loss diverged. Note that
+`accelerate launch` reports any failure of its workers as 1; the reason is on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import ValidationError
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+
+from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from finetune.base_model import BaseModelError, resolve_base_model
+from finetune.data import DataValidationError, collator, load_examples
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+ADAPTER_DIR = "adapter"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; more steps would only train on garbage."""
+
+
+@dataclass
+class Setup:
+    accelerator: Accelerator
+    spec: TrainingSpec
+    base_model_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+
+
+@dataclass(frozen=True)
+class Outcome:
+    steps: int
+    final_loss: float
+    train_tokens: int
+
+
+def main(spec_path: str) -> int:
+    started = time.monotonic()
+    spec = TrainingSpec.read(Path(spec_path))
+    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    setup = build(spec)
+    try:
+        outcome = train(setup)
+    except NonFiniteLossError as exc:
+        print(f"finetune: {exc}; stopping without saving an adapter", file=sys.stderr)
+        return EXIT_DIVERGED
+    save(setup, outcome, time.monotonic() - started)
+    setup.accelerator.end_training()
+    return 0
+
+
+def build(spec: TrainingSpec) -> Setup:
+    """Everything the loop needs, each piece from the library that owns it."""
+    recipe = spec.recipe
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+        mixed_precision=_mixed_precision(),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(recipe.train.seed)
+    # One rank converts the base model while the others wait, then they all read the cache.
+    with accelerator.main_process_first():
+        base_model_dir = resolve_base_model(recipe.model.base, Path(spec.model_cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+    if accelerator.is_main_process:
+        print(
+            f"finetune: {len(data.examples)} examples, {data.truncated} truncated to "
+            f"max_seq_len {recipe.train.max_seq_len}",
+            file=sys.stderr,
+        )
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    lora = recipe.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_dora=lora.use_dora,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=recipe.train.learning_rate,
+        weight_decay=recipe.train.weight_decay,
+    )
+    # Not passed to prepare(): accelerate would step it once per process, while max_steps
+    # already counts optimizer steps.
+    scheduler = get_scheduler(
+        recipe.train.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(recipe.train.warmup_ratio * recipe.train.max_steps),
+        num_training_steps=recipe.train.max_steps,
+    )
+    loader = DataLoader(
+        data.examples,
+        batch_size=recipe.train.batch_size,
+        shuffle=True,
+        collate_fn=collator(tokenizer),
+    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader)
+
+
+def train(setup: Setup) -> Outcome:
+    """Run max_steps optimizer steps, cycling over the (sharded, reshuffled) data."""
+    acc, model, optimizer = setup.accelerator, setup.model, setup.optimizer
+    train_cfg = setup.spec.recipe.train
+    progress = Path(setup.spec.work_dir) / PROGRESS_LOG
+    model.train()
+    batches = _cycle(setup.loader)
+    step = tokens = micro_batches = 0
+    window_loss = torch.zeros((), device=acc.device)
+    window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
+    loss = math.nan
+    started = time.monotonic()
+    while step < train_cfg.max_steps:
+        batch = next(batches)
+        with acc.accumulate(model):
+            output = model(**batch)
+            acc.backward(output.loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        window_loss += output.loss.detach()
+        micro_batches += 1
+        window_tokens += batch["attention_mask"].sum()
+        if not acc.sync_gradients:
+            continue
+        setup.scheduler.step()
+        step += 1
+        # Collectives, so every rank computes them and every rank stops together on NaN.
+        loss = acc.reduce(window_loss, "mean").item() / micro_batches
+        tokens += int(acc.reduce(window_tokens, "sum").item())
+        window_loss.zero_()
+        window_tokens.zero_()
+        micro_batches = 0
+        check_finite(loss, step)
+        if acc.is_main_process and (
+            step % train_cfg.logging_steps == 0 or step == train_cfg.max_steps
+        ):
+            elapsed = time.monotonic() - started
+            line = ProgressLine(
+                stage="training",
+                step=step,
+                total_steps=train_cfg.max_steps,
+                loss=loss,
+                tokens_per_s=tokens / elapsed,
+                eta_s=elapsed / step * (train_cfg.max_steps - step),
+            )
+            with open(progress, "a") as fh:
+                fh.write(line.model_dump_json() + "\n")
+    return Outcome(step, loss, tokens)
+
+
+def check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}; lower the learning rate or check the data"
+        )
+
+
+def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
+    """Main process only: safetensors adapter, its tokenizer, checksums, then the result."""
+    acc = setup.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        work_dir = Path(setup.spec.work_dir)
+        adapter_dir = work_dir / ADAPTER_DIR
+        model: PeftModel = acc.unwrap_model(setup.model)
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        setup.tokenizer.save_pretrained(adapter_dir)
+        TrainingResult(
+            adapter_dir=str(adapter_dir),
+            base_model_dir=str(setup.base_model_dir),
+            steps=outcome.steps,
+            final_loss=outcome.final_loss,
+            train_tokens=outcome.train_tokens,
+            wall_s=wall_s,
+            files_sha256=_checksums(adapter_dir),
+        ).write(work_dir / TRAINING_RESULT)
+    acc.wait_for_everyone()
+
+
+def _mixed_precision() -> str:
+    """bf16 autocast where the GPU has it; CPUs train in fp32, where bf16 is slow or absent."""
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches; each pass over the prepared loader reshuffles with a new epoch seed."""
+    while True:
+        yield from loader
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _cli(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m finetune.train TRAINING_SPEC_JSON", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return main(argv[0])
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"finetune: unusable training spec {argv[0]}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (DataValidationError, BaseModelError, NotImplementedError) as exc:
+        print(f"finetune: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from evaluation.gate import decide
+from events.jobspec import EvaluationResult, TaskMetric
+from events.recipe import Recipe
+
+TASK = "grid_ticket_routing"
+
+
+def _metric(value: float, stderr: float | None, metric: str = "acc") -> TaskMetric:
+    return TaskMetric(
+        task=TASK, metric=metric, value=value, stderr=stderr, num_fewshot=0, samples=200
+    )
+
+
+def _result(base: list[TaskMetric], tuned: list[TaskMetric]) -> EvaluationResult:
+    return EvaluationResult(
+        base=base, tuned=tuned, lm_eval_version="0.4.13", task_config_sha256={}, wall_s=1.0
+    )
+
+
+def _recipe(recipe: Recipe, min_gain: float = 0.05, stderr_factor: float = 2.0) -> Recipe:
+    gate = recipe.gate.model_copy(update={"min_gain": min_gain, "stderr_factor": stderr_factor})
+    return recipe.model_copy(update={"gate": gate})
+
+
+def test_pass_states_the_numbers(recipe: Recipe) -> None:
+    result = _result(
+        [_metric(0.385, 0.03), _metric(0.2, None, "f1")],
+        [_metric(0.912, 0.028), _metric(0.5, None, "f1")],
+    )
+    scores, decision = decide(_recipe(recipe), result)
+
+    assert decision.passed
+    assert decision.reason == (
+        "acc on grid_ticket_routing: 0.912 vs base 0.385 (+0.527); "
+        "needs >= +0.050 and > 2.0 x stderr 0.041"
+    )
+    assert [(s.metric, s.base, s.tuned, s.base_stderr, s.tuned_stderr) for s in scores] == [
+        ("acc", 0.385, 0.912, 0.03, 0.028),
+        ("f1", 0.2, 0.5, None, None),
+    ]
+
+
+def test_fail_by_min_gain(recipe: Recipe) -> None:
+    _, decision = decide(
+        _recipe(recipe, min_gain=0.1), _result([_metric(0.5, 0.0)], [_metric(0.55, 0.0)])
+    )
+    assert not decision.passed
+    assert decision.reason.endswith("failed: below min_gain")
+
+
+def test_fail_by_stderr(recipe: Recipe) -> None:
+    _, decision = decide(_recipe(recipe), _result([_metric(0.5, 0.04)], [_metric(0.6, 0.04)]))
+    assert not decision.passed
+    assert "(+0.100)" in decision.reason
+    assert decision.reason.endswith("x stderr 0.057 - failed: within stderr")
+
+
+def test_missing_stderr_counts_as_zero(recipe: Recipe) -> None:
+    _, decision = decide(_recipe(recipe), _result([_metric(0.5, None)], [_metric(0.6, None)]))
+    assert decision.passed
+    assert "stderr 0.000" in decision.reason
+
+
+def test_no_gain_fails_both(recipe: Recipe) -> None:
+    _, decision = decide(
+        _recipe(recipe, min_gain=0.0, stderr_factor=0.0),
+        _result([_metric(0.5, 0.0)], [_metric(0.5, 0.0)]),
+    )
+    assert not decision.passed
+    assert decision.reason.endswith("failed: within stderr")
+
+
+@pytest.mark.parametrize(
+    ("base", "tuned", "missing"),
+    [
+        ([_metric(0.5, 0.01, "f1")], [_metric(0.9, 0.01)], "base"),
+        ([_metric(0.5, 0.01)], [], "tuned"),
+        ([], [_metric(0.9, 0.01, "f1")], "base or tuned"),
+    ],
+)
+def test_missing_metric_fails(
+    recipe: Recipe, base: list[TaskMetric], tuned: list[TaskMetric], missing: str
+) -> None:
+    scores, decision = decide(_recipe(recipe), _result(base, tuned))
+    assert not decision.passed
+    assert decision.reason == (
+        f"acc on grid_ticket_routing: no {missing} score in the evaluation results"
+    )
+    assert scores == []

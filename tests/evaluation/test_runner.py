@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from evaluation import run as run_module
+from evaluation.runner import (
+    AdapterNotAppliedError,
+    check_adapter_applied,
+    cli_command,
+    evaluate_model,
+    extract_metrics,
+)
+from events.jobspec import EVALUATION_RESULT, PROGRESS_LOG, EvaluationResult, ProgressLine
+from tests.evaluation.conftest import SpecFactory
+
+TASK = "grid_ticket_routing"
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    make_spec: SpecFactory, random_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One full worker run (base + tuned) shared by the tests that read its files."""
+    out = tmp_path_factory.mktemp("evaluation")
+    spec_path = out / "evaluation_spec.json"
+    make_spec(out, random_adapter_dir).write(spec_path)
+    assert run_module.main([str(spec_path)]) == 0
+    return out
+
+
+def test_result_holds_every_metric(evaluated: Path) -> None:
+    result = EvaluationResult.read(evaluated / EVALUATION_RESULT)
+    for metrics in (result.base, result.tuned):
+        assert [(m.task, m.metric, m.num_fewshot, m.samples) for m in metrics] == [
+            (TASK, "acc", 0, 10)
+        ]
+        assert 0.0 <= metrics[0].value <= 1.0
+        assert metrics[0].stderr is not None and metrics[0].stderr > 0.0
+    assert result.lm_eval_version == "0.4.13"
+    assert list(result.task_config_sha256) == [TASK]
+    for name, metrics in (("lm_eval_base.json", result.base), ("lm_eval_tuned.json", result.tuned)):
+        assert extract_metrics(json.loads((evaluated / name).read_text())) == metrics
+    lines = (evaluated / PROGRESS_LOG).read_text().splitlines()
+    assert [ProgressLine.model_validate_json(line).step for line in lines] == [1, 2]
+    assert {ProgressLine.model_validate_json(line).total_steps for line in lines} == {2}
+
+
+@pytest.mark.parametrize("model", ["base", "tuned"])
+def test_cli_reproduces_stored_scores(
+    evaluated: Path, make_spec: SpecFactory, random_adapter_dir: Path, tmp_path: Path, model: str
+) -> None:
+    adapter_dir = str(random_adapter_dir) if model == "tuned" else None
+    command = cli_command(make_spec(evaluated, random_adapter_dir), adapter_dir, tmp_path)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+
+    (results_file,) = tmp_path.rglob("results_*.json")
+    from_cli = extract_metrics(json.loads(results_file.read_text()))
+    stored = getattr(EvaluationResult.read(evaluated / EVALUATION_RESULT), model)
+    assert from_cli == stored
+
+
+def test_stored_results_render_as_lm_eval_table(evaluated: Path) -> None:
+    from lm_eval.utils import make_table
+
+    assert TASK in make_table(json.loads((evaluated / "lm_eval_tuned.json").read_text()))
+
+
+def test_probe_sees_random_adapter(tiny_model_dir: Path, random_adapter_dir: Path) -> None:
+    assert check_adapter_applied(str(tiny_model_dir), str(random_adapter_dir)) > 1e-6
+
+
+def test_probe_rejects_zero_adapter(tiny_model_dir: Path, zero_adapter_dir: Path) -> None:
+    with pytest.raises(AdapterNotAppliedError, match="ADAPTER NOT APPLIED"):
+        check_adapter_applied(str(tiny_model_dir), str(zero_adapter_dir))
+
+
+def test_zero_adapter_is_never_scored(
+    make_spec: SpecFactory, zero_adapter_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(AdapterNotAppliedError):
+        evaluate_model(make_spec(tmp_path, zero_adapter_dir), str(zero_adapter_dir))
+    assert not (tmp_path / "lm_eval_tuned.json").exists()
+
+
+def test_worker_fails_loudly_on_ignored_adapter(
+    make_spec: SpecFactory, zero_adapter_dir: Path, tmp_path: Path, capsys
+) -> None:
+    spec_path = tmp_path / "evaluation_spec.json"
+    make_spec(tmp_path, zero_adapter_dir).write(spec_path)
+    assert run_module.main([str(spec_path)]) == 1
+    err = capsys.readouterr().err
+    assert "evaluation failed: AdapterNotAppliedError: ADAPTER NOT APPLIED" in err
+    assert not (tmp_path / EVALUATION_RESULT).exists()

@@ -1,0 +1,217 @@
+"""Rendering, loss masking and row validation, on the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from events.recipe import Recipe
+from finetune.data import (
+    IGNORE_INDEX,
+    DataValidationError,
+    TokenizedData,
+    collator,
+    load_examples,
+)
+
+CHAT = {"format": "chat"}
+LONG = {"max_seq_len": 128}  # the chat template's system prompt alone is 20 tokens
+ROW = {"text": "Sparks from the pole", "label": "emergency"}
+
+
+def _load(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, **kwargs: float) -> TokenizedData:
+    return load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, **kwargs)
+
+
+def test_loss_only_on_completion_and_eos(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW]))
+    [example] = _load(recipe, tokenizer).examples
+    prompt = tokenizer("Ticket: Sparks from the pole\nTeam:")["input_ids"]
+    completion = tokenizer(" emergency", add_special_tokens=False)["input_ids"]
+    completion.append(tokenizer.eos_token_id)
+    assert example["input_ids"] == prompt + completion
+    assert example["labels"] == [IGNORE_INDEX] * len(prompt) + completion
+    assert example["attention_mask"] == [1] * len(prompt + completion)
+
+
+def test_every_bad_row_is_named_by_line(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [
+        ROW,
+        '{"text": "unclosed"\n',
+        "\n",
+        {"text": "x"},
+        [1, 2],
+        {**ROW, "label": ""},
+        {**ROW, "text": None},
+    ]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows))
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "line 2",
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 7",
+    ]
+    reasons = " | ".join(caught.value.problems)
+    for reason in (
+        "invalid JSON",
+        "missing column 'label'",
+        "expected an object",
+        "empty completion",
+        "column 'text' is null",
+    ):
+        assert reason in reasons
+    assert "line 4: missing column 'label'" in str(caught.value)
+
+
+def test_bad_rows_within_tolerance_are_skipped_and_listed(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW, ROW, ROW, {"text": "x"}]))
+    data = _load(recipe, tokenizer, max_bad_fraction=0.25)
+    assert len(data.examples) == 3 and data.skipped == ["line 4: missing column 'label'"]
+    with pytest.raises(DataValidationError):
+        _load(recipe, tokenizer, max_bad_fraction=0.2)
+
+
+def test_truncation_is_counted_and_a_prompt_filling_the_window_is_an_error(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    prompt_len = len(tokenizer("Ticket: Sparks from the pole\nTeam:")["input_ids"])
+    long_label = {**ROW, "label": "emergency " * 20}
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW, long_label]))
+    data = _load(recipe, tokenizer)
+    assert data.truncated == 1 and len(data.examples[1]["input_ids"]) == 32
+    assert data.examples[1]["labels"][prompt_len] != IGNORE_INDEX
+
+    long_prompt = {**ROW, "text": "sparks " * 40}
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW, long_prompt]))
+    with pytest.raises(DataValidationError, match=r"line 2: the prompt is .* no room"):
+        _load(recipe, tokenizer)
+
+
+def test_csv_and_parquet_files(
+    tmp_path: Path, make_recipe: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    with open(tmp_path / "t.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["text", "label"])
+        writer.writeheader()
+        writer.writerows([ROW, {"text": "x", "label": ""}])
+    with pytest.raises(DataValidationError, match="line 3: empty completion"):
+        _load(make_recipe(tmp_path / "t.csv"), tokenizer)
+
+    pq.write_table(
+        pa.Table.from_pylist([ROW, {"text": "x", "label": None}]), tmp_path / "t.parquet"
+    )
+    with pytest.raises(DataValidationError, match="row 2: column 'label' is null"):
+        _load(make_recipe(tmp_path / "t.parquet"), tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("missing.jsonl", None, "no such file"),
+        ("empty.jsonl", "\n", "the file has no rows"),
+        ("rows.txt", "x", "unsupported file type '.txt'"),
+    ],
+)
+def test_unreadable_files(
+    tmp_path: Path,
+    make_recipe: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    content: str | None,
+    problem: str,
+) -> None:
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(DataValidationError, match=re.escape(problem)):
+        _load(make_recipe(tmp_path / name), tokenizer)
+
+
+def test_template_errors_are_row_problems(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    recipe = make_recipe(
+        write_jsonl(tmp_path / "t.jsonl", [ROW, {**ROW, "text": "plain"}]),
+        data={"prompt_template": "{{ text.upper() }} {{ text.missing }}"},
+    )
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert caught.value.problems[0].startswith("line 1: template error")
+
+
+def test_unsupported_format_names_it(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW]), data={"format": "text"})
+    with pytest.raises(NotImplementedError, match="'text'"):
+        _load(recipe, tokenizer)
+
+
+def test_chat_trains_on_assistant_turns_only(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    messages = [
+        {"role": "user", "content": "Sparks from the pole"},
+        {"role": "assistant", "content": "emergency"},
+        {"role": "user", "content": "And a bill?"},
+        {"role": "assistant", "content": "accounts"},
+    ]
+    rows = [
+        {"messages": messages},
+        {"messages": messages[:1]},
+        {"messages": "hi"},
+        {"messages": [{"role": "user"}]},
+    ]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data=CHAT, train=LONG)
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["line 2", "line 3", "line 4"]
+
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows[:1]), data=CHAT, train=LONG)
+    [example] = _load(recipe, tokenizer).examples
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert example["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    trained = [t for t in example["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "emergency<|im_end|>\naccounts<|im_end|>\n"
+
+
+def test_collator_pads_without_loss(tokenizer: PreTrainedTokenizerBase) -> None:
+    short = {"input_ids": [5, 6], "attention_mask": [1, 1], "labels": [IGNORE_INDEX, 6]}
+    long = {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [IGNORE_INDEX, 6, 7]}
+    batch = collator(tokenizer)([short, long])
+    assert batch["input_ids"].shape == (2, 3)
+    assert batch["attention_mask"][0].tolist() == [1, 1, 0]
+    assert batch["labels"][0].tolist() == [IGNORE_INDEX, 6, IGNORE_INDEX]
+
+
+def test_collator_falls_back_to_eos_for_padding(tokenizer: PreTrainedTokenizerBase) -> None:
+    tokenizer.pad_token = None
+    collator(tokenizer)
+    assert tokenizer.pad_token == tokenizer.eos_token
+
+
+def test_tokenizer_without_eos_or_chat_template_is_refused(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [ROW])
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        _load(make_recipe(path, data={"format": "chat"}), tokenizer)
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="no EOS token"):
+        _load(make_recipe(path), tokenizer)

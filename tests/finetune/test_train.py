@@ -1,0 +1,138 @@
+"""The worker as the orchestrator runs it, and each way it can fail."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from events.recipe import ModelSection, Recipe
+from finetune.train import EXIT_BAD_INPUT, EXIT_DIVERGED, NonFiniteLossError, _cli, check_finite
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = [
+    {"text": f"ticket {i} about {topic}", "label": label}
+    for i, (topic, label) in enumerate(
+        [("sparks", "emergency"), ("a bill", "accounts"), ("a meter", "metering")] * 6
+    )
+]
+
+
+def _spec(tmp_path: Path, recipe: Recipe) -> Path:
+    spec = TrainingSpec(
+        job_id="t1",
+        tenant="dev",
+        recipe=recipe,
+        work_dir=str(tmp_path / "job"),
+        model_cache_dir=str(tmp_path / "cache"),
+    )
+    path = tmp_path / "training_spec.json"
+    spec.write(path)
+    return path
+
+
+def _launch(spec: Path, num_processes: int) -> subprocess.CompletedProcess[str]:
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch"),
+        *("--num_processes", str(num_processes), "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("-m", "finetune.train", str(spec)),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_two_process_run_writes_safetensors_adapter_result_and_progress(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable, tiny_model_dir: Path
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    spec = _spec(tmp_path, make_recipe(data, train={"max_steps": 5, "logging_steps": 2}))
+    run = _launch(spec, num_processes=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    job = tmp_path / "job"
+    result = TrainingResult.read(job / TRAINING_RESULT)
+    adapter = Path(result.adapter_dir)
+    assert result.steps == 5 and math.isfinite(result.final_loss) and result.train_tokens > 0
+    assert result.base_model_dir == str(tiny_model_dir.resolve())
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert result.files_sha256 == {
+        n: hashlib.sha256((adapter / n).read_bytes()).hexdigest() for n in names
+    }
+
+    lines = [ProgressLine.model_validate_json(x) for x in (job / PROGRESS_LOG).read_text().split()]
+    assert [p.step for p in lines] == [2, 4, 5]
+    assert all(p.stage == "training" and p.total_steps == 5 for p in lines)
+    assert lines[-1].loss == pytest.approx(result.final_loss) and lines[-1].eta_s == 0
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = PeftModel.from_pretrained(base, adapter)
+    with torch.no_grad():
+        assert tuned(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
+
+
+def test_bad_data_exits_2_naming_the_line(
+    tmp_path: Path,
+    make_recipe: Callable[..., Recipe],
+    write_jsonl: Callable,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", [*ROWS[:2], {"text": "no label"}])
+    spec = _spec(tmp_path, make_recipe(data))
+    assert _cli([str(spec)]) == EXIT_BAD_INPUT
+    assert "line 3: missing column 'label'" in capsys.readouterr().err
+    assert not (tmp_path / "job" / TRAINING_RESULT).exists()
+
+
+def test_unusable_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli([]) == EXIT_BAD_INPUT
+    assert "usage" in capsys.readouterr().err
+    assert _cli([str(tmp_path / "missing.json")]) == EXIT_BAD_INPUT
+    (tmp_path / "bad.json").write_text(json.dumps({"job_id": "x"}))
+    assert _cli([str(tmp_path / "bad.json")]) == EXIT_BAD_INPUT
+    assert "unusable training spec" in capsys.readouterr().err
+
+
+def test_diverged_loss_exits_3_without_an_adapter(
+    tmp_path: Path,
+    make_recipe: Callable[..., Recipe],
+    write_jsonl: Callable,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(math.nan)
+    broken.save_pretrained(tmp_path / "broken")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "broken")
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS))
+    recipe = recipe.model_copy(update={"model": ModelSection(base=str(tmp_path / "broken"))})
+    assert _cli([str(_spec(tmp_path, recipe))]) == EXIT_DIVERGED
+    assert "loss is nan at step 1" in capsys.readouterr().err
+    assert not (tmp_path / "job" / TRAINING_RESULT).exists()
+    assert not (tmp_path / "job" / "adapter").exists()
+
+
+@pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_stops_the_run(loss: float) -> None:
+    with pytest.raises(NonFiniteLossError, match="at step 7"):
+        check_finite(loss, 7)
+
+
+def test_finite_loss_passes() -> None:
+    check_finite(2.5, 1)
