@@ -66,29 +66,49 @@ def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
 
 
 def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]:
-    """Show transitions as lines and training as a bar; return the final state."""
+    """Show transitions as lines and training as a bar; return the final state and events.
+
+    Status and model events travel on different topics, so after the final state the
+    evaluation result and the model-ready event may still be on their way: wait briefly.
+    """
     seen: list[EventData] = []
+    final: JobState | None = None
+    grace_until = 0.0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("waiting for the orchestrator", total=None, info="")
         for ev in follow_job(settings.kafka, settings.topics, job_id):
-            seen.append(ev)
+            if ev is not None:
+                seen.append(ev)
             if isinstance(ev, JobStatusChanged):
                 progress.console.print(f"[bold]{ev.state}[/bold]  {ev.reason}")
                 progress.update(bar, description=str(ev.state))
                 if ev.state.terminal:
-                    return ev.state, seen
+                    final, grace_until = ev.state, time.monotonic() + 15
             elif isinstance(ev, JobProgress):
-                info = f"step {ev.step}/{ev.total_steps}"
-                if ev.loss is not None:
-                    info += f"  loss {ev.loss:.3f}"
-                if ev.tokens_per_s:
-                    info += f"  {ev.tokens_per_s:.0f} tok/s"
-                if ev.eta_s is not None:
-                    info += f"  eta {ev.eta_s:.0f}s"
                 progress.update(bar, description=ev.stage, total=ev.total_steps,
-                                completed=ev.step, info=info)
+                                completed=ev.step, info=_progress_info(ev))
+            if final is not None and (
+                _has_outcome(final, seen) or time.monotonic() > grace_until
+            ):
+                return final, seen
     raise RuntimeError("event stream ended")  # follow_job raises TimeoutError first
+
+
+def _progress_info(ev: JobProgress) -> str:
+    info = f"step {ev.step}/{ev.total_steps}"
+    if ev.loss is not None:
+        info += f"  loss {ev.loss:.3f}"
+    if ev.tokens_per_s:
+        info += f"  {ev.tokens_per_s:.0f} tok/s"
+    if ev.eta_s is not None:
+        info += f"  eta {ev.eta_s:.0f}s"
+    return info
+
+
+def _has_outcome(final: JobState, events: list[EventData]) -> bool:
+    wanted = {JobState.succeeded: ModelReady, JobState.rejected: EvaluationCompleted}.get(final)
+    return wanted is None or any(isinstance(e, wanted) for e in events)
 
 
 def _print_outcome(final: JobState, events: list[EventData]) -> None:

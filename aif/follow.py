@@ -15,14 +15,22 @@ from events.topics import Topics
 
 def follow_job(
     cfg: KafkaConfig, topics: Topics, job_id: str, timeout_s: float = 3600
-) -> Iterator[EventData]:
-    """Yield the job's events from the start of the status and models topics, in order.
+) -> Iterator[EventData | None]:
+    """Yield the job's events from the start of the status and models topics.
 
-    No consumer group: each follower reads everything itself and never disturbs the
-    orchestrators' offsets.
+    Yields None after each quiet poll, so a caller can stop on its own deadline. No consumer
+    group: each follower reads everything itself and never disturbs the orchestrators'
+    offsets.
     """
     consumer = make_consumer(cfg)
+    deadline = time.monotonic() + timeout_s
     try:
+        # The orchestrator creates the topics; a follower may well be up before it.
+        while not all(consumer.partitions_for_topic(t) for t in (topics.status, topics.models)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {topics.status} and {topics.models} do not exist")
+            yield None
+            time.sleep(0.5)
         parts = [
             TopicPartition(topic, p)
             for topic in (topics.status, topics.models)
@@ -30,9 +38,11 @@ def follow_job(
         ]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
+            batch = consumer.poll(timeout_ms=500)
+            if not batch:
+                yield None
+            for records in batch.values():
                 for record in records:
                     if record.key != job_id.encode():
                         continue

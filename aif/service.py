@@ -31,9 +31,12 @@ class Service(AbstractContextManager["Service"]):
         self.stoppables: list[object] = []
         self.server: uvicorn.Server | None = None
 
+    def _ensure_topics_once(self) -> None:
+        ensure_topics(self.settings.kafka, self.settings.topics.all())
+
     @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
     def _topics(self) -> None:
-        ensure_topics(self.settings.kafka, self.settings.topics.all())
+        self._ensure_topics_once()
 
     def start(self) -> Service:
         s = self.settings
@@ -51,7 +54,7 @@ class Service(AbstractContextManager["Service"]):
         )
         self.producer, self.consumer = producer, consumer
         intake = Intake(consumer, producer, sessions, s.topics)
-        relay = OutboxRelay(sessions, producer)
+        relay = OutboxRelay(sessions, producer, repair=self._ensure_topics_once)
         launcher = get_launcher(s.launcher)
         workers = [JobWorker(s, sessions, producer, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]

@@ -46,7 +46,8 @@ def decide(recipe: Recipe, result: EvaluationResult) -> tuple[list[MetricScore],
     score = next(s for s in all_scores if (s.task, s.metric) == (gate.task, gate.metric))
     stderr = math.hypot(score.base_stderr or 0.0, score.tuned_stderr or 0.0)
     big_enough = score.delta >= gate.min_gain
-    above_noise = score.delta > gate.stderr_factor * stderr
+    # stderr_factor 0 switches the noise check off (min_gain alone decides).
+    above_noise = gate.stderr_factor == 0 or score.delta > gate.stderr_factor * stderr
     reason = (
         f"{label}: {score.tuned:.3f} vs base {score.base:.3f} ({score.delta:+.3f}); "
         f"needs >= {gate.min_gain:+.3f} and > {gate.stderr_factor} x stderr {stderr:.3f}"

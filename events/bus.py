@@ -54,6 +54,7 @@ def make_producer(cfg: KafkaConfig) -> KafkaProducer:
         retries=5,
         max_in_flight_requests_per_connection=1,
         linger_ms=5,
+        max_block_ms=10_000,  # fail fast while the broker is away; callers retry
         **cfg.client_kwargs(),
     )
 

@@ -45,6 +45,7 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     work_dir: Mapped[str | None] = mapped_column(Text)
     adapter_uri: Mapped[str | None] = mapped_column(Text)
+    run_ref: Mapped[dict | None] = mapped_column(JSON)  # launcher's handle on the stage run
     gate_passed: Mapped[bool | None]
     gate_reason: Mapped[str | None] = mapped_column(Text)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-from aif.launchers.base import Launcher, RunHandle, StageCommand
+from aif.launchers.base import LOST, Launcher, RunHandle, StageCommand
 from aif.launchers.local import LocalLauncher
 
 LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
@@ -24,4 +24,4 @@ def get_launcher(name: str) -> Launcher:
     return LAUNCHERS[name]()
 
 
-__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "StageCommand", "get_launcher"]
+__all__ = ["LAUNCHERS", "LOST", "Launcher", "RunHandle", "StageCommand", "get_launcher"]

@@ -6,7 +6,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+LOST = -1000
+"""poll() result for a run that vanished without an exit status (its node or wrapper died)."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class StageCommand:
 
 
 class RunHandle(Protocol):
+    ref: dict[str, Any]
+    """JSON-able handle stored with the job, so another orchestrator can attach to the run."""
+
     def poll(self) -> int | None:
-        """Exit code once finished, else None."""
+        """Exit code once finished (LOST if it vanished), else None."""
 
     def terminate(self) -> None:
         """Ask the run to stop (SIGTERM: it checkpoints, then exits)."""
@@ -46,4 +52,8 @@ class RunHandle(Protocol):
 
 
 class Launcher(Protocol):
+    name: str
+
     def start(self, command: StageCommand, log_path: Path) -> RunHandle: ...
+
+    def attach(self, ref: dict[str, Any]) -> RunHandle: ...

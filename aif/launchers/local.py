@@ -1,4 +1,10 @@
-"""Local launcher: the stage runs as a child process group on this machine."""
+"""Local launcher: the stage runs as its own process group on this machine.
+
+The stage outlives the orchestrator that started it: a `kill -9` of the orchestrator leaves
+training running, and the orchestrator that re-adopts the job attaches to the same run
+through its `ref` instead of starting a second one. A small shell wrapper records the exit
+code in a file, because only a parent can read a child's exit status.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,52 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from aif.launchers.base import StageCommand
+from aif.launchers.base import LOST, StageCommand
+
+# Runs the command, then writes its status. The trap keeps the shell alive on SIGTERM long
+# enough to record how the stage ended; the stage itself still gets the signal.
+WRAPPER = 'trap : TERM INT; "$@"; echo $? > "$AIF_EXIT_FILE"'
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of a live (non-zombie) process, to tell it from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 class LocalRun:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.proc, self.log_path = proc, log_path
+    def __init__(self, ref: dict[str, Any], proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.ref, self.proc = ref, proc
+        self.exit_file = Path(ref["exit_file"])
+        self.log_path = Path(ref["log"])
+
+    def _exit_code(self) -> int | None:
+        try:
+            text = self.exit_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text else None
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                return None
+            code = self._exit_code()
+            return code if code is not None else self.proc.returncode
+        code = self._exit_code()
+        if code is not None:
+            return code
+        return None if _start_time(self.ref["pid"]) == self.ref["started"] else LOST
 
     def terminate(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.poll() is None:
+            os.killpg(self.ref["pid"], signal.SIGTERM)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -29,15 +67,25 @@ class LocalRun:
 
 
 class LocalLauncher:
+    name = "local"
+
     def start(self, command: StageCommand, log_path: Path) -> LocalRun:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        exit_file = log_path.with_suffix(".exit")
+        exit_file.unlink(missing_ok=True)
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                command.argv(),
+                ["/bin/sh", "-c", WRAPPER, "aif-stage", *command.argv()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: SIGTERM reaches every rank
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "AIF_EXIT_FILE": str(exit_file)},
             )
-        return LocalRun(proc, log_path)
+        ref = {"launcher": self.name, "module": command.module, "pid": proc.pid,
+               "started": _start_time(proc.pid), "exit_file": str(exit_file),
+               "log": str(log_path)}
+        return LocalRun(ref, proc)
+
+    def attach(self, ref: dict[str, Any]) -> LocalRun:
+        return LocalRun(ref)

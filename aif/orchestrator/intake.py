@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
-from aif.orchestrator.states import transition
+from aif.failpoints import failpoint
+from aif.orchestrator.states import ALLOWED, transition
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
 from events.messages import CancelRequested, FineTuneRequested
 from events.states import JobState
@@ -56,12 +57,12 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
         event = CloudEvent.from_bytes(raw)
     except EnvelopeError as exc:
         return IntakeResult(Outcome.dead_letter, reason=str(exc))
-    if event.type == CancelRequested.TYPE:
-        return IntakeResult(Outcome.cancel, reason="cancel requests are handled by the worker")
-    if event.type != FineTuneRequested.TYPE:
+    if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
         return IntakeResult(Outcome.dead_letter, reason=f"type: unknown event type {event.type!r}")
     if not event.tenant:
         return IntakeResult(Outcome.dead_letter, reason="tenant: every request needs a tenant")
+    if event.type == CancelRequested.TYPE:
+        return _cancel(session, event, topics)
     try:
         request = FineTuneRequested.model_validate(event.data)
     except ValidationError as exc:
@@ -97,6 +98,24 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
     return IntakeResult(Outcome.accepted, job_id)
 
 
+def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult:
+    """Cancel in the store; a worker running the job sees the state change at its next
+    heartbeat and stops the stage process."""
+    try:
+        request = CancelRequested.model_validate(event.data)
+    except ValidationError as exc:
+        return IntakeResult(Outcome.dead_letter, reason=describe_validation_error(exc, "data"))
+    job = session.get(Job, request.job_id)
+    if job is None or job.tenant != event.tenant:  # another tenant's job does not exist for you
+        return IntakeResult(Outcome.dead_letter, request.job_id,
+                            f"data.job_id: no job {request.job_id} for tenant {event.tenant}")
+    state = JobState(job.state)
+    if JobState.cancelled not in ALLOWED[state]:
+        return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {state}")
+    transition(session, job, JobState.cancelled, topics, request.reason or "cancel requested")
+    return IntakeResult(Outcome.cancel, job.id, "cancelled")
+
+
 def dead_letter_headers(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
     return [
         ("aif.dlq.reason", reason.encode()),
@@ -121,38 +140,48 @@ class Intake:
             consumer, producer, sessions, topics)
         self.stopping = threading.Event()
 
-    def handle(self, record: ConsumerRecord) -> IntakeResult:
-        with self.sessions() as session:
-            try:
-                result = accept(session, record.value, self.topics)
+    def _store(self, records: list[ConsumerRecord]) -> list[IntakeResult]:
+        """The whole batch in one transaction: one commit per poll, not per record."""
+        try:
+            with self.sessions() as session:
+                results = [accept(session, r.value, self.topics) for r in records]
                 session.commit()
-            except IntegrityError:
-                # Another orchestrator stored the same request between our check and insert.
-                session.rollback()
-                result = accept(session, record.value, self.topics)
-        if result.outcome is Outcome.dead_letter:
-            self.producer.send(
-                self.topics.dead_letter,
-                key=record.key,
-                value=record.value,
-                headers=dead_letter_headers(record, result.reason),
-            ).get(timeout=30)
-            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition,
-                        record.offset, result.reason)
-        return result
-
-    def poll_once(self, timeout_ms: int = 500) -> list[IntakeResult]:
-        results = []
-        batch = self.consumer.poll(timeout_ms=timeout_ms)
-        for tp, records in batch.items():
+            return results
+        except IntegrityError:
+            # Another orchestrator stored one of these requests between our check and insert;
+            # redo them one by one, each now seeing the other's row as a duplicate.
+            results = []
             for record in records:
-                results.append(self.handle(record))
-                # Commit per record: a crash re-delivers at most the record in flight, and
-                # the unique (source, id) constraint turns that into a duplicate.
-                self.consumer.commit(
-                    {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(
-                        record.offset + 1, "", -1)}
-                )
+                with self.sessions() as session:
+                    results.append(accept(session, record.value, self.topics))
+                    session.commit()
+            return results
+
+    def poll_once(self, timeout_ms: int = 500, max_records: int = 500) -> list[IntakeResult]:
+        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = [r for rs in batch.values() for r in rs]
+        if not records:
+            return []
+        results = self._store(records)
+        failpoint("intake.after_store")
+        dead = [
+            self.producer.send(self.topics.dead_letter, key=r.key, value=r.value,
+                               headers=dead_letter_headers(r, res.reason))
+            for r, res in zip(records, results, strict=True)
+            if res.outcome is Outcome.dead_letter
+        ]
+        for future in dead:
+            future.get(timeout=30)
+        for r, res in zip(records, results, strict=True):
+            if res.outcome is Outcome.dead_letter:
+                log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset,
+                            res.reason)
+        # Only now does Kafka learn we are done. A crash before this line re-delivers the
+        # batch, and the unique (source, id) constraint turns each record into a duplicate.
+        self.consumer.commit({
+            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rs[-1].offset + 1, "", -1)
+            for tp, rs in batch.items()
+        })
         return results
 
     def run(self) -> None:

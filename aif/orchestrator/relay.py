@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from kafka import KafkaProducer
 from sqlalchemy import select
@@ -19,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, sessions: sessionmaker[Session], producer: KafkaProducer) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        producer: KafkaProducer,
+        repair: Callable[[], None] = lambda: None,
+    ) -> None:
         self.sessions, self.producer = sessions, producer
+        self.repair = repair  # e.g. recreate topics lost with a memory-only broker's restart
         self.stopping = threading.Event()
 
     def publish_pending(self, limit: int = 200) -> int:
@@ -49,5 +56,9 @@ class OutboxRelay:
                 sent = 0
                 backoff = min(backoff * 2, 10.0)
                 self.stopping.wait(backoff)
+                try:
+                    self.repair()
+                except Exception as repair_exc:
+                    log.warning("outbox relay repair: %s", repair_exc)
             if not sent:
                 self.stopping.wait(0.2)

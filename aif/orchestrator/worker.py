@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Score, utcnow
-from aif.launchers import Launcher, RunHandle, StageCommand
+from aif.launchers import LOST, Launcher, RunHandle, StageCommand, get_launcher
 from aif.orchestrator.handoff import notify_inference
 from aif.orchestrator.states import SOURCE, enqueue_event, transition
 from aif.settings import Settings
@@ -123,9 +124,16 @@ class JobWorker:
             session.commit()
 
     # -- driving -------------------------------------------------------------------------
+    def _owned(self, session: Session, job_id: str) -> Job:
+        """The job row, locked, if this worker still holds it and it is still running."""
+        job = session.get_one(Job, job_id, with_for_update=True)
+        if job.lease_owner != self.owner or JobState(job.state).terminal:
+            raise LeaseLost(f"job {job_id} is {job.state} and held by {job.lease_owner}")
+        return job
+
     def _move(self, job_id: str, to: JobState, reason: str = "", **fields: object) -> None:
         with self.sessions() as session:
-            job = session.get_one(Job, job_id)
+            job = self._owned(session, job_id)
             for name, value in fields.items():
                 setattr(job, name, value)
             transition(session, job, to, self.topics, reason)
@@ -219,19 +227,49 @@ class JobWorker:
                     log.warning("progress event for %s not published: %s", job.id, exc)
         return offset
 
+    def _run_stage(self, job: Job, expected: JobState, command: StageCommand,
+                   write_spec: Callable[[], None], log_path: Path, progress: Path) -> RunHandle:
+        """Attach to the stage run a previous worker started, or start it; wait for the end.
+
+        A job re-adopted after its orchestrator was killed thus never trains twice: the
+        first run is still going (or finished and left its exit code) and is watched instead.
+        """
+        run: RunHandle | None = None
+        ref = job.run_ref
+        if ref and ref.get("module") == command.module:
+            run = get_launcher(ref["launcher"]).attach(ref)
+            if run.poll() == LOST:
+                log.warning("job %s: %s run vanished; starting it again", job.id, command.module)
+                run = None
+        if run is None:
+            write_spec()
+            run = self.launcher.start(command, log_path)
+            self._record_run(job.id, run.ref)
+        code = self._watch(job, expected, run, progress)
+        if code != 0:
+            raise StageFailed(f"{command.module} exited with code {code}:\n{run.log_tail()}")
+        return run
+
+    def _record_run(self, job_id: str, ref: dict) -> None:
+        with self.sessions() as session:
+            self._owned(session, job_id).run_ref = ref
+            session.commit()
+
     def _train(self, job: Job) -> None:
         if job.state == JobState.queued:
             self._move(job.id, JobState.training, "training started")
+            job = self._load(job.id)
         recipe = Recipe.model_validate(job.recipe)
         work = Path(job.work_dir or self._job_dir(job))
         spec_path = work / TRAINING_SPEC
-        TrainingSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
-                     model_cache_dir=str(self.settings.models_dir)).write(spec_path)
-        command = StageCommand("finetune.train", spec_path, recipe.train.num_processes)
-        run = self.launcher.start(command, work / "training.log")
-        code = self._watch(job, JobState.training, run, work / PROGRESS_LOG)
-        if code != 0:
-            raise StageFailed(f"training exited with code {code}:\n{run.log_tail()}")
+        self._run_stage(
+            job, JobState.training,
+            StageCommand("finetune.train", spec_path, recipe.train.num_processes),
+            lambda: TrainingSpec(job_id=job.id, tenant=job.tenant, recipe=recipe,
+                                 work_dir=str(work),
+                                 model_cache_dir=str(self.settings.models_dir)).write(spec_path),
+            work / "training.log", work / PROGRESS_LOG,
+        )
         result = TrainingResult.read(work / TRAINING_RESULT)
         self._move(job.id, JobState.evaluating,
                    f"trained {result.steps} steps, final loss {result.final_loss:.4f}",
@@ -244,19 +282,19 @@ class JobWorker:
         spec_path = work / EVALUATION_SPEC
         out = work / "evaluation"
         out.mkdir(exist_ok=True)
-        EvaluationSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
-                       adapter_dir=trained.adapter_dir, recipe=recipe,
-                       output_dir=str(out)).write(spec_path)
-        run = self.launcher.start(StageCommand("evaluation.run", spec_path, distributed=False),
-                                  work / "evaluation.log")
-        code = self._watch(job, JobState.evaluating, run, out / PROGRESS_LOG)
-        if code != 0:
-            raise StageFailed(f"evaluation exited with code {code}:\n{run.log_tail()}")
+        self._run_stage(
+            job, JobState.evaluating,
+            StageCommand("evaluation.run", spec_path, distributed=False),
+            lambda: EvaluationSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
+                                   adapter_dir=trained.adapter_dir, recipe=recipe,
+                                   output_dir=str(out)).write(spec_path),
+            work / "evaluation.log", out / PROGRESS_LOG,
+        )
         result = EvaluationResult.read(out / EVALUATION_RESULT)
         scores, decision = decide(recipe, result)
         samples = {(m.task, m.metric): m for m in result.tuned}
         with self.sessions() as session:
-            row = session.get_one(Job, job.id)
+            row = self._owned(session, job.id)
             row.gate_passed, row.gate_reason = decision.passed, decision.reason
             for s in scores:
                 m = samples[(s.task, s.metric)]
@@ -278,7 +316,7 @@ class JobWorker:
         work = Path(job.work_dir or self._job_dir(job))
         trained = TrainingResult.read(work / TRAINING_RESULT)
         with self.sessions() as session:
-            row = session.get_one(Job, job.id)
+            row = self._owned(session, job.id)
             scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
                                   base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
                       for s in row.scores]
@@ -292,7 +330,7 @@ class JobWorker:
             except Exception as exc:
                 raise StageFailed(f"inference server refused the adapter: {exc}") from exc
         with self.sessions() as session:
-            row = session.get_one(Job, job.id)
+            row = self._owned(session, job.id)
             enqueue_event(session, self.topics.models, ready, job=row,
                           event_id=f"{job.id}:model-ready")
             transition(session, row, JobState.succeeded, self.topics, "model handed off")

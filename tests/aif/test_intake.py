@@ -88,7 +88,28 @@ def test_bad_requests_are_dead_lettered_with_the_field(sessions: sessionmaker[Se
     assert _jobs(sessions) == 0
 
 
-def test_cancel_is_not_taken_as_a_job(sessions: sessionmaker[Session]) -> None:
-    ev = envelope(CancelRequested(job_id="x"), source="urn:test", tenant="acme")
-    assert _accept(sessions, ev.to_bytes()).outcome is Outcome.cancel
-    assert _jobs(sessions) == 0
+def _cancel(job_id: str, tenant: str = "acme") -> bytes:
+    return envelope(CancelRequested(job_id=job_id, reason="changed my mind"),
+                    source="urn:test", tenant=tenant).to_bytes()
+
+
+def test_cancel_moves_a_waiting_job_to_cancelled(sessions: sessionmaker[Session]) -> None:
+    job_id = _accept(sessions, _request()).job_id
+    result = _accept(sessions, _cancel(job_id))
+    assert (result.outcome, result.reason) == (Outcome.cancel, "cancelled")
+    with sessions() as s:
+        job = s.get_one(Job, job_id)
+        assert (job.state, job.reason) == (JobState.cancelled, "changed my mind")
+    again = _accept(sessions, _cancel(job_id))
+    assert again.reason == "not cancelled: job is cancelled"
+
+
+def test_cancel_of_another_tenants_or_unknown_job_is_dead_lettered(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = _accept(sessions, _request()).job_id
+    for raw in (_cancel(job_id, tenant="intruder"), _cancel("no-such-job")):
+        result = _accept(sessions, raw)
+        assert result.outcome is Outcome.dead_letter and "data.job_id" in result.reason
+    with sessions() as s:
+        assert s.get_one(Job, job_id).state == JobState.validating

@@ -5,7 +5,37 @@ from pathlib import Path
 
 import pytest
 
-from aif.launchers import StageCommand, get_launcher
+from aif.launchers import LOST, StageCommand, get_launcher
+
+SLEEPER = """
+import json, sys, time
+cfg = json.load(open(sys.argv[1]))
+print("stage started", flush=True)
+time.sleep(cfg["sleep"])
+sys.exit(cfg["code"])
+"""
+
+
+@pytest.fixture
+def stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A stage module that sleeps and exits with a chosen code, found through PYTHONPATH."""
+    (tmp_path / "sleeper_stage.py").write_text(SLEEPER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+    def make(sleep: float, code: int) -> StageCommand:
+        spec = tmp_path / f"spec-{sleep}-{code}.json"
+        spec.write_text(f'{{"sleep": {sleep}, "code": {code}}}')
+        return StageCommand("sleeper_stage", spec, distributed=False)
+
+    return make
+
+
+def _wait(run, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while (code := run.poll()) is None:
+        assert time.monotonic() < deadline, "stage did not end"
+        time.sleep(0.05)
+    return code
 
 
 def test_training_runs_under_accelerate_with_every_core_used() -> None:
@@ -17,15 +47,31 @@ def test_training_runs_under_accelerate_with_every_core_used() -> None:
     assert argv[-3:] == ["-m", "finetune.train", "/j/spec.json"]
 
 
-def test_local_launcher_reports_exit_code_and_log(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.json"
-    spec.write_text("{}")
-    run = get_launcher("local").start(
-        StageCommand("json.tool", spec, distributed=False), tmp_path / "run.log")
-    while run.poll() is None:
-        time.sleep(0.05)
-    assert run.poll() == 0
-    assert "{}" in run.log_tail()
+def test_exit_code_and_log_reach_the_starter(stage, tmp_path: Path) -> None:
+    run = get_launcher("local").start(stage(0, 7), tmp_path / "run.log")
+    assert _wait(run) == 7
+    assert "stage started" in run.log_tail()
+
+
+def test_another_orchestrator_attaches_to_a_running_stage(stage, tmp_path: Path) -> None:
+    first = get_launcher("local").start(stage(1.5, 0), tmp_path / "run.log")
+    attached = get_launcher("local").attach(first.ref)  # as after a kill -9 of the starter
+    assert attached.poll() is None
+    assert _wait(attached) == 0
+
+
+def test_terminate_ends_the_stage_with_a_signal_status(stage, tmp_path: Path) -> None:
+    run = get_launcher("local").start(stage(60, 0), tmp_path / "run.log")
+    time.sleep(0.5)
+    run.terminate()
+    assert _wait(run) == 128 + 15
+
+
+def test_a_vanished_run_is_reported_lost(stage, tmp_path: Path) -> None:
+    run = get_launcher("local").start(stage(60, 0), tmp_path / "run.log")
+    os.killpg(run.ref["pid"], 9)  # the wrapper dies too: no exit status is written
+    _wait(run)
+    assert get_launcher("local").attach(run.ref).poll() == LOST
 
 
 def test_unknown_launcher_suggests_one() -> None:

@@ -54,7 +54,8 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         job_id = job_id_for(event.source, event.id)
         events = []
         for ev in follow_job(settings.kafka, topics, job_id, timeout_s=1500):
-            events.append(ev)
+            if ev is not None:
+                events.append(ev)
             if isinstance(ev, JobStatusChanged) and ev.state.terminal:
                 break
         # Wait for the outbox to deliver the model-ready event written with the last state.

@@ -67,11 +67,19 @@ def test_missing_stderr_counts_as_zero(recipe: Recipe) -> None:
 
 def test_no_gain_fails_both(recipe: Recipe) -> None:
     _, decision = decide(
-        _recipe(recipe, min_gain=0.0, stderr_factor=0.0),
+        _recipe(recipe, min_gain=0.01, stderr_factor=1.0),
         _result([_metric(0.5, 0.0)], [_metric(0.5, 0.0)]),
     )
     assert not decision.passed
-    assert decision.reason.endswith("failed: within stderr")
+    assert decision.reason.endswith("failed: below min_gain, within stderr")
+
+
+def test_stderr_factor_zero_leaves_the_decision_to_min_gain(recipe: Recipe) -> None:
+    lenient = _recipe(recipe, min_gain=-0.1, stderr_factor=0.0)
+    _, decision = decide(lenient, _result([_metric(0.5, 0.2)], [_metric(0.45, 0.2)]))
+    assert decision.passed
+    _, decision = decide(lenient, _result([_metric(0.5, 0.2)], [_metric(0.35, 0.2)]))
+    assert decision.reason.endswith("failed: below min_gain")
 
 
 @pytest.mark.parametrize(

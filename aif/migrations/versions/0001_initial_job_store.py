@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("work_dir", sa.Text(), nullable=True),
         sa.Column("adapter_uri", sa.Text(), nullable=True),
+        sa.Column("run_ref", sa.JSON(), nullable=True),
         sa.Column("gate_passed", sa.Boolean(), nullable=True),
         sa.Column("gate_reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),

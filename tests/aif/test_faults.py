@@ -1,0 +1,192 @@
+"""Faults injected into real orchestrator processes on the real broker and database.
+
+The jobs train the tiny random model from `tiny_model_dir` (seconds, not minutes); the
+processes, the broker, the database and the kills are real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from aif.db.models import Job, Outbox
+from aif.follow import follow_job
+from events.bus import KafkaConfig, envelope, make_producer, publish
+from events.envelope import job_id_for
+from events.messages import FineTuneRequested, JobProgress, JobStatusChanged, ModelReady
+from events.states import JobState
+from events.topics import Topics
+from recipes import load_recipe
+from tests.conftest import free_port
+
+AIF = str(Path(sys.executable).with_name("aif"))
+
+
+@pytest.fixture
+def tiny_request(tiny_model_dir: Path) -> FineTuneRequested:
+    """The shipped recipe on the tiny model: short training, 20 eval docs, lenient gate."""
+    recipe = load_recipe("grid-ticket-routing")
+    recipe = recipe.model_copy(update={
+        "name": "tiny-grid-routing",
+        "model": recipe.model.model_copy(update={"base": str(tiny_model_dir)}),
+        "train": recipe.train.model_copy(update={"max_steps": 40, "batch_size": 4,
+                                                 "logging_steps": 1}),
+        "eval": recipe.eval.model_copy(update={"limit": 20}),
+        "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0}),
+    })
+    return FineTuneRequested(recipe_inline=recipe)
+
+
+class Orchestrator:
+    """`aif up` in its own process, configured like a deployment would be."""
+
+    def __init__(self, env: dict[str, str], log: Path, failpoints: str = "") -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [AIF, "up"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **env, "AIF_FAILPOINTS": failpoints},
+            )
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+@pytest.fixture
+def orchestrators(broker: str, db_url: str, topics: Topics,
+                  tmp_path: Path) -> Iterator[tuple[dict[str, str], list[Orchestrator]]]:
+    env = {
+        "AIF_HOME": str(tmp_path / "home"),
+        "AIF_DATABASE_URL": db_url,
+        "AIF_KAFKA__BOOTSTRAP_SERVERS": broker,
+        "AIF_TOPIC_PREFIX": topics.prefix,
+        "AIF_CONSUMER_GROUP": f"{topics.prefix}-orchestrators",
+        "AIF_MAX_POLL_INTERVAL_MS": "3000",
+        "AIF_SESSION_TIMEOUT_MS": "3000",
+        "AIF_LEASE_S": "3",
+        "AIF_WEB_PORT": str(free_port()),
+        "AIF_EMBEDDED_BROKER": "false",
+    }
+    started: list[Orchestrator] = []
+    yield env, started
+    for orchestrator in started:
+        orchestrator.stop()
+
+
+def _publish(broker: str, topics: Topics, data: FineTuneRequested, tenant: str = "acme") -> str:
+    event = envelope(data, source="urn:test:faults", tenant=tenant)
+    job_id = job_id_for(event.source, event.id)
+    producer = make_producer(KafkaConfig(bootstrap_servers=broker))
+    publish(producer, topics.requests, event, key=job_id)
+    producer.close()
+    return job_id
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _job_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Job))
+
+
+def _state(sessions: sessionmaker[Session], job_id: str) -> str | None:
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        return job.state if job else None
+
+
+def test_kill_between_store_and_offset_commit_gives_exactly_one_job(
+    broker: str, topics: Topics, sessions: sessionmaker[Session], orchestrators, tmp_path: Path,
+) -> None:
+    env, started = orchestrators
+    first = Orchestrator(env, tmp_path / "first.log", failpoints="intake.after_store")
+    started.append(first)
+    job_id = _publish(broker, topics, FineTuneRequested(recipe="no-such-recipe"))
+    first.proc.wait(120)
+    assert first.proc.returncode == -signal.SIGKILL
+    assert _job_count(sessions) == 1  # stored, but Kafka never heard of it
+
+    second = Orchestrator(env, tmp_path / "second.log")
+    started.append(second)
+    _until(lambda: _state(sessions, job_id) == JobState.rejected, 120, "the job to be rejected")
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    group = env["AIF_CONSUMER_GROUP"]
+
+    def committed() -> int:
+        offsets = admin.list_group_offsets(group).get(group, {})
+        return sum(o.offset for o in offsets.values() if o.offset > 0)
+
+    _until(lambda: committed() == 1, 60, "the re-delivered record's offset to be committed")
+    admin.close()
+    assert _job_count(sessions) == 1
+
+
+def test_job_of_a_killed_orchestrator_is_re_adopted_and_trained_once(
+    broker: str, topics: Topics, sessions: sessionmaker[Session], orchestrators,
+    tiny_request: FineTuneRequested, tmp_path: Path,
+) -> None:
+    env, started = orchestrators
+    first = Orchestrator(env, tmp_path / "first.log")
+    started.append(first)
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    job_id = _publish(broker, topics, tiny_request)
+    for ev in follow_job(cfg, topics, job_id, timeout_s=300):
+        if isinstance(ev, JobProgress) and ev.stage == "training":
+            break
+    first.kill9()  # training goes on, orphaned
+
+    second = Orchestrator(env, tmp_path / "second.log")
+    started.append(second)
+    _until(lambda: _state(sessions, job_id) == JobState.succeeded, 600, "the job to succeed")
+
+    _until(lambda: _unpublished(sessions) == 0, 30, "the outbox to drain")
+    time.sleep(1)
+    all_events = _read_all(cfg, topics, job_id)
+    assert sum(isinstance(e, ModelReady) for e in all_events) == 1
+    states = [e.state for e in all_events if isinstance(e, JobStatusChanged)]
+    assert states.count(JobState.training) == 1 and states[-1] == JobState.succeeded
+    with sessions() as s:
+        work = Path(s.get_one(Job, job_id).work_dir)
+    assert (work / "training.log").read_text().count("finetune: 800 examples") == 1
+
+
+def _unpublished(sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Outbox).where(
+            Outbox.published_at.is_(None)))
+
+
+def _read_all(cfg: KafkaConfig, topics: Topics, job_id: str) -> list:
+    """Everything on the status and models topics for the job, read to the current end."""
+    events: list = []
+    try:
+        for ev in follow_job(cfg, topics, job_id, timeout_s=5):
+            if ev is not None:
+                events.append(ev)
+    except TimeoutError:
+        pass
+    return events
