@@ -47,13 +47,14 @@ class Service(AbstractContextManager["Service"]):
         sessions = session_factory(s.db_url)
         producer = make_producer(s.kafka)
         consumer = make_consumer(
-            s.kafka, s.topics.requests, group_id=s.consumer_group,
+            s.kafka, group_id=s.consumer_group,
             max_poll_interval_ms=s.max_poll_interval_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(200, s.session_timeout_ms // 5),
+            metadata_max_age_ms=5000,  # notice a recreated requests topic within seconds
         )
         self.producer, self.consumer = producer, consumer
-        intake = Intake(consumer, producer, sessions, s.topics)
+        intake = Intake(consumer, producer, sessions, s.topics, repair=self._ensure_topics_once)
         relay = OutboxRelay(sessions, producer, repair=self._ensure_topics_once)
         launcher = get_launcher(s.launcher)
         workers = [JobWorker(s, sessions, producer, launcher) for _ in range(s.worker_slots)]

@@ -48,11 +48,14 @@ class KafkaConfig(BaseModel):
 
 
 def make_producer(cfg: KafkaConfig) -> KafkaProducer:
-    """Idempotence-friendly settings: wait for all replicas, keep per-key order on retry."""
+    """Durable settings: wait for all replicas, keep per-key order on retry."""
     return KafkaProducer(
         acks="all",
         retries=5,
         max_in_flight_requests_per_connection=1,
+        # Consumers de-duplicate by CloudEvents id; an idempotent producer cannot survive a
+        # memory-only broker restart (its producer id is gone) and would need rebuilding.
+        enable_idempotence=False,
         linger_ms=5,
         max_block_ms=10_000,  # fail fast while the broker is away; callers retry
         **cfg.client_kwargs(),

@@ -11,11 +11,19 @@ import hashlib
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -126,6 +134,35 @@ def dead_letter_headers(record: ConsumerRecord, reason: str) -> list[tuple[str, 
     ]
 
 
+class ResumeFromCommitted(ConsumerRebalanceListener):
+    """After every rebalance, start each partition at its committed offset or its beginning.
+
+    A memory-only broker that restarts forgets topics and offsets while this consumer still
+    remembers a position past the new, empty log's end; without this it would wait there
+    and silently skip the first requests sent after the restart. The listener runs on the
+    client's IO thread, where blocking calls are not allowed, so it only notes the
+    partitions and the poll loop repositions them.
+    """
+
+    def __init__(self) -> None:
+        self.pending: set[TopicPartition] = set()
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.pending -= revoked
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.pending |= assigned
+
+    def reposition(self, consumer: KafkaConsumer) -> None:
+        while self.pending:
+            tp = self.pending.pop()
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
+
 class Intake:
     """The poll loop. It only validates and stores: long work happens in job workers."""
 
@@ -135,9 +172,14 @@ class Intake:
         producer: KafkaProducer,
         sessions: sessionmaker[Session],
         topics: Topics,
+        repair: Callable[[], None] = lambda: None,
     ) -> None:
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
+        self.repair = repair  # recreate topics a memory-only broker lost on restart
+        self._last_repair = 0.0
+        self.rebalances = ResumeFromCommitted()
+        consumer.subscribe([topics.requests], listener=self.rebalances)
         self.stopping = threading.Event()
 
     def _store(self, records: list[ConsumerRecord]) -> list[IntakeResult]:
@@ -159,6 +201,9 @@ class Intake:
 
     def poll_once(self, timeout_ms: int = 500, max_records: int = 500) -> list[IntakeResult]:
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self.rebalances.pending:
+            # Records fetched before repositioning are handled anyway: at worst duplicates.
+            self.rebalances.reposition(self.consumer)
         records = [r for rs in batch.values() for r in rs]
         if not records:
             return []
@@ -184,6 +229,16 @@ class Intake:
         })
         return results
 
+    def _repair_if_idle(self) -> None:
+        """No partitions assigned: the requests topic may be gone; recreate it, now and then."""
+        if self.consumer.assignment() or time.monotonic() - self._last_repair < 5:
+            return
+        self._last_repair = time.monotonic()
+        try:
+            self.repair()
+        except Exception as exc:
+            log.warning("intake: topics not repaired yet: %s", exc)
+
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
@@ -191,3 +246,4 @@ class Intake:
             except Exception:
                 log.exception("intake poll failed; retrying")
                 self.stopping.wait(1.0)
+            self._repair_if_idle()

@@ -76,6 +76,7 @@ class JobWorker:
         self.topics = settings.topics
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self.stopping = threading.Event()
+        self._progress_paused_until = 0.0
 
     # -- leasing -------------------------------------------------------------------------
     def _lease_free(self, now):
@@ -217,6 +218,8 @@ class JobWorker:
                 if not line.endswith("\n"):
                     break
                 offset += len(line.encode())
+                if time.monotonic() < self._progress_paused_until:
+                    continue  # the broker is away; skip rather than stall the watch loop
                 p = ProgressLine.model_validate_json(line)
                 data = JobProgress(job_id=job.id, **p.model_dump())
                 try:
@@ -224,7 +227,8 @@ class JobWorker:
                             envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id),
                             key=job.id)
                 except Exception as exc:
-                    log.warning("progress event for %s not published: %s", job.id, exc)
+                    log.warning("progress events for %s paused: %s", job.id, exc)
+                    self._progress_paused_until = time.monotonic() + 30
         return offset
 
     def _run_stage(self, job: Job, expected: JobState, command: StageCommand,

@@ -190,3 +190,69 @@ def _read_all(cfg: KafkaConfig, topics: Topics, job_id: str) -> list:
     except TimeoutError:
         pass
     return events
+
+
+def test_broker_restart_loses_no_status_event_and_sends_none_twice(
+    topics: Topics, sessions: sessionmaker[Session], db_url: str,
+    tiny_request: FineTuneRequested, tmp_path: Path,
+) -> None:
+    from aif.broker import EmbeddedBroker
+    from aif.service import Service
+    from aif.settings import Settings
+
+    bootstrap = f"127.0.0.1:{free_port()}"
+    broker = EmbeddedBroker(bootstrap, tmp_path / "broker.log")
+    broker.start()
+    settings = Settings(
+        home=tmp_path / "home", database_url=db_url,
+        kafka=KafkaConfig(bootstrap_servers=bootstrap), topic_prefix=topics.prefix,
+        embedded_broker=False, max_poll_interval_ms=3000, session_timeout_ms=3000,
+    )
+    service = Service(settings, web=False).start()
+    try:
+        job_id = _publish(bootstrap, topics, tiny_request)
+        _until(lambda: _state(sessions, job_id) == JobState.training, 120, "training")
+        broker.stop()  # memory-only: every topic, offset and group is gone
+        _until(lambda: _state(sessions, job_id) == JobState.succeeded, 600,
+               "the job to finish while the broker is down")
+        held_back = _pending_event_ids(sessions)
+        assert len(held_back) >= 3  # at least evaluating, handing_off and succeeded
+
+        broker.start()
+        _until(lambda: _unpublished(sessions) == 0, 120, "the outbox to drain")
+        second = _publish(bootstrap, topics, FineTuneRequested(recipe="no-such-recipe"))
+        _until(lambda: _state(sessions, second) == JobState.rejected, 120,
+               "a request sent after the restart to be served")
+        _until(lambda: _unpublished(sessions) == 0, 60, "the outbox to drain again")
+        ids = [e.id for e in _raw_events(bootstrap, topics)]
+        assert len(ids) == len(set(ids)), "an event was published twice"
+        assert set(held_back) <= set(ids), "an event written while the broker was down is lost"
+    finally:
+        service.stop()
+        broker.stop()
+
+
+def _pending_event_ids(sessions: sessionmaker[Session]) -> list[str]:
+    from events.envelope import CloudEvent
+
+    with sessions() as s:
+        rows = s.scalars(select(Outbox).where(Outbox.published_at.is_(None))).all()
+        return [CloudEvent.model_validate_json(r.payload).id for r in rows]
+
+
+def _raw_events(bootstrap: str, topics: Topics) -> list:
+    from kafka import TopicPartition
+
+    from events.bus import make_consumer
+    from events.envelope import CloudEvent
+
+    consumer = make_consumer(KafkaConfig(bootstrap_servers=bootstrap))
+    parts = [TopicPartition(t, p) for t in (topics.status, topics.models)
+             for p in consumer.partitions_for_topic(t) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    events = []
+    while batch := consumer.poll(timeout_ms=2000):
+        events += [CloudEvent.from_bytes(r.value) for rs in batch.values() for r in rs]
+    consumer.close()
+    return events

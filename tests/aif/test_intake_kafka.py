@@ -19,7 +19,7 @@ FAST_GROUP = {"max_poll_interval_ms": 3000, "session_timeout_ms": 3000,
 
 
 def _intake(cfg: KafkaConfig, topics: Topics, sessions: sessionmaker[Session]) -> Intake:
-    consumer = make_consumer(cfg, topics.requests, group_id=f"{topics.prefix}-g", **FAST_GROUP)
+    consumer = make_consumer(cfg, group_id=f"{topics.prefix}-g", **FAST_GROUP)
     return Intake(consumer, make_producer(cfg), sessions, topics)
 
 
