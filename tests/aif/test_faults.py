@@ -256,3 +256,37 @@ def _raw_events(bootstrap: str, topics: Topics) -> list:
         events += [CloudEvent.from_bytes(r.value) for rs in batch.values() for r in rs]
     consumer.close()
     return events
+
+
+@pytest.mark.postgres
+def test_two_orchestrators_on_postgres_run_each_job_exactly_once(
+    broker: str, topics: Topics, postgres_url: str, tiny_request: FineTuneRequested,
+    tmp_path: Path,
+) -> None:
+    from aif.db.session import session_factory
+
+    sessions = session_factory(postgres_url)
+    env = {
+        "AIF_HOME": str(tmp_path / "home"), "AIF_DATABASE_URL": postgres_url,
+        "AIF_KAFKA__BOOTSTRAP_SERVERS": broker, "AIF_TOPIC_PREFIX": topics.prefix,
+        "AIF_CONSUMER_GROUP": f"{topics.prefix}-orchestrators",
+        "AIF_MAX_POLL_INTERVAL_MS": "3000", "AIF_SESSION_TIMEOUT_MS": "3000",
+        "AIF_EMBEDDED_BROKER": "false",
+    }
+    started = [Orchestrator({**env, "AIF_WEB_PORT": str(free_port())}, tmp_path / f"o{i}.log")
+               for i in range(2)]
+    try:
+        jobs = [_publish(broker, topics, tiny_request) for _ in range(3)]
+        _until(lambda: all(_state(sessions, j) in ("succeeded", "rejected", "failed")
+                           for j in jobs), 600, "all jobs to finish")
+        with sessions() as s:
+            rows = [s.get_one(Job, j) for j in jobs]
+            assert [r.state for r in rows] == ["succeeded"] * 3
+            for row in rows:
+                log = (Path(row.work_dir) / "training.log").read_text()
+                assert log.count("finetune: 800 examples") == 1
+        logs = [o.log.read_text() for o in started]
+        assert all("aif-tuning is up" in text for text in logs)
+    finally:
+        for orchestrator in started:
+            orchestrator.stop()

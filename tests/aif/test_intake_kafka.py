@@ -40,15 +40,15 @@ def test_poison_is_dead_lettered_and_the_partition_moves_on(
     good = envelope(FineTuneRequested(recipe="grid-ticket-routing"), source="urn:t",
                     tenant="acme", event_id="ok-1")
     producer.send(topics.requests, key=b"k", value=b"\x00poison")
-    for _ in range(5):
+    for _ in range(100):
         producer.send(topics.requests, key=b"k", value=good.to_bytes())
     producer.flush()
 
     intake = _intake(cfg, topics, sessions)
-    results = _drain(intake, 6)
+    results = _drain(intake, 101)
     intake.consumer.close()
     assert [r.outcome for r in results] == [Outcome.dead_letter, Outcome.accepted] + [
-        Outcome.duplicate] * 4
+        Outcome.duplicate] * 99
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
 
