@@ -197,6 +197,67 @@ def demo(
     raise typer.Exit(0 if final is JobState.succeeded else 1)
 
 
+@app.command("eval")
+def eval_(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file; its eval tasks run.")],
+    adapter: Annotated[Path | None, typer.Option(
+        help="LoRA adapter directory: scores base and base + adapter, and applies the gate.",
+    )] = None,
+    base: Annotated[str | None, typer.Option(
+        help="Base model (registered name, HF directory, GGUF file, hub id); default: recipe's.",
+    )] = None,
+    limit: EvalLimit = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
+) -> None:
+    """Evaluate a model, with or without an adapter, outside any job."""
+    from evaluation.gate import decide
+    from evaluation.run import run
+    from evaluation.runner import cli_command
+    from events.jobspec import EvaluationSpec
+    from finetune.base_model import BaseModelError, resolve_base_model
+
+    settings = _setup()
+    try:
+        r = load_recipe_file(Path(recipe)) if recipe.endswith((".yaml", ".yml")) else (
+            load_recipe(recipe))
+        if limit is not None:
+            r = r.model_copy(update={"eval": r.eval.model_copy(update={"limit": limit})})
+        base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
+    except (RecipeError, BaseModelError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        console.print(f"[red]--adapter {adapter}: no adapter_config.json there[/red]")
+        raise typer.Exit(2)
+    out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
+    spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
+                          adapter_dir=str(adapter.resolve()) if adapter else None, recipe=r,
+                          output_dir=str(out.resolve()))
+    try:
+        with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
+            result = run(spec)
+    except Exception as exc:  # e.g. an adapter for another base model, a broken task YAML
+        console.print(f"[red]evaluation failed: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if result is None:
+        console.print("[red]RANK is set and not 0: only the main process reports[/red]")
+        raise typer.Exit(1)
+    table = Table(title=f"{r.name}: {base or r.model.base}")
+    for col in ("task", "metric", "base", "tuned"):
+        table.add_column(col)
+    tuned = {(m.task, m.metric): m.value for m in result.tuned}
+    for m in result.base:
+        t = tuned.get((m.task, m.metric))
+        table.add_row(m.task, m.metric, f"{m.value:.4f}", "" if t is None else f"{t:.4f}")
+    console.print(table)
+    if adapter is not None:
+        _, decision = decide(r, result)
+        console.print(f"gate: {'passed' if decision.passed else 'failed'} - {decision.reason}")
+    console.print(f"results in {out}; the same run with the lm_eval command line:\n"
+                  + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Every shipped recipe with its sector and gate."""

@@ -18,7 +18,7 @@ from aif.orchestrator.relay import OutboxRelay
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.web.app import create_app
-from events.bus import ensure_topics, make_consumer, make_producer
+from events.bus import TopicKeeper, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,17 @@ class Service(AbstractContextManager["Service"]):
         self.stoppables: list[object] = []
         self.server: uvicorn.Server | None = None
 
-    def _ensure_topics_once(self) -> None:
-        ensure_topics(self.settings.kafka, self.settings.topics.all())
-
     @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
-    def _topics(self) -> None:
-        self._ensure_topics_once()
+    def _topics(self, keeper: TopicKeeper) -> None:
+        keeper.ensure()
 
     def start(self) -> Service:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")
-        self._topics()
+        keepers = [TopicKeeper(s.kafka, s.topics.all()) for _ in range(2)]  # one per thread
+        self._topics(keepers[0])
         sessions = session_factory(s.db_url)
         producer = make_producer(s.kafka)
         consumer = make_consumer(
@@ -53,9 +51,9 @@ class Service(AbstractContextManager["Service"]):
             heartbeat_interval_ms=max(200, s.session_timeout_ms // 5),
             metadata_max_age_ms=5000,  # notice a recreated requests topic within seconds
         )
-        self.producer, self.consumer = producer, consumer
-        intake = Intake(consumer, producer, sessions, s.topics, repair=self._ensure_topics_once)
-        relay = OutboxRelay(sessions, producer, repair=self._ensure_topics_once)
+        self.producer, self.consumer, self.keepers = producer, consumer, keepers
+        intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure)
+        relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         launcher = get_launcher(s.launcher)
         workers = [JobWorker(s, sessions, producer, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
@@ -85,7 +83,8 @@ class Service(AbstractContextManager["Service"]):
             self.server.should_exit = True
         for t in self.threads:
             t.join(timeout=30)
-        for closer in (getattr(self, "consumer", None), getattr(self, "producer", None)):
+        for closer in (getattr(self, "consumer", None), getattr(self, "producer", None),
+                       *getattr(self, "keepers", [])):
             if closer is not None:
                 closer.close()
         if self.broker is not None:

@@ -47,11 +47,21 @@ class KafkaConfig(BaseModel):
         return kw
 
 
+DELIVERY_TIMEOUT_S = 30
+"""Every send resolves within this: acked, or failed and never to be sent later."""
+ACK_WAIT_S = DELIVERY_TIMEOUT_S + 10
+
+
 def make_producer(cfg: KafkaConfig) -> KafkaProducer:
-    """Durable settings: wait for all replicas, keep per-key order on retry."""
+    """Durable settings: wait for all replicas, keep per-key order on retry.
+
+    Waiting on a send for less than the delivery timeout leaves the record queued; a caller
+    that then sends it again would publish it twice. So callers wait with `ACK_WAIT_S`.
+    """
     return KafkaProducer(
         acks="all",
-        retries=5,
+        delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
+        request_timeout_ms=DELIVERY_TIMEOUT_S * 1000 // 2,
         max_in_flight_requests_per_connection=1,
         # Consumers de-duplicate by CloudEvents id; an idempotent producer cannot survive a
         # memory-only broker restart (its producer id is gone) and would need rebuilding.
@@ -68,17 +78,46 @@ def make_consumer(cfg: KafkaConfig, *topics: str, **overrides: Any) -> KafkaCons
     return KafkaConsumer(*topics, **cfg.client_kwargs(), **kw)
 
 
+class TopicKeeper:
+    """Keeps a set of topics present over one long-lived admin connection.
+
+    A memory-only broker (the embedded one) forgets every topic when it restarts, yet acks a
+    record that a producer with cached metadata sends to a topic it no longer has, and drops
+    it. Producers that must not lose records call `ensure()` before each batch: one metadata
+    round trip, which never auto-creates a topic with the broker's default partition count.
+    """
+
+    def __init__(self, cfg: KafkaConfig, topics: list[str], partitions: int = 3) -> None:
+        self.cfg, self.topics, self.partitions = cfg, topics, partitions
+        self._admin: KafkaAdminClient | None = None
+
+    def ensure(self) -> None:
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self.cfg.client_kwargs())
+            existing = set(self._admin.list_topics())
+            missing = [NewTopic(t, self.partitions, 1) for t in self.topics if t not in existing]
+            if missing:
+                log.info("creating missing topics %s", [t.name for t in missing])
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    self._admin.create_topics(missing)
+        except Exception:
+            self.close()  # start from a fresh connection next time
+            raise
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+
 def ensure_topics(cfg: KafkaConfig, topics: list[str], partitions: int = 3) -> None:
-    """Create missing topics; a broker that auto-creates or already has them is fine."""
-    admin = KafkaAdminClient(**cfg.client_kwargs())
+    """Create missing topics once; a broker that already has them is fine."""
+    keeper = TopicKeeper(cfg, topics, partitions)
     try:
-        existing = set(admin.list_topics())
-        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing)
+        keeper.ensure()
     finally:
-        admin.close()
+        keeper.close()
 
 
 def envelope(
@@ -102,4 +141,5 @@ def envelope(
 
 def publish(producer: KafkaProducer, topic: str, event: CloudEvent, key: str | None) -> None:
     """Send and wait for the broker's ack, so callers may record the event as published."""
-    producer.send(topic, key=key.encode() if key else None, value=event.to_bytes()).get(timeout=30)
+    producer.send(topic, key=key.encode() if key else None, value=event.to_bytes()).get(
+        timeout=ACK_WAIT_S)

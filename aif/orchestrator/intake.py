@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import Job
 from aif.failpoints import failpoint
 from aif.orchestrator.states import ALLOWED, transition
+from events.bus import ACK_WAIT_S
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
 from events.messages import CancelRequested, FineTuneRequested
 from events.states import JobState
@@ -156,6 +157,8 @@ class ResumeFromCommitted(ConsumerRebalanceListener):
     def reposition(self, consumer: KafkaConsumer) -> None:
         while self.pending:
             tp = self.pending.pop()
+            if tp not in consumer.assignment():  # revoked again since
+                continue
             committed = consumer.committed(tp)
             if committed is None:
                 consumer.seek_to_beginning(tp)
@@ -172,11 +175,11 @@ class Intake:
         producer: KafkaProducer,
         sessions: sessionmaker[Session],
         topics: Topics,
-        repair: Callable[[], None] = lambda: None,
+        ensure_topics: Callable[[], None] = lambda: None,
     ) -> None:
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
-        self.repair = repair  # recreate topics a memory-only broker lost on restart
+        self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
         self._last_repair = 0.0
         self.rebalances = ResumeFromCommitted()
         consumer.subscribe([topics.requests], listener=self.rebalances)
@@ -209,6 +212,8 @@ class Intake:
             return []
         results = self._store(records)
         failpoint("intake.after_store")
+        if any(res.outcome is Outcome.dead_letter for res in results):
+            self.ensure_topics()
         dead = [
             self.producer.send(self.topics.dead_letter, key=r.key, value=r.value,
                                headers=dead_letter_headers(r, res.reason))
@@ -216,7 +221,7 @@ class Intake:
             if res.outcome is Outcome.dead_letter
         ]
         for future in dead:
-            future.get(timeout=30)
+            future.get(timeout=ACK_WAIT_S)
         for r, res in zip(records, results, strict=True):
             if res.outcome is Outcome.dead_letter:
                 log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset,
@@ -235,7 +240,7 @@ class Intake:
             return
         self._last_repair = time.monotonic()
         try:
-            self.repair()
+            self.ensure_topics()
         except Exception as exc:
             log.warning("intake: topics not repaired yet: %s", exc)
 

@@ -1,7 +1,9 @@
 """Outbox relay: publishes committed events in order, marks them published afterwards.
 
 If the broker is down the rows wait; a crash between the broker's ack and the mark re-sends
-the row, and consumers recognise the duplicate by its CloudEvents id.
+the row, and consumers recognise the duplicate by its CloudEvents id. Before each batch the
+relay makes sure its topics exist, because a restarted memory-only broker would otherwise
+ack and drop records sent to topics it has forgotten (see `events.bus.TopicKeeper`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Outbox, utcnow
+from events.bus import ACK_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,9 @@ class OutboxRelay:
         self,
         sessions: sessionmaker[Session],
         producer: KafkaProducer,
-        repair: Callable[[], None] = lambda: None,
+        ensure_topics: Callable[[], None] = lambda: None,
     ) -> None:
-        self.sessions, self.producer = sessions, producer
-        self.repair = repair  # e.g. recreate topics lost with a memory-only broker's restart
+        self.sessions, self.producer, self.ensure_topics = sessions, producer, ensure_topics
         self.stopping = threading.Event()
 
     def publish_pending(self, limit: int = 200) -> int:
@@ -35,14 +37,25 @@ class OutboxRelay:
             rows = session.scalars(
                 select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
             ).all()
-            for row in rows:
-                self.producer.send(
-                    row.topic,
-                    key=row.key.encode() if row.key else None,
-                    value=row.payload.encode(),
-                ).get(timeout=30)
-                row.published_at = utcnow()
-                session.commit()
+            if rows:
+                self.ensure_topics()
+            sent = [
+                (row, self.producer.send(row.topic, key=row.key.encode() if row.key else None,
+                                         value=row.payload.encode()))
+                for row in rows
+            ]
+            # Wait for every send to resolve and mark exactly the acked rows: a row re-sent
+            # while its first send is still queued in the producer would be published twice.
+            failed: list[Exception] = []
+            for row, future in sent:
+                try:
+                    future.get(timeout=ACK_WAIT_S)
+                    row.published_at = utcnow()
+                except Exception as exc:
+                    failed.append(exc)
+            session.commit()
+            if failed:
+                raise failed[0]
             return len(rows)
 
     def run(self) -> None:
@@ -56,9 +69,5 @@ class OutboxRelay:
                 sent = 0
                 backoff = min(backoff * 2, 10.0)
                 self.stopping.wait(backoff)
-                try:
-                    self.repair()
-                except Exception as repair_exc:
-                    log.warning("outbox relay repair: %s", repair_exc)
             if not sent:
                 self.stopping.wait(0.2)

@@ -23,3 +23,30 @@ def test_embedded_off_means_no_broker_is_started(tmp_path) -> None:
 
 def test_existing_broker_is_reused(broker: str, tmp_path) -> None:
     assert ensure_broker(broker, embedded=True, log_path=tmp_path / "b.log") is None
+
+
+def test_topic_keeper_recreates_what_a_restarted_broker_forgot(tmp_path) -> None:
+    """The embedded broker forgets topics on restart and would ack and drop records sent to
+    them by a producer with cached metadata; the keeper must notice over its old connection."""
+    from kafka import KafkaAdminClient
+
+    from events.bus import KafkaConfig, TopicKeeper
+
+    address = f"127.0.0.1:{free_port()}"
+    broker = EmbeddedBroker(address, tmp_path / "b.log")
+    broker.start()
+    cfg = KafkaConfig(bootstrap_servers=address)
+    keeper = TopicKeeper(cfg, ["k.status", "k.models"])
+    try:
+        keeper.ensure()
+        broker.stop()
+        broker.start()
+        admin = KafkaAdminClient(**cfg.client_kwargs())
+        assert "k.status" not in admin.list_topics()
+        keeper.ensure()
+        assert {"k.status", "k.models"} <= set(admin.list_topics())
+        assert len(admin.describe_topics(["k.status"])[0]["partitions"]) == 3
+        admin.close()
+    finally:
+        keeper.close()
+        broker.stop()

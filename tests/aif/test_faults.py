@@ -247,8 +247,15 @@ def _raw_events(bootstrap: str, topics: Topics) -> list:
     from events.envelope import CloudEvent
 
     consumer = make_consumer(KafkaConfig(bootstrap_servers=bootstrap))
-    parts = [TopicPartition(t, p) for t in (topics.status, topics.models)
-             for p in consumer.partitions_for_topic(t) or []]
+    parts: list[TopicPartition] = []
+
+    def known() -> bool:
+        consumer.topics()  # a metadata round trip: a new client may not know the topics yet
+        parts[:] = [TopicPartition(t, p) for t in (topics.status, topics.models)
+                    for p in consumer.partitions_for_topic(t) or []]
+        return bool(parts)
+
+    _until(known, 30, "the status and models topics to be known")
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     events = []
