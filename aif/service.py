@@ -54,7 +54,7 @@ class Service(AbstractContextManager["Service"]):
         self.producer, self.consumer, self.keepers = producer, consumer, keepers
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure)
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
-        launcher = get_launcher(s.launcher)
+        launcher = get_launcher(s.launcher, s.slurm)
         workers = [JobWorker(s, sessions, producer, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
         for name, target in [("intake", intake.run), ("relay", relay.run)] + [

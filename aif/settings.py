@@ -7,10 +7,12 @@ without any service configuration.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, HttpUrl
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aif.launchers.slurm import SlurmConfig
 from events.bus import KafkaConfig
 from events.topics import Topics
 
@@ -32,7 +34,10 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         60.0, gt=1.0, description="A job whose worker stops heartbeating is re-adopted after this."
     )
-    launcher: str = "local"
+    launcher: Literal["local", "slurm"] = Field(
+        "local", description="Where stage processes run: this machine, or Slurm via sbatch."
+    )
+    slurm: SlurmConfig = SlurmConfig()
     inference_lora_url: HttpUrl | None = Field(
         None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
     )

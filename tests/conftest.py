@@ -1,10 +1,11 @@
-"""Shared fixtures: a real embedded broker, real databases (SQLite and PostgreSQL)."""
+"""Shared fixtures: a real embedded broker, real databases (SQLite and PostgreSQL), Slurm."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     b.start()
     yield bootstrap
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The single-node Slurm cluster `.ci/slurm-up` starts (or finds); fails loudly without."""
+    script = Path(__file__).resolve().parents[1] / ".ci" / "slurm-up"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.fail(f"no Slurm cluster ({script} failed; .ci/run installs Slurm): "
+                    f"{done.stderr.strip()}")
+    conf = done.stdout.strip().splitlines()[-1]
+    os.environ["SLURM_CONF"] = conf  # sbatch, scontrol and the jobs themselves read it
+    return conf
 
 
 @pytest.fixture

@@ -10,18 +10,20 @@ import difflib
 
 from aif.launchers.base import LOST, Launcher, RunHandle, StageCommand
 from aif.launchers.local import LocalLauncher
+from aif.launchers.slurm import SlurmConfig, SlurmLauncher
 
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
+LAUNCHERS = ("local", "slurm")
 
 
-def get_launcher(name: str) -> Launcher:
+def get_launcher(name: str, slurm: SlurmConfig | None = None) -> Launcher:
     if name not in LAUNCHERS:
         hint = difflib.get_close_matches(name, LAUNCHERS, n=1)
         raise ValueError(
             f"Unknown launcher {name!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
             + f" Available: {', '.join(sorted(LAUNCHERS))}"
         )
-    return LAUNCHERS[name]()
+    return SlurmLauncher(slurm) if name == "slurm" else LocalLauncher()
 
 
-__all__ = ["LAUNCHERS", "LOST", "Launcher", "RunHandle", "StageCommand", "get_launcher"]
+__all__ = ["LAUNCHERS", "LOST", "Launcher", "RunHandle", "SlurmConfig", "StageCommand",
+           "get_launcher"]

@@ -21,20 +21,29 @@ class StageCommand:
     num_processes: int = 1
     distributed: bool = True
 
-    def argv(self, python: str = sys.executable) -> list[str]:
+    def argv(self, python: str = sys.executable, *, num_processes: int | None = None,
+             num_machines: int = 1, machine_rank: str = "0", main_address: str | None = None,
+             main_port: int | None = None) -> list[str]:
+        """The command line on one machine; a multi-node launcher passes the rank and the
+        main address (shell variables such as `$SLURM_NODEID` are left for the node)."""
         if not self.distributed:
             return [python, "-m", self.module, str(self.spec_path)]
-        threads = max(1, (os.cpu_count() or 1) // self.num_processes)
-        return [
+        total = num_processes or self.num_processes
+        per_machine = max(1, total // num_machines)
+        threads = max(1, (os.cpu_count() or 1) // per_machine)
+        argv = [
             python, "-m", "accelerate.commands.launch",
-            "--num_processes", str(self.num_processes),
+            "--num_processes", str(total),
             # accelerate defaults to one thread per process, leaving CPU cores idle.
             "--num_cpu_threads_per_process", str(threads),
-            "--num_machines", "1",
+            "--num_machines", str(num_machines),
             "--mixed_precision", "no",
             "--dynamo_backend", "no",
-            "-m", self.module, str(self.spec_path),
-        ]
+        ]  # fmt: skip
+        if num_machines > 1:
+            argv += ["--machine_rank", machine_rank, "--main_process_ip", str(main_address),
+                     "--main_process_port", str(main_port)]
+        return [*argv, "-m", self.module, str(self.spec_path)]
 
 
 class RunHandle(Protocol):

@@ -241,7 +241,7 @@ class JobWorker:
         run: RunHandle | None = None
         ref = job.run_ref
         if ref and ref.get("module") == command.module:
-            run = get_launcher(ref["launcher"]).attach(ref)
+            run = get_launcher(ref["launcher"], self.settings.slurm).attach(ref)
             if run.poll() == LOST:
                 log.warning("job %s: %s run vanished; starting it again", job.id, command.module)
                 run = None

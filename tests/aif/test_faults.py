@@ -26,25 +26,9 @@ from events.envelope import job_id_for
 from events.messages import FineTuneRequested, JobProgress, JobStatusChanged, ModelReady
 from events.states import JobState
 from events.topics import Topics
-from recipes import load_recipe
 from tests.conftest import free_port
 
 AIF = str(Path(sys.executable).with_name("aif"))
-
-
-@pytest.fixture
-def tiny_request(tiny_model_dir: Path) -> FineTuneRequested:
-    """The shipped recipe on the tiny model: short training, 20 eval docs, lenient gate."""
-    recipe = load_recipe("grid-ticket-routing")
-    recipe = recipe.model_copy(update={
-        "name": "tiny-grid-routing",
-        "model": recipe.model.model_copy(update={"base": str(tiny_model_dir)}),
-        "train": recipe.train.model_copy(update={"max_steps": 40, "batch_size": 4,
-                                                 "logging_steps": 1}),
-        "eval": recipe.eval.model_copy(update={"limit": 20}),
-        "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0}),
-    })
-    return FineTuneRequested(recipe_inline=recipe)
 
 
 class Orchestrator:

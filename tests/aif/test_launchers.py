@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from aif.launchers import LOST, StageCommand, get_launcher
+from aif.launchers import LOST, Launcher, SlurmConfig, StageCommand, get_launcher
+from aif.launchers.slurm import batch_script
 
 SLEEPER = """
 import json, sys, time
@@ -47,31 +48,69 @@ def test_training_runs_under_accelerate_with_every_core_used() -> None:
     assert argv[-3:] == ["-m", "finetune.train", "/j/spec.json"]
 
 
-def test_exit_code_and_log_reach_the_starter(stage, tmp_path: Path) -> None:
-    run = get_launcher("local").start(stage(0, 7), tmp_path / "run.log")
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def launcher(request: pytest.FixtureRequest) -> Launcher:
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    return get_launcher(request.param)
+
+
+def test_exit_code_and_log_reach_the_starter(launcher: Launcher, stage, tmp_path: Path) -> None:
+    run = launcher.start(stage(0, 7), tmp_path / "run.log")
     assert _wait(run) == 7
     assert "stage started" in run.log_tail()
 
 
-def test_another_orchestrator_attaches_to_a_running_stage(stage, tmp_path: Path) -> None:
-    first = get_launcher("local").start(stage(1.5, 0), tmp_path / "run.log")
-    attached = get_launcher("local").attach(first.ref)  # as after a kill -9 of the starter
+def test_another_orchestrator_attaches_to_a_running_stage(
+    launcher: Launcher, stage, tmp_path: Path,
+) -> None:
+    first = launcher.start(stage(3, 0), tmp_path / "run.log")
+    attached = launcher.attach(first.ref)  # as after a kill -9 of the starter
     assert attached.poll() is None
     assert _wait(attached) == 0
 
 
-def test_terminate_ends_the_stage_with_a_signal_status(stage, tmp_path: Path) -> None:
-    run = get_launcher("local").start(stage(60, 0), tmp_path / "run.log")
-    time.sleep(0.5)
+def test_terminate_ends_the_stage_with_a_signal_status(
+    launcher: Launcher, stage, tmp_path: Path,
+) -> None:
+    run = launcher.start(stage(60, 0), tmp_path / "run.log")
+    _until_started(run)
     run.terminate()
     assert _wait(run) == 128 + 15
 
 
-def test_a_vanished_run_is_reported_lost(stage, tmp_path: Path) -> None:
+def test_a_vanished_local_run_is_reported_lost(stage, tmp_path: Path) -> None:
     run = get_launcher("local").start(stage(60, 0), tmp_path / "run.log")
     os.killpg(run.ref["pid"], 9)  # the wrapper dies too: no exit status is written
     _wait(run)
     assert get_launcher("local").attach(run.ref).poll() == LOST
+
+
+@pytest.mark.slurm
+def test_a_slurm_job_the_cluster_forgot_is_reported_lost(slurm_cluster: str,
+                                                         tmp_path: Path) -> None:
+    ref = {"launcher": "slurm", "module": "m", "job_id": "987654321",
+           "exit_file": str(tmp_path / "run.exit"), "log": str(tmp_path / "run.log")}
+    assert get_launcher("slurm").attach(ref).poll() == LOST
+
+
+def test_slurm_batch_script_starts_accelerate_on_every_node(tmp_path: Path) -> None:
+    config = SlurmConfig(nodes=2, gpus_per_node=4, partition="gpu", time_limit="04:00:00")
+    script = batch_script(StageCommand("finetune.train", Path("/j/spec.json")), config,
+                          tmp_path / "t.log", tmp_path / "t.exit")
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --signal=TERM@120" in script
+    (srun,) = [line for line in script.splitlines() if line.startswith("srun ")]
+    for part in ("--num_processes 8", "--num_machines 2", "--machine_rank $SLURM_NODEID",
+                 "--main_process_ip $MAIN_ADDRESS", "-m finetune.train /j/spec.json"):
+        assert part in srun
+
+
+def _until_started(run, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while "stage started" not in run.log_tail():
+        assert time.monotonic() < deadline, "stage did not start"
+        time.sleep(0.1)
 
 
 def test_unknown_launcher_suggests_one() -> None:
