@@ -2,7 +2,9 @@
 
 A gain must be both large enough to matter (`min_gain`) and larger than the noise of a
 finite test set (`stderr_factor` combined standard errors); otherwise a lucky run of a
-200-document test would publish an adapter that is no better than the base model.
+200-document test would publish an adapter that is no better than the base model. Guard
+tasks (knowledge the base model already has) may drop by at most their `max_regression`, so a
+fine-tune that wins its own task by damaging the model is not published either.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def decide(recipe: Recipe, result: EvaluationResult) -> tuple[list[MetricScore],
         for ok, text in ((big_enough, "below min_gain"), (above_noise, "within stderr"))
         if not ok
     ]
+    for guard in gate.guards:
+        base_m = _find(result.base, guard.task, guard.metric)
+        tuned_m = _find(result.tuned, guard.task, guard.metric)
+        name = f"guard {guard.metric} on {guard.task}"
+        if base_m is None or tuned_m is None:
+            reason += f"; {name}: no score"
+            failures.append(f"{name} missing")
+            continue
+        drop = base_m.value - tuned_m.value
+        reason += (f"; {name}: {tuned_m.value:.3f} vs base {base_m.value:.3f} "
+                   f"(may drop <= {guard.max_regression:.3f})")
+        if drop > guard.max_regression + 1e-9:
+            failures.append(f"{name} regressed by {drop:.3f}")
     if failures:
         reason += f" - failed: {', '.join(failures)}"
     return all_scores, GateDecision(passed=not failures, reason=reason)

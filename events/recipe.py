@@ -82,6 +82,10 @@ class TrainSection(_Strict):
     seed: int = 42
     num_processes: int = Field(1, ge=1, le=1024)
     logging_steps: int = Field(5, ge=1)
+    checkpoint_steps: int | None = Field(
+        100, ge=1, description="Resumable checkpoint every N optimizer steps; None: only on "
+        "SIGTERM.",
+    )
 
 
 class EvalTask(_Strict):
@@ -100,12 +104,25 @@ class EvalSection(_Strict):
     seed: int = 1234
 
 
+class GuardTask(_Strict):
+    """A task the base model already does; the tuned model may lose at most this much on it."""
+
+    task: str
+    metric: str = "acc"
+    max_regression: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest allowed drop below base (absolute)."
+    )
+
+
 class GateSection(_Strict):
     task: str
     metric: str = "acc"
     min_gain: float = Field(0.0, description="Tuned must beat base by this much (absolute).")
     stderr_factor: float = Field(
         1.0, ge=0.0, description="The gain must also exceed this many combined stderrs."
+    )
+    guards: list[GuardTask] = Field(
+        default_factory=list, description="Regression checks on general tasks."
     )
 
 
@@ -135,6 +152,11 @@ class Recipe(_Strict):
         names = [t.name for t in self.eval.tasks]
         if self.gate.task not in names:
             raise ValueError(f"gate.task {self.gate.task!r} is not one of eval.tasks {names}")
+        for i, guard in enumerate(self.gate.guards):
+            if guard.task not in names:
+                raise ValueError(
+                    f"gate.guards.{i}.task {guard.task!r} is not one of eval.tasks {names}"
+                )
         return self
 
     def resolve_paths(self, base_dir: Path) -> Recipe:

@@ -4,14 +4,17 @@ It reads a frozen TrainingSpec and answers only with files in the job directory 
 lines while it runs, the adapter and a TrainingResult at the end), so it can run on any node
 that sees the shared filesystem. The flow reads top to bottom: setup, train, save.
 
-Exit codes: 0 done, 2 the spec, data or base model is unusable, 3 the loss diverged. Note that
-`accelerate launch` reports any failure of its workers as 1; the reason is on stderr.
+Exit codes: 0 done, 2 the spec, data or base model is unusable, 3 the loss diverged, 4 stopped
+by SIGTERM (cancel or preemption) after writing a checkpoint. Note that `accelerate launch`
+reports any failure of its workers as 1; the reason is on stderr. A run started again in the
+same work directory resumes from the newest complete checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -27,16 +30,22 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
 
 from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
 from finetune.data import DataValidationError, collator, load_examples
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_STOPPED = 4
 ADAPTER_DIR = "adapter"
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; more steps would only train on garbage."""
+
+
+class Stopped(Exception):
+    """SIGTERM arrived; a checkpoint holds the run so far."""
 
 
 @dataclass
@@ -58,16 +67,31 @@ class Outcome:
     train_tokens: int
 
 
+class StopFlag:
+    """Set by SIGTERM; the loop checks it between optimizer steps, on every rank at once."""
+
+    def __init__(self) -> None:
+        self.set = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.set = True
+
+
 def main(spec_path: str) -> int:
     started = time.monotonic()
     spec = TrainingSpec.read(Path(spec_path))
     Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    stop = StopFlag()
     setup = build(spec)
     try:
-        outcome = train(setup)
+        outcome = train(setup, stop)
     except NonFiniteLossError as exc:
         print(f"finetune: {exc}; stopping without saving an adapter", file=sys.stderr)
         return EXIT_DIVERGED
+    except Stopped as exc:
+        print(f"finetune: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     save(setup, outcome, time.monotonic() - started)
     setup.accelerator.end_training()
     return 0
@@ -129,17 +153,24 @@ def build(spec: TrainingSpec) -> Setup:
     return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader)
 
 
-def train(setup: Setup) -> Outcome:
-    """Run max_steps optimizer steps, cycling over the (sharded, reshuffled) data."""
+def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
+    """Run max_steps optimizer steps, cycling over the (sharded, reshuffled) data; resume
+    from the newest complete checkpoint and write new ones as the recipe asks."""
     acc, model, optimizer = setup.accelerator, setup.model, setup.optimizer
     train_cfg = setup.spec.recipe.train
-    progress = Path(setup.spec.work_dir) / PROGRESS_LOG
+    work_dir = Path(setup.spec.work_dir)
+    progress = work_dir / PROGRESS_LOG
     model.train()
-    batches = _cycle(setup.loader)
-    step = tokens = micro_batches = 0
+    resumed = checkpoint.load_latest(work_dir, acc.unwrap_model(model), optimizer,
+                                     setup.scheduler)
+    done = resumed or checkpoint.Counters(step=0, micro_batches=0, tokens=0, loss=math.nan)
+    if resumed and acc.is_main_process:
+        print(f"finetune: resuming from the checkpoint at step {done.step}", file=sys.stderr)
+    batches = _cycle(setup.loader, skip=done.micro_batches)
+    step, tokens, consumed, loss = done.step, done.tokens, done.micro_batches, done.loss
+    micro_batches = 0
     window_loss = torch.zeros((), device=acc.device)
     window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
-    loss = math.nan
     started = time.monotonic()
     while step < train_cfg.max_steps:
         batch = next(batches)
@@ -150,6 +181,7 @@ def train(setup: Setup) -> Outcome:
             optimizer.zero_grad()
         window_loss += output.loss.detach()
         micro_batches += 1
+        consumed += 1
         window_tokens += batch["attention_mask"].sum()
         if not acc.sync_gradients:
             continue
@@ -162,6 +194,14 @@ def train(setup: Setup) -> Outcome:
         window_tokens.zero_()
         micro_batches = 0
         check_finite(loss, step)
+        counters = checkpoint.Counters(step=step, micro_batches=consumed, tokens=tokens,
+                                       loss=loss)
+        stopping = _any_rank(acc, stop is not None and stop.set)
+        every = train_cfg.checkpoint_steps
+        if stopping or (every and step % every == 0 and step < train_cfg.max_steps):
+            _save_checkpoint(setup, counters)
+        if stopping:
+            raise Stopped(f"SIGTERM at step {step}; checkpoint written, rerun to resume")
         if acc.is_main_process and (
             step % train_cfg.logging_steps == 0 or step == train_cfg.max_steps
         ):
@@ -171,12 +211,26 @@ def train(setup: Setup) -> Outcome:
                 step=step,
                 total_steps=train_cfg.max_steps,
                 loss=loss,
-                tokens_per_s=tokens / elapsed,
-                eta_s=elapsed / step * (train_cfg.max_steps - step),
+                tokens_per_s=(tokens - done.tokens) / elapsed,
+                eta_s=elapsed / (step - done.step) * (train_cfg.max_steps - step),
             )
             with open(progress, "a") as fh:
                 fh.write(line.model_dump_json() + "\n")
     return Outcome(step, loss, tokens)
+
+
+def _any_rank(acc: Accelerator, flag: bool) -> bool:
+    """True on every rank if it is true on one: ranks must stop at the same step."""
+    return bool(acc.reduce(torch.tensor(int(flag), device=acc.device), "sum").item())
+
+
+def _save_checkpoint(setup: Setup, counters: checkpoint.Counters) -> None:
+    acc = setup.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        checkpoint.save(Path(setup.spec.work_dir), acc.unwrap_model(setup.model),
+                        setup.optimizer, setup.scheduler, counters)
+    acc.wait_for_everyone()
 
 
 def check_finite(loss: float, step: int) -> None:
@@ -213,8 +267,16 @@ def _mixed_precision() -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches; each pass over the prepared loader reshuffles with a new epoch seed."""
+def _cycle(loader: DataLoader, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches; each pass over the prepared loader reshuffles with a new epoch seed.
+
+    `skip` micro-batches were trained before a resume: the data order goes on from there.
+    """
+    epoch, within = divmod(skip, len(loader))
+    loader.set_epoch(epoch)  # type: ignore[attr-defined]  # accelerate's prepared loader
+    for index, batch in enumerate(loader):
+        if index >= within:
+            yield batch
     while True:
         yield from loader
 

@@ -4,14 +4,15 @@ import pytest
 
 from evaluation.gate import decide
 from events.jobspec import EvaluationResult, TaskMetric
-from events.recipe import Recipe
+from events.recipe import GuardTask, Recipe
 
 TASK = "grid_ticket_routing"
 
 
-def _metric(value: float, stderr: float | None, metric: str = "acc") -> TaskMetric:
+def _metric(value: float, stderr: float | None, metric: str = "acc",
+            task: str = TASK) -> TaskMetric:
     return TaskMetric(
-        task=TASK, metric=metric, value=value, stderr=stderr, num_fewshot=0, samples=200
+        task=task, metric=metric, value=value, stderr=stderr, num_fewshot=0, samples=200
     )
 
 
@@ -21,9 +22,34 @@ def _result(base: list[TaskMetric], tuned: list[TaskMetric]) -> EvaluationResult
     )
 
 
-def _recipe(recipe: Recipe, min_gain: float = 0.05, stderr_factor: float = 2.0) -> Recipe:
-    gate = recipe.gate.model_copy(update={"min_gain": min_gain, "stderr_factor": stderr_factor})
+def _recipe(recipe: Recipe, min_gain: float = 0.05, stderr_factor: float = 2.0,
+            guards: list[GuardTask] | None = None) -> Recipe:
+    gate = recipe.gate.model_copy(update={"min_gain": min_gain, "stderr_factor": stderr_factor,
+                                          "guards": guards or []})
     return recipe.model_copy(update={"gate": gate})
+
+
+GUARD = "general_knowledge_guard"
+
+
+@pytest.mark.parametrize(("tuned_guard", "passed"), [(0.66, True), (0.65, True), (0.6, False)])
+def test_guard_allows_at_most_its_regression(recipe: Recipe, tuned_guard: float,
+                                             passed: bool) -> None:
+    gated = _recipe(recipe, guards=[GuardTask(task=GUARD, max_regression=0.05)])
+    result = _result([_metric(0.4, 0.01), _metric(0.7, 0.05, task=GUARD)],
+                     [_metric(0.9, 0.01), _metric(tuned_guard, 0.05, task=GUARD)])
+    _, decision = decide(gated, result)
+    assert decision.passed is passed
+    assert f"guard acc on {GUARD}: {tuned_guard:.3f} vs base 0.700" in decision.reason
+    if not passed:
+        assert decision.reason.endswith(f"failed: guard acc on {GUARD} regressed by 0.100")
+
+
+def test_guard_without_scores_fails(recipe: Recipe) -> None:
+    gated = _recipe(recipe, guards=[GuardTask(task=GUARD)])
+    _, decision = decide(gated, _result([_metric(0.4, 0.01)], [_metric(0.9, 0.01)]))
+    assert not decision.passed
+    assert decision.reason.endswith(f"failed: guard acc on {GUARD} missing")
 
 
 def test_pass_states_the_numbers(recipe: Recipe) -> None:

@@ -1,3 +1,4 @@
+import importlib
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ def test_gate_must_name_an_evaluated_task(tmp_path: Path) -> None:
         load_recipe_file(_write(tmp_path, gate={"task": "nope"}))
 
 
+def test_guard_must_name_an_evaluated_task(tmp_path: Path) -> None:
+    gate = {"task": "grid_ticket_routing", "guards": [{"task": "trivia"}]}
+    with pytest.raises(RecipeError, match=r"gate.guards.0.task 'trivia'"):
+        load_recipe_file(_write(tmp_path, gate=gate))
+
+
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [unclosed")
@@ -70,9 +77,13 @@ def test_overrides_apply_and_are_bounded() -> None:
         HyperparameterOverrides(max_steps=10**7)
 
 
-def test_generated_data_matches_the_generator(tmp_path: Path) -> None:
-    from recipes.energy.grid_ticket_routing.generate import HERE, generate
-
-    generate(tmp_path)
-    for name in ("train.jsonl", "test.jsonl"):
-        assert (tmp_path / name).read_bytes() == (HERE / "data" / name).read_bytes()
+@pytest.mark.parametrize(("module", "files"), [
+    ("recipes.energy.grid_ticket_routing.generate", ["train.jsonl", "test.jsonl"]),
+    ("recipes.guards.general_knowledge.generate", ["test.jsonl"]),
+])
+def test_generated_data_matches_the_generator(module: str, files: list[str],
+                                              tmp_path: Path) -> None:
+    generator = importlib.import_module(module)
+    generator.generate(tmp_path)
+    for name in files:
+        assert (tmp_path / name).read_bytes() == (generator.HERE / "data" / name).read_bytes()

@@ -1,0 +1,1 @@
+"""Guard tasks: things the base model already knows, scored to catch regressions."""
