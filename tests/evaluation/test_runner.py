@@ -19,6 +19,7 @@ from events.jobspec import EVALUATION_RESULT, PROGRESS_LOG, EvaluationResult, Pr
 from tests.evaluation.conftest import SpecFactory
 
 TASK = "grid_ticket_routing"
+GUARD = "general_knowledge_guard"
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,14 @@ def evaluated(
 def test_result_holds_every_metric(evaluated: Path) -> None:
     result = EvaluationResult.read(evaluated / EVALUATION_RESULT)
     for metrics in (result.base, result.tuned):
-        assert [(m.task, m.metric, m.num_fewshot, m.samples) for m in metrics] == [
-            (TASK, "acc", 0, 10)
+        assert sorted((m.task, m.metric, m.num_fewshot, m.samples) for m in metrics) == [
+            (GUARD, "acc", 0, 10), (TASK, "acc", 0, 10)
         ]
-        assert 0.0 <= metrics[0].value <= 1.0
-        assert metrics[0].stderr is not None and metrics[0].stderr > 0.0
+        for m in metrics:
+            assert 0.0 <= m.value <= 1.0
+            assert m.stderr is not None and m.stderr > 0.0
     assert result.lm_eval_version == "0.4.13"
-    assert list(result.task_config_sha256) == [TASK]
+    assert sorted(result.task_config_sha256) == [GUARD, TASK]
     for name, metrics in (("lm_eval_base.json", result.base), ("lm_eval_tuned.json", result.tuned)):
         assert extract_metrics(json.loads((evaluated / name).read_text())) == metrics
     lines = (evaluated / PROGRESS_LOG).read_text().splitlines()

@@ -49,7 +49,7 @@ def test_cli_command_flags(make_spec: SpecFactory, tmp_path: Path) -> None:
         "run",
         "--model", "hf",
         "--model_args", f"pretrained={spec.base_model_dir},peft=/adapters/a,dtype=float32",
-        "--tasks", "grid_ticket_routing",
+        "--tasks", "grid_ticket_routing,general_knowledge_guard",
         "--num_fewshot", "0",
         "--batch_size", "8",
         "--device", "cpu",
@@ -58,7 +58,8 @@ def test_cli_command_flags(make_spec: SpecFactory, tmp_path: Path) -> None:
         "--include_path", str(tmp_path / "cli" / "tasks"),
         "--limit", "10",
     ]  # fmt: skip
-    assert (tmp_path / "cli" / "tasks" / "grid_ticket_routing.yaml").is_file()
+    for task in ("grid_ticket_routing", "general_knowledge_guard"):
+        assert (tmp_path / "cli" / "tasks" / f"{task}.yaml").is_file()
 
 
 def test_cli_command_builtin_task_with_chat_template(
@@ -104,7 +105,7 @@ def test_base_only_spec(make_spec: SpecFactory, tmp_path: Path, fake_scores: lis
     assert run_module.main([str(spec_path)]) == 0
     result = EvaluationResult.read(tmp_path / EVALUATION_RESULT)
     assert (result.base, result.tuned, fake_scores) == ([METRIC], [], [None])
-    assert list(result.task_config_sha256) == ["grid_ticket_routing"]
+    assert list(result.task_config_sha256) == ["grid_ticket_routing", "general_knowledge_guard"]
     assert '"total_steps":1' in (tmp_path / PROGRESS_LOG).read_text()
 
 
