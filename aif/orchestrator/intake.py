@@ -79,9 +79,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
 
     job_id = job_id_for(event.source, event.id)
     digest = _request_digest(event)
-    existing = session.scalar(
-        select(Job).where(Job.request_source == event.source, Job.request_id == event.id)
-    )
+    existing = _stored(session, event.source, event.id)
     if existing is not None:
         if existing.request_sha256 != digest:
             return IntakeResult(
@@ -103,8 +101,27 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
         reason="",
     )
     session.add(job)
+    session.info.setdefault(_PENDING, {})[(event.source, event.id)] = job
     transition(session, job, JobState.validating, topics, reason="request accepted")
     return IntakeResult(Outcome.accepted, job_id)
+
+
+_PENDING = "aif.intake.pending_jobs"
+
+
+def _stored(session: Session, source: str, event_id: str) -> Job | None:
+    """The job for (source, id): added earlier in this transaction, or already committed.
+
+    Without autoflush, a batch's inserts go to the database together at commit instead of
+    one round trip per record before each lookup.
+    """
+    pending = session.info.get(_PENDING, {}).get((source, event_id))
+    if pending is not None and pending in session:  # a rollback expunges it
+        return pending
+    with session.no_autoflush:
+        return session.scalar(
+            select(Job).where(Job.request_source == source, Job.request_id == event_id)
+        )
 
 
 def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult:

@@ -65,6 +65,27 @@ def test_same_id_with_other_payload_is_a_conflict(sessions: sessionmaker[Session
     assert _jobs(sessions) == 1
 
 
+def test_repeats_within_one_batch_transaction_are_recognised(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A poll's records share one transaction: the second copy must see the first, unflushed."""
+    with sessions() as s:
+        outcomes = [accept(s, raw, TOPICS).outcome
+                    for raw in (_request(), _request(), _request(labels={"team": "b"}))]
+        s.commit()
+    assert outcomes == [Outcome.accepted, Outcome.duplicate, Outcome.dead_letter]
+    assert _jobs(sessions) == 1
+
+
+def test_a_rolled_back_request_is_accepted_again(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        assert accept(s, _request(), TOPICS).outcome is Outcome.accepted
+        s.rollback()
+        assert accept(s, _request(), TOPICS).outcome is Outcome.accepted
+        s.commit()
+    assert _jobs(sessions) == 1
+
+
 def _event(**fields: object) -> bytes:
     base = {"specversion": "1.0", "id": "e1", "source": "urn:test", "tenant": "acme",
             "type": FineTuneRequested.TYPE, "data": {"recipe": "grid-ticket-routing"}}
