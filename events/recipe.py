@@ -50,6 +50,11 @@ class DataSection(_Strict):
     completion_template: str | None = Field(
         None, description="Jinja template giving the completion; only its tokens are trained on."
     )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="The format's column name -> the file's, e.g. {output: answer}, for data "
+        "whose columns are named otherwise (such as a hub data set's).",
+    )
 
     @model_validator(mode="after")
     def check_templates(self) -> DataSection:

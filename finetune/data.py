@@ -124,13 +124,57 @@ def _read_rows(source: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
-    if data.format is DataFormat.prompt_completion:
-        return _PromptCompletion(data, tokenizer)
-    if data.format is DataFormat.chat:
-        return _Chat(tokenizer)
-    raise NotImplementedError(
-        f"data format {data.format.value!r} is not supported yet; use 'prompt_completion' or 'chat'"
-    )
+    formats: dict[DataFormat, Callable[[], Encoder]] = {
+        DataFormat.prompt_completion: lambda: _PromptCompletion(data, tokenizer),
+        DataFormat.chat: lambda: _Chat(tokenizer),
+        DataFormat.instruction: lambda: _Instruction(_Chat(tokenizer)),
+        DataFormat.text: lambda: _Text(tokenizer),
+    }
+    encode = formats[data.format]()
+    if not data.columns:
+        return encode
+
+    def renamed(row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        for name, column in data.columns.items():
+            if column not in row:
+                raise _RowError(f"missing column {column!r} (mapped to {name!r})")
+        return encode({**row, **{name: row[column] for name, column in data.columns.items()}})
+
+    return renamed
+
+
+def _string(row: dict[str, Any], column: str, required: bool = True) -> str:
+    value = row.get(column)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise _RowError(f"column {column!r} must be a non-empty string")
+    return value
+
+
+class _Instruction:
+    """`instruction`, optional `input`, `output`: one user and one assistant turn, so the
+    model's chat template is applied and only the output is trained on."""
+
+    def __init__(self, chat: _Chat) -> None:
+        self.chat = chat
+
+    def __call__(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        instruction, extra = _string(row, "instruction"), _string(row, "input", required=False)
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return self.chat({"messages": [{"role": "user", "content": user},
+                                       {"role": "assistant", "content": _string(row, "output")}]})
+
+
+class _Text:
+    """Plain `text` (continued pre-training on domain prose): every token is trained on."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        ids = [*self.tokenizer(_string(row, "text"))["input_ids"], self.tokenizer.eos_token_id]
+        return ids, list(ids)
 
 
 class _PromptCompletion:

@@ -154,12 +154,53 @@ def test_template_errors_are_row_problems(
     assert caught.value.problems[0].startswith("line 1: template error")
 
 
-def test_unsupported_format_names_it(
+def test_text_trains_on_every_token(
     tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW]), data={"format": "text"})
-    with pytest.raises(NotImplementedError, match="'text'"):
+    rows = [{"text": "Grid codes set the voltage band."}, {"text": "  "}, {"body": "x"}]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data={"format": "text"})
+    with pytest.raises(DataValidationError) as caught:
         _load(recipe, tokenizer)
+    assert caught.value.problems == [
+        "line 2: column 'text' must be a non-empty string",
+        "line 3: column 'text' must be a non-empty string",
+    ]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows[:1]), data={"format": "text"})
+    [example] = _load(recipe, tokenizer).examples
+    assert example["labels"] == example["input_ids"]
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_instruction_uses_the_chat_template_and_a_column_mapping(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [{"task": "Route the ticket.", "context": "Sparks from the pole", "answer": "emergency"},
+            {"task": "Route the ticket.", "answer": "accounts"},
+            {"task": "Route the ticket."}]
+    data = {"format": "instruction",
+            "columns": {"instruction": "task", "input": "context", "output": "answer"}}
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data=data, train=LONG)
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert caught.value.problems == [
+        "line 2: missing column 'context' (mapped to 'input')",
+        "line 3: missing column 'context' (mapped to 'input')",
+    ]
+    rows[1]["context"], rows[2]["context"] = None, None
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data=data, train=LONG)
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert caught.value.problems == ["line 3: missing column 'answer' (mapped to 'output')"]
+
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows[:2]), data=data, train=LONG)
+    first, second = _load(recipe, tokenizer).examples
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Route the ticket.\n\nSparks from the pole"},
+         {"role": "assistant", "content": "emergency"}], tokenize=False)
+    assert first["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    trained = [t for t in first["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "emergency<|im_end|>\n"
+    assert "accounts" in tokenizer.decode([t for t in second["labels"] if t != IGNORE_INDEX])
 
 
 def test_chat_trains_on_assistant_turns_only(
