@@ -87,6 +87,10 @@ class TrainSection(_Strict):
     seed: int = 42
     num_processes: int = Field(1, ge=1, le=1024)
     logging_steps: int = Field(5, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this norm.")
+    grad_norm_limit: float = Field(
+        1e4, gt=0.0, description="A gradient norm above this (before clipping) stops the job.",
+    )
     checkpoint_steps: int | None = Field(
         100, ge=1, description="Resumable checkpoint every N optimizer steps; None: only on "
         "SIGTERM.",

@@ -12,7 +12,6 @@ same work directory resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import signal
 import sys
@@ -33,6 +32,7 @@ from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, Training
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
 from finetune.data import DataValidationError, collator, load_examples
+from finetune.model_card import write_extras
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -41,7 +41,8 @@ ADAPTER_DIR = "adapter"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; more steps would only train on garbage."""
+    """The loss or the gradient norm became NaN, infinite or explosive; more steps would only
+    train on garbage."""
 
 
 class Stopped(Exception):
@@ -177,6 +178,11 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         with acc.accumulate(model):
             output = model(**batch)
             acc.backward(output.loss)
+            if acc.sync_gradients:  # norm of the synchronised gradients: equal on every rank
+                norm = float(acc.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
+                if not math.isfinite(norm):  # name the cause when it is the loss itself
+                    check_finite(float(output.loss), step + 1)
+                check_grad_norm(norm, train_cfg.grad_norm_limit, step + 1)
             optimizer.step()
             optimizer.zero_grad()
         window_loss += output.loss.detach()
@@ -233,6 +239,14 @@ def _save_checkpoint(setup: Setup, counters: checkpoint.Counters) -> None:
     acc.wait_for_everyone()
 
 
+def check_grad_norm(norm: float, limit: float, step: int) -> None:
+    if not (math.isfinite(norm) and norm <= limit):
+        raise NonFiniteLossError(
+            f"gradient norm is {norm:.4g} at step {step} (limit {limit:g}); lower the learning "
+            "rate or check the data"
+        )
+
+
 def check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLossError(
@@ -250,6 +264,8 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
         model: PeftModel = acc.unwrap_model(setup.model)
         model.save_pretrained(adapter_dir, safe_serialization=True)
         setup.tokenizer.save_pretrained(adapter_dir)
+        checksums = write_extras(adapter_dir, setup.spec, outcome.steps, outcome.final_loss,
+                                 outcome.train_tokens)
         TrainingResult(
             adapter_dir=str(adapter_dir),
             base_model_dir=str(setup.base_model_dir),
@@ -257,7 +273,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             final_loss=outcome.final_loss,
             train_tokens=outcome.train_tokens,
             wall_s=wall_s,
-            files_sha256=_checksums(adapter_dir),
+            files_sha256=checksums,
         ).write(work_dir / TRAINING_RESULT)
     acc.wait_for_everyone()
 
@@ -279,14 +295,6 @@ def _cycle(loader: DataLoader, skip: int = 0) -> Iterator[dict[str, torch.Tensor
             yield batch
     while True:
         yield from loader
-
-
-def _checksums(directory: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
 
 
 def _cli(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -69,7 +70,17 @@ def test_two_process_run_writes_safetensors_adapter_result_and_progress(
     assert result.steps == 5 and math.isfinite(result.final_loss) and result.train_tokens > 0
     assert result.base_model_dir == str(tiny_model_dir.resolve())
     names = {p.name for p in adapter.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "SHA256SUMS",
+            "training_spec.json", "loss_curve.json"} <= names
+    card = (adapter / "README.md").read_text()
+    data_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    assert f"base_model: {tiny_model_dir}" in card and data_sha in card
+    assert "| max_steps | 5 |" in card and "peft " in card
+    curve = json.loads((adapter / "loss_curve.json").read_text())
+    assert [p["step"] for p in curve] == [2, 4, 5]
+    manifest = dict(reversed(line.split("  ")) for line in
+                    (adapter / "SHA256SUMS").read_text().splitlines())
+    assert set(manifest) == names - {"SHA256SUMS"}
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert result.files_sha256 == {
         n: hashlib.sha256((adapter / n).read_bytes()).hexdigest() for n in names
@@ -125,6 +136,17 @@ def test_diverged_loss_exits_3_without_an_adapter(
     assert _cli([str(_spec(tmp_path, recipe))]) == EXIT_DIVERGED
     assert "loss is nan at step 1" in capsys.readouterr().err
     assert not (tmp_path / "job" / TRAINING_RESULT).exists()
+    assert not (tmp_path / "job" / "adapter").exists()
+
+
+def test_exploding_gradient_exits_3_without_an_adapter(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS),
+                         train={"grad_norm_limit": 1e-9})
+    assert _cli([str(_spec(tmp_path, recipe))]) == EXIT_DIVERGED
+    assert re.search(r"gradient norm is \S+ at step 1 \(limit 1e-09\)", capsys.readouterr().err)
     assert not (tmp_path / "job" / "adapter").exists()
 
 

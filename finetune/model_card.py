@@ -1,0 +1,88 @@
+"""What ships beside the adapter, so that it can be audited without the job database: the
+frozen spec, the loss curve, a model card and a sha256 manifest of every file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+
+from events.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
+
+MANIFEST = "SHA256SUMS"
+LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def loss_curve(work_dir: Path) -> list[dict[str, float]]:
+    """(step, loss) from the progress log; a step redone after a resume keeps its last value."""
+    path = work_dir / PROGRESS_LOG
+    lines = path.read_text().split() if path.exists() else []
+    by_step: dict[int, float] = {}
+    for line in map(ProgressLine.model_validate_json, lines):
+        if line.stage == "training" and line.loss is not None:
+            by_step[line.step] = line.loss
+    return [{"step": step, "loss": by_step[step]} for step in sorted(by_step)]
+
+
+def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: float,
+                 train_tokens: int) -> dict[str, str]:
+    """Spec, loss curve, model card, then the manifest; return file name -> sha256."""
+    spec.write(adapter_dir / "training_spec.json")
+    curve = loss_curve(Path(spec.work_dir))
+    (adapter_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
+    (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens))
+    sums = {str(p.relative_to(adapter_dir)): sha256_file(p)
+            for p in sorted(adapter_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (adapter_dir / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
+    return {**sums, MANIFEST: sha256_file(adapter_dir / MANIFEST)}
+
+
+def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int) -> str:
+    recipe = spec.recipe
+    data = Path(recipe.data.train_file)
+    versions = []
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    hyper = {**recipe.lora.model_dump(mode="json"), **recipe.train.model_dump(mode="json")}
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    return f"""---
+library_name: peft
+base_model: {recipe.model.base}
+tags: [lora, aif-tuning, {recipe.sector}]
+language: [{recipe.language}]
+---
+# {recipe.name} (LoRA adapter)
+
+{recipe.description}
+
+Intended use: {recipe.intended_use or "not stated"}
+
+- Base model: `{recipe.model.base}`
+- Job: `{spec.job_id}` for tenant `{spec.tenant}`
+- Training data: `{data.name}` ({recipe.data.format.value}), sha256 `{sha256_file(data)}`
+  {f"(hub data set `{recipe.data.dataset}` for the same columns)" if recipe.data.dataset else ""}
+- Trained {steps} optimizer steps on {train_tokens} tokens; final loss {final_loss:.4f}
+  (curve in `loss_curve.json`, full spec in `training_spec.json`)
+- Evaluation: tasks {", ".join(t.name for t in recipe.eval.tasks)}; the gate is
+  {recipe.gate.metric} on {recipe.gate.task}, at least {recipe.gate.min_gain:+.3f} over base.
+  Scores are published with the model-ready event and on the leaderboard.
+- Libraries: {", ".join(versions)}
+
+| hyperparameter | value |
+|---|---|
+{rows}
+
+Files and their sha256 are listed in `{MANIFEST}` (`sha256sum -c {MANIFEST}`).
+"""
