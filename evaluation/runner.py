@@ -89,7 +89,7 @@ def evaluate_model(
         batch_size=settings.batch_size,
         limit=settings.limit,
         device=_device(),
-        log_samples=False,
+        log_samples=settings.log_samples,
         apply_chat_template=settings.apply_chat_template,
         fewshot_as_multiturn=settings.apply_chat_template,
         random_seed=settings.seed,
@@ -100,8 +100,14 @@ def evaluate_model(
     if raw is None:
         return [], {}
     raw = json.loads(json.dumps(raw, default=handle_non_serializable))
-    name = "lm_eval_base.json" if adapter_dir is None else "lm_eval_tuned.json"
-    (output_dir / name).write_text(json.dumps(raw, indent=2))
+    model = "base" if adapter_dir is None else "tuned"
+    samples = raw.pop("samples", None)
+    if samples is not None:  # per task, one line per document, beside the results
+        with (output_dir / f"samples_{model}.jsonl").open("w") as fh:
+            for task, rows in samples.items():
+                for row in rows:
+                    fh.write(json.dumps({"task": task, **row}) + "\n")
+    (output_dir / f"lm_eval_{model}.json").write_text(json.dumps(raw, indent=2))
     return extract_metrics(raw), raw
 
 
@@ -172,4 +178,6 @@ def cli_command(spec: EvaluationSpec, adapter_dir: str | None, output_path: Path
         command += ["--limit", str(settings.limit)]
     if settings.apply_chat_template:
         command.append("--apply_chat_template")
+    if settings.log_samples:
+        command.append("--log_samples")
     return command

@@ -7,7 +7,7 @@ consumers keep working while partners migrate.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -30,6 +30,10 @@ class FineTuneRequested(EventData):
     recipe_inline: Recipe | None = None
     train_file: str | None = Field(None, description="Overrides the recipe's training data.")
     overrides: HyperparameterOverrides = HyperparameterOverrides()
+    extra_eval_tasks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
+        default_factory=list, max_length=16,
+        description="Built-in lm-eval tasks scored besides the recipe's (needs hub access).",
+    )
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     callback_url: HttpUrl | None = None
 

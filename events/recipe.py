@@ -111,6 +111,13 @@ class EvalSection(_Strict):
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many documents.")
     apply_chat_template: bool = False
     seed: int = 1234
+    log_samples: bool = Field(
+        False, description="Keep every scored document (prompt, choices, model output) as JSONL."
+    )
+    num_processes: int = Field(
+        1, ge=1, le=1024, description="Data-parallel lm-eval under accelerate launch; lm-eval "
+        "splits the documents across GPUs (on CPUs every process scores them all).",
+    )
 
 
 class GuardTask(_Strict):

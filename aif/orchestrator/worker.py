@@ -46,7 +46,7 @@ from events.messages import (
     MetricScore,
     ModelReady,
 )
-from events.recipe import Recipe, RecipeError
+from events.recipe import EvalTask, Recipe, RecipeError
 from events.states import TERMINAL_STATES, JobState
 from recipes import load_recipe
 
@@ -57,6 +57,16 @@ ACTIVE_STATES = [s.value for s in JobState if s not in TERMINAL_STATES]
 
 class StageFailed(RuntimeError):
     """A stage process ended badly; the message is the job's failure reason."""
+
+
+def _with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:
+    """The request's additional (built-in) evaluation tasks, each scored once."""
+    known = {t.name for t in recipe.eval.tasks}
+    extra = [EvalTask(name=n) for n in dict.fromkeys(names) if n not in known]
+    if not extra:
+        return recipe
+    return recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"tasks": [*recipe.eval.tasks, *extra]})})
 
 
 class LeaseLost(RuntimeError):
@@ -178,6 +188,7 @@ class JobWorker:
         try:
             recipe = request.recipe_inline or load_recipe(request.recipe or "")
             recipe = request.overrides.apply(recipe)
+            recipe = _with_extra_tasks(recipe, request.extra_eval_tasks)
             if request.train_file:
                 data = recipe.data.model_copy(update={"train_file": request.train_file})
                 recipe = recipe.model_copy(update={"data": data})
@@ -288,7 +299,8 @@ class JobWorker:
         out.mkdir(exist_ok=True)
         self._run_stage(
             job, JobState.evaluating,
-            StageCommand("evaluation.run", spec_path, distributed=False),
+            StageCommand("evaluation.run", spec_path, recipe.eval.num_processes,
+                         distributed=recipe.eval.num_processes > 1),
             lambda: EvaluationSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
                                    adapter_dir=trained.adapter_dir, recipe=recipe,
                                    output_dir=str(out)).write(spec_path),

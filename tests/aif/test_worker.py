@@ -75,6 +75,24 @@ def test_validation_freezes_the_recipe_with_overrides(
     assert Path(job.work_dir).is_dir()
 
 
+def test_a_request_adds_evaluation_tasks_once(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = _store(sessions, recipe="grid-ticket-routing",
+                    extra_eval_tasks=["hellaswag", "arc_easy", "hellaswag", "grid_ticket_routing"])
+    w = _worker(sessions, tmp_path)
+    assert w.claim() == job_id
+    w._validate(w._load(job_id))
+    names = [t["name"] for t in w._load(job_id).recipe["eval"]["tasks"]]
+    assert names == ["grid_ticket_routing", "general_knowledge_guard", "hellaswag", "arc_easy"]
+
+
+def test_a_bad_extra_task_name_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"extra_eval_tasks\.0"):
+        FineTuneRequested.model_validate({"recipe": "grid-ticket-routing",
+                                          "extra_eval_tasks": ["../../etc/passwd"]})
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [

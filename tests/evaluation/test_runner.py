@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aif.launchers import StageCommand
 from evaluation import run as run_module
 from evaluation.runner import (
     AdapterNotAppliedError,
@@ -99,3 +100,32 @@ def test_worker_fails_loudly_on_ignored_adapter(
     err = capsys.readouterr().err
     assert "evaluation failed: AdapterNotAppliedError: ADAPTER NOT APPLIED" in err
     assert not (tmp_path / EVALUATION_RESULT).exists()
+
+
+def test_per_sample_log_when_the_recipe_asks(make_spec: SpecFactory, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, None)
+    eval_section = spec.recipe.eval.model_copy(update={"log_samples": True, "limit": 3})
+    spec = spec.model_copy(update={"recipe": spec.recipe.model_copy(update={"eval": eval_section})})
+    metrics, _ = evaluate_model(spec, None)
+    rows = [json.loads(line) for line in (tmp_path / "samples_base.jsonl").read_text().split("\n")
+            if line]
+    assert sorted({r["task"] for r in rows}) == [GUARD, TASK]
+    assert len(rows) == 6 and all("doc" in r and "target" in r for r in rows)
+    assert "samples" not in json.loads((tmp_path / "lm_eval_base.json").read_text())
+    assert {m.samples for m in metrics} == {3}
+    assert cli_command(spec, None, tmp_path / "cli")[-1] == "--log_samples"
+
+
+def test_under_accelerate_launch_only_rank_0_reports_the_same_scores(
+    evaluated: Path, make_spec: SpecFactory, random_adapter_dir: Path, tmp_path: Path,
+) -> None:
+    spec_path = tmp_path / "evaluation_spec.json"
+    make_spec(tmp_path, random_adapter_dir).write(spec_path)
+    argv = StageCommand("evaluation.run", spec_path, num_processes=2).argv()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = EvaluationResult.read(tmp_path / EVALUATION_RESULT)
+    one = EvaluationResult.read(evaluated / EVALUATION_RESULT)
+    assert (two.base, two.tuned) == (one.base, one.tuned)
+    assert len((tmp_path / PROGRESS_LOG).read_text().splitlines()) == 2  # rank 0 only
