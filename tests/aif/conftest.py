@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db.models import Job
+from aif.service import Service
+from aif.settings import Settings
+from events.bus import envelope, make_producer, publish
+from events.envelope import job_id_for
 from events.messages import FineTuneRequested
+from events.states import JobState
 from recipes import load_recipe
 
 
@@ -25,3 +33,23 @@ def tiny_request(tiny_model_dir: Path) -> FineTuneRequested:
                                                "guards": []}),
     })
     return FineTuneRequested(recipe_inline=recipe)
+
+
+def run_to_the_end(settings: Settings, sessions: sessionmaker[Session],
+                   request: FineTuneRequested, timeout: float = 600) -> Job:
+    """Serve with `settings`, publish the request, return the job row once it is terminal."""
+    event = envelope(request, source="urn:test:jobs", tenant="acme")
+    job_id = job_id_for(event.source, event.id)
+    with Service(settings, web=False):
+        producer = make_producer(settings.kafka)
+        publish(producer, settings.topics.requests, event, key=job_id)
+        producer.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            with sessions() as s:
+                job = s.get(Job, job_id)
+                if job is not None and JobState(job.state).terminal:
+                    s.expunge(job)
+                    return job
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(1)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job
-from aif.service import Service
 from aif.settings import Settings
-from events.bus import KafkaConfig, envelope, make_producer, publish
-from events.envelope import job_id_for
+from events.bus import KafkaConfig
 from events.messages import FineTuneRequested
 from events.states import JobState
 from events.topics import Topics
+from tests.aif.conftest import run_to_the_end
 
 pytestmark = pytest.mark.slurm
 
@@ -29,20 +26,7 @@ def test_job_trains_and_evaluates_as_slurm_jobs(
         topic_prefix=topics.prefix, embedded_broker=False, launcher="slurm",
         max_poll_interval_ms=3000, session_timeout_ms=3000,
     )
-    event = envelope(tiny_request, source="urn:test:slurm", tenant="acme")
-    job_id = job_id_for(event.source, event.id)
-    with Service(settings, web=False):
-        producer = make_producer(settings.kafka)
-        publish(producer, topics.requests, event, key=job_id)
-        producer.close()
-        deadline = time.monotonic() + 600
-        while True:
-            with sessions() as s:
-                job = s.get(Job, job_id)
-                if job is not None and JobState(job.state).terminal:
-                    break
-            assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(1)
+    job = run_to_the_end(settings, sessions, tiny_request)
     assert job.state == JobState.succeeded, job.reason
     assert job.run_ref["launcher"] == "slurm" and job.run_ref["module"] == "evaluation.run"
     work = Path(job.work_dir)
