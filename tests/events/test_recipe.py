@@ -79,6 +79,7 @@ def test_overrides_apply_and_are_bounded() -> None:
 
 @pytest.mark.parametrize(("module", "files"), [
     ("recipes.energy.grid_ticket_routing.generate", ["train.jsonl", "test.jsonl"]),
+    ("recipes.public_sector.citizen_request_routing_de.generate", ["train.jsonl", "test.jsonl"]),
     ("recipes.guards.general_knowledge.generate", ["test.jsonl"]),
 ])
 def test_generated_data_matches_the_generator(module: str, files: list[str],

@@ -9,9 +9,9 @@ from general knowledge alone, which is what makes the task worth a fine-tune.
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
+
+from recipes.synthetic import TicketGenerator
 
 HERE = Path(__file__).parent
 SEED = 20261126
@@ -63,37 +63,11 @@ TEMPLATES: dict[str, list[str]] = {
     ],
 }
 
-TEAMS = list(TEMPLATES)
-
-
-def _ticket(rng: random.Random, team: str) -> dict[str, str]:
-    body = rng.choice(TEMPLATES[team]).format(place=rng.choice(PLACES), time=rng.choice(TIMES))
-    return {"text": rng.choice(OPENERS) + body, "label": team}
-
-
-def _balanced(rng: random.Random, n: int, exclude: set[str]) -> list[dict[str, str]]:
-    """n unique tickets, the same number per team, none whose text is in `exclude`."""
-    rows: list[dict[str, str]] = []
-    for team in TEAMS:
-        texts: set[str] = set()
-        while len(texts) < n // len(TEAMS):
-            row = _ticket(rng, team)
-            if row["text"] not in exclude and row["text"] not in texts:
-                texts.add(row["text"])
-                rows.append(row)
-    rng.shuffle(rows)
-    return rows
+GENERATOR = TicketGenerator(TEMPLATES, {"place": PLACES, "time": TIMES}, OPENERS, SEED)
 
 
 def generate(out_dir: Path = HERE / "data", n_train: int = 800, n_test: int = 200) -> None:
-    """Write balanced train.jsonl and test.jsonl that share no ticket text."""
-    rng = random.Random(SEED)
-    test = _balanced(rng, n_test, set())
-    train = _balanced(rng, n_train, {r["text"] for r in test})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("test", test)):
-        with (out_dir / f"{name}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    GENERATOR.generate(out_dir, n_train, n_test)
 
 
 if __name__ == "__main__":
