@@ -62,11 +62,7 @@ TEMPLATES: dict[str, list[str]] = {
 }
 
 GENERATOR = TicketGenerator(TEMPLATES, {"place": PLACES, "time": TIMES}, OPENERS, SEED)
-
-
-def generate(out_dir: Path = HERE / "data", n_train: int = 800, n_test: int = 200) -> None:
-    GENERATOR.generate(out_dir, n_train, n_test)
-
+generate = GENERATOR.generate  # (out_dir, n_train=800, n_test=200)
 
 if __name__ == "__main__":
-    generate()
+    generate(HERE / "data")
