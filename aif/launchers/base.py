@@ -46,6 +46,28 @@ class StageCommand:
         return [*argv, "-m", self.module, str(self.spec_path)]
 
 
+class RecordedRun:
+    """What local and Slurm runs share: the wrapper around the stage writes its exit code to
+    `exit_file` and its output to `log`, so any orchestrator can read both later."""
+
+    def __init__(self, ref: dict[str, Any]) -> None:
+        self.ref = ref
+        self.exit_file, self.log_path = Path(ref["exit_file"]), Path(ref["log"])
+
+    def _exit_code(self) -> int | None:
+        try:
+            text = self.exit_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
 class RunHandle(Protocol):
     ref: dict[str, Any]
     """JSON-able handle stored with the job, so another orchestrator can attach to the run."""

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from aif.launchers.base import LOST, StageCommand
+from aif.launchers.base import LOST, RecordedRun, StageCommand
 
 # Runs the command, then writes its status. The trap keeps the shell alive on SIGTERM long
 # enough to record how the stage ended; the stage itself still gets the signal.
@@ -31,18 +31,10 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
-class LocalRun:
+class LocalRun(RecordedRun):
     def __init__(self, ref: dict[str, Any], proc: subprocess.Popen[bytes] | None = None) -> None:
-        self.ref, self.proc = ref, proc
-        self.exit_file = Path(ref["exit_file"])
-        self.log_path = Path(ref["log"])
-
-    def _exit_code(self) -> int | None:
-        try:
-            text = self.exit_file.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text else None
+        super().__init__(ref)
+        self.proc = proc
 
     def poll(self) -> int | None:
         if self.proc is not None:
@@ -58,12 +50,6 @@ class LocalRun:
     def terminate(self) -> None:
         if self.poll() is None:
             os.killpg(self.ref["pid"], signal.SIGTERM)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
 
 
 class LocalLauncher:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aif.launchers.base import LOST, StageCommand
+from aif.launchers.base import LOST, RecordedRun, StageCommand
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
           "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -101,11 +101,7 @@ def _job_fields(job_id: str) -> dict[str, str] | None:
     return dict(f.split("=", 1) for f in done.stdout.split() if "=" in f)
 
 
-class SlurmRun:
-    def __init__(self, ref: dict[str, Any]) -> None:
-        self.ref = ref
-        self.exit_file, self.log_path = Path(ref["exit_file"]), Path(ref["log"])
-
+class SlurmRun(RecordedRun):
     def poll(self) -> int | None:
         if (code := self._exit_code()) is not None:
             return code
@@ -122,24 +118,11 @@ class SlurmRun:
             return 128 + int(signal)
         return int(status) if int(status) else LOST
 
-    def _exit_code(self) -> int | None:
-        try:
-            text = self.exit_file.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text else None
-
     def terminate(self) -> None:
         """SIGTERM to the running step only: the stage checkpoints and exits, and the batch
         script, left alone, records how it ended."""
         if self.poll() is None:
             _run(["scancel", "--signal=TERM", self.ref["job_id"]])
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
 
 
 class SlurmLauncher:
