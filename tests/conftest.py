@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
+from transformers import PreTrainedTokenizerBase
 
 from aif.broker import EmbeddedBroker
 from aif.db.session import session_factory
@@ -119,3 +120,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -12,14 +12,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from events.recipe import Recipe
-
-
-@pytest.fixture
-def tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture
