@@ -27,7 +27,7 @@ from events.messages import (
     JobStatusChanged,
     ModelReady,
 )
-from events.recipe import HyperparameterOverrides, RecipeError, load_recipe_file
+from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
 from events.states import JobState
 from recipes import load_recipe, recipe_files
 
@@ -51,9 +51,10 @@ def _setup() -> Settings:
 
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
-            eval_limit: int | None, train_file: str | None) -> str:
+            eval_limit: int | None, train_file: str | None, dataset: str | None = None) -> str:
     event = finetune_request(
         tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
+        dataset=dataset,
         overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
     )
     job_id = job_id_for(event.source, event.id)
@@ -85,6 +86,8 @@ def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]
                 progress.update(bar, description=str(ev.state))
                 if ev.state.terminal:
                     final, grace_until = ev.state, time.monotonic() + 15
+                    if ev.previous_state not in (JobState.evaluating, JobState.handing_off):
+                        return final, seen  # ended before evaluation: no result will come
             elif isinstance(ev, JobProgress):
                 progress.update(bar, description=ev.stage, total=ev.total_steps,
                                 completed=ev.step, info=_progress_info(ev))
@@ -154,11 +157,14 @@ def submit(
     train_file: Annotated[
         str | None, typer.Option(help="Training data instead of the recipe's.")
     ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
     """Publish a fine-tuning request to the running service."""
     settings = _setup()
-    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file)
+    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset)
     console.print(f"submitted job {job_id}")
     if wait:
         final, events = _follow(settings, job_id)
@@ -219,8 +225,7 @@ def eval_(
 
     settings = _setup()
     try:
-        r = load_recipe_file(Path(recipe)) if recipe.endswith((".yaml", ".yml")) else (
-            load_recipe(recipe))
+        r = _recipe(recipe)
         if limit is not None:
             r = r.model_copy(update={"eval": r.eval.model_copy(update={"limit": limit})})
         base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
@@ -256,6 +261,46 @@ def eval_(
         console.print(f"gate: {'passed' if decision.passed else 'failed'} - {decision.reason}")
     console.print(f"results in {out}; the same run with the lm_eval command line:\n"
                   + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
+
+
+@app.command()
+def preflight(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file.")],
+    train_file: Annotated[
+        str | None, typer.Option(help="Training data instead of the recipe's.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """The pre-flight report (rows, tokens, truncation, rendered examples, duplicates, overlap
+    with the evaluation data) without submitting; exit 1 when the job would be rejected."""
+    from evaluation.tasks import TaskConfigError
+    from finetune.base_model import BaseModelError, load_tokenizer
+    from finetune.data import DataValidationError
+    from finetune.preflight import build_report
+
+    settings = _setup()
+    try:
+        r = _recipe(recipe)
+        r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
+        report = build_report(r, load_tokenizer(r.model.base, settings.models_dir))
+    except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if json:
+        console.print_json(report.model_dump_json())
+    else:
+        console.print(report.to_text(), markup=False, highlight=False)
+    raise typer.Exit(0 if report.usable else 1)
+
+
+def _recipe(recipe: str) -> Recipe:
+    """A recipe by name, or from a YAML file."""
+    if recipe.endswith((".yaml", ".yml")):
+        return load_recipe_file(Path(recipe))
+    return load_recipe(recipe)
 
 
 @recipes_app.command("list")

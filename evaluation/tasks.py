@@ -48,6 +48,15 @@ def materialise_tasks(eval_section: EvalSection, output_dir: Path) -> Materialis
     )
 
 
+def local_data_files(path: Path, name: str) -> list[Path]:
+    """The local files a recipe's task YAML reads its documents from (URLs left out)."""
+    kwargs = yaml.safe_load(_materialise_one(path, name)).get("dataset_kwargs") or {}
+    files = kwargs.get("data_files") or []
+    groups = files.values() if isinstance(files, dict) else [files]
+    flat = [f for group in groups for f in ([group] if isinstance(group, str) else group)]
+    return [Path(f) for f in flat if "://" not in f]
+
+
 def _materialise_one(path: Path, name: str) -> str:
     try:
         config = yaml.safe_load(path.read_text())

@@ -20,12 +20,14 @@ def finetune_request(
     source: str,
     recipe: str,
     train_file: str | None = None,
+    dataset: str | None = None,
     overrides: HyperparameterOverrides | None = None,
     labels: dict[str, str] | None = None,
 ) -> CloudEvent:
     data = FineTuneRequested(
         recipe=recipe,
         train_file=train_file,
+        dataset=dataset,
         overrides=overrides or HyperparameterOverrides(),
         labels=labels or {},
     )

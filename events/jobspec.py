@@ -49,7 +49,17 @@ class TrainingResult(_Frozen):
     steps: int
     final_loss: float
     train_tokens: int
+    validation_loss: float | None = Field(
+        None, description="Mean loss per trained token on the validation split, if any."
+    )
     wall_s: float
+    processes: int = Field(1, description="Training processes (ranks) across all machines.")
+    tokens_per_s: float | None = Field(
+        None, description="Real (non-padding) tokens per second of the training loop itself."
+    )
+    peak_memory_mb: float | None = Field(
+        None, description="Peak GPU memory allocated, or peak resident memory on CPUs (rank 0)."
+    )
     files_sha256: dict[str, str] = Field(description="Adapter file name -> sha256.")
 
 

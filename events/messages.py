@@ -28,7 +28,10 @@ class FineTuneRequested(EventData):
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.finetune.requested.v1"
     recipe: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     recipe_inline: Recipe | None = None
-    train_file: str | None = Field(None, description="Overrides the recipe's training data.")
+    train_file: str | None = Field(None, description="Overrides the recipe's training file.")
+    dataset: str | None = Field(
+        None, description="Hub dataset id replacing the recipe's data (its local files unused)."
+    )
     overrides: HyperparameterOverrides = HyperparameterOverrides()
     extra_eval_tasks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
         default_factory=list, max_length=16,
@@ -41,6 +44,8 @@ class FineTuneRequested(EventData):
     def check_one_recipe(self) -> FineTuneRequested:
         if (self.recipe is None) == (self.recipe_inline is None):
             raise ValueError("give exactly one of 'recipe' (a name) or 'recipe_inline'")
+        if self.train_file is not None and self.dataset is not None:
+            raise ValueError("give at most one of 'train_file' or 'dataset'")
         return self
 
 

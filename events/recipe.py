@@ -40,9 +40,34 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    dataset: str | None = Field(None, description="Hub dataset id, for sites with hub access.")
-    train_file: str = Field(description="Local JSONL/CSV/Parquet file; relative to the recipe.")
-    validation_file: str | None = None
+    """Where the rows come from: a local `train_file` if given, else the hub `dataset`.
+
+    Shipped recipes name both (the hub source documented, a local copy with the same columns
+    so that they run offline); a request switches to the hub by overriding `dataset`.
+    """
+
+    dataset: str | None = Field(
+        None, description="Hub dataset id (or a local dataset folder); used without train_file."
+    )
+    dataset_config: str | None = Field(None, description="The hub dataset's configuration.")
+    dataset_split: str = Field("train", description="The hub dataset's split to train on.")
+    dataset_validation_split: str | None = Field(
+        None, description="The hub dataset's split to validate on."
+    )
+    train_file: str | None = Field(
+        None, description="Local JSONL/CSV/Parquet file; relative to the recipe."
+    )
+    validation_file: str | None = Field(
+        None, description="Local file of validation rows, in the training file's format."
+    )
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out for "
+        "validation (seeded by train.seed) when no validation file or split is given.",
+    )
+    max_bad_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Bad rows are skipped up to this fraction of the rows "
+        "read; above it the job is rejected before training.",
+    )
     format: DataFormat = DataFormat.prompt_completion
     prompt_template: str | None = Field(
         None, description="Jinja template over the row's columns giving the prompt."
@@ -57,6 +82,15 @@ class DataSection(_Strict):
     )
 
     @model_validator(mode="after")
+    def check_source(self) -> DataSection:
+        if self.train_file is None and self.dataset is None:
+            raise ValueError("data needs train_file (a local file) or dataset (a hub id)")
+        if self.validation_split and (self.validation_file or self.dataset_validation_split):
+            raise ValueError("data.validation_split: give it only without validation_file "
+                             "and dataset_validation_split")
+        return self
+
+    @model_validator(mode="after")
     def check_templates(self) -> DataSection:
         if self.format is DataFormat.prompt_completion and not (
             self.prompt_template and self.completion_template
@@ -64,6 +98,19 @@ class DataSection(_Strict):
             raise ValueError(
                 "format 'prompt_completion' needs prompt_template and completion_template"
             )
+        return self
+
+    def with_source(
+        self, train_file: str | None = None, dataset: str | None = None
+    ) -> DataSection:
+        """A request's data override: a local file replaces the train file; a hub id replaces
+        the dataset and drops the local files, so the hub is what is read."""
+        if dataset is not None:
+            return self.model_copy(
+                update={"dataset": dataset, "train_file": None, "validation_file": None}
+            )
+        if train_file is not None:
+            return self.model_copy(update={"train_file": train_file})
         return self
 
 
@@ -90,6 +137,14 @@ class TrainSection(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this norm.")
     grad_norm_limit: float = Field(
         1e4, gt=0.0, description="A gradient norm above this (before clipping) stops the job.",
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Validation loss every N optimizer steps (besides the end); "
+        "None: only at the end.",
+    )
+    packing: bool = Field(
+        True, description="Padding-free batches: a micro-batch's examples side by side in one "
+        "row, each attending only to itself. Off: each batch is padded to its longest example.",
     )
     checkpoint_steps: int | None = Field(
         100, ge=1, description="Resumable checkpoint every N optimizer steps; None: only on "

@@ -17,6 +17,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 COMPLETE_MARKER = ".complete"
 
@@ -42,15 +46,11 @@ def resolve_base_model(ref: str, cache_dir: Path) -> Path:
     """Return a local HF directory (config, safetensors weights, tokenizer) for `ref`."""
     if not ref.strip():
         raise BaseModelError(f"Base model {ref!r} is empty; expected {_ACCEPTED}")
-    if ref in REGISTERED_MODELS:
-        gguf = _packaged_file(ref, *REGISTERED_MODELS[ref])
-        return _cached(cache_dir / ref, lambda out: _convert_gguf(gguf, out))
+    gguf = _gguf_file(ref)
+    if gguf is not None:
+        key = ref if ref in REGISTERED_MODELS else f"{gguf.stem}-{_sha256(gguf)[:12]}"
+        return _cached(cache_dir / key, lambda out: _convert_gguf(gguf, out))
     path = Path(ref).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise BaseModelError(f"Base model {ref!r}: no such GGUF file")
-        key = f"{path.stem}-{_sha256(path)[:12]}"
-        return _cached(cache_dir / key, lambda out: _convert_gguf(path, out))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BaseModelError(
@@ -60,6 +60,29 @@ def resolve_base_model(ref: str, cache_dir: Path) -> Path:
     if _HUB_ID.match(ref):
         return _cached(cache_dir / "hub" / ref.replace("/", "--"), lambda out: _download(ref, out))
     raise BaseModelError(f"Unknown base model {ref!r}; expected {_ACCEPTED}")
+
+
+def load_tokenizer(ref: str, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer alone, for the pre-flight report: a GGUF file's is read
+    directly, so no weights are dequantised before the data has been checked."""
+    from transformers import AutoTokenizer
+
+    gguf = _gguf_file(ref) if ref.strip() else None
+    if gguf is not None:
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(resolve_base_model(ref, cache_dir))
+
+
+def _gguf_file(ref: str) -> Path | None:
+    """The GGUF file behind a registered name or a .gguf path; None for other references."""
+    if ref in REGISTERED_MODELS:
+        return _packaged_file(ref, *REGISTERED_MODELS[ref])
+    path = Path(ref).expanduser()
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise BaseModelError(f"Base model {ref!r}: no such GGUF file")
+    return path
 
 
 def _packaged_file(ref: str, distribution: str, name: str) -> Path:

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
+    PreTrainedTokenizerBase,
+)
 
 from events.recipe import DataFormat, DataSection
 
@@ -27,9 +33,9 @@ Encoder = Callable[[dict[str, Any]], tuple[list[int], list[int]]]
 
 
 class DataValidationError(ValueError):
-    """Rows of the training file are unusable; `.problems` names each one by line or row."""
+    """Rows of the training data are unusable; `.problems` names each one by line or row."""
 
-    def __init__(self, source: Path, problems: list[str], rows: int) -> None:
+    def __init__(self, source: object, problems: list[str], rows: int) -> None:
         self.problems = problems
         listed = "\n  ".join(problems[:_SHOWN_PROBLEMS])
         more = len(problems) - _SHOWN_PROBLEMS
@@ -43,29 +49,138 @@ class _RowError(Exception):
 
 
 @dataclass(frozen=True)
+class HubSplit:
+    """One split of a hub dataset (or of a local dataset folder `load_dataset` reads)."""
+
+    dataset: str
+    config: str | None
+    split: str
+
+    def __str__(self) -> str:
+        config = f" config {self.config!r}" if self.config else ""
+        return f"hub dataset {self.dataset!r}{config} split {self.split!r}"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One usable row: where it came from, the row itself and the example as trained."""
+
+    where: str
+    row: dict[str, Any]
+    example: Example
+    length: int  # tokens before truncation to max_seq_len
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.example["input_ids"])
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split after validation and tokenisation; training and the pre-flight report read
+    the same object, so the report shows exactly what would be trained on."""
+
+    source: str
+    rows: int
+    encoded: list[Encoded]
+    skipped: list[str] = field(default_factory=list)  # "line N: reason" per bad row
+
+    @property
+    def examples(self) -> list[Example]:
+        return [e.example for e in self.encoded]
+
+    @property
+    def truncated(self) -> int:
+        return sum(e.truncated for e in self.encoded)
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raise DataValidationError if more rows are bad than `max_bad_fraction` allows."""
+        if self.rows == 0:
+            raise DataValidationError(self.source, ["there are no rows"], 0)
+        if self.skipped and (len(self.skipped) > max_bad_fraction * self.rows or not self.encoded):
+            raise DataValidationError(self.source, self.skipped, self.rows)
+
+
+@dataclass(frozen=True)
 class TokenizedData:
-    examples: list[Example]
-    truncated: int = 0
-    skipped: list[str] = field(default_factory=list)
+    train: Split
+    validation: Split | None = None
 
 
-def load_examples(
-    data: DataSection,
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_len: int,
-    max_bad_fraction: float = 0.0,
+def read_examples(
+    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0
 ) -> TokenizedData:
-    """Read, validate and tokenise `data.train_file`; raise DataValidationError on bad rows.
-
-    Up to `max_bad_fraction` of the rows may be bad; they are then skipped and listed.
-    """
-    source = Path(data.train_file)
+    """Read, validate and tokenise the training and validation rows; bad rows are listed in
+    each split's `skipped`, not raised (see `load_examples`)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token, so the model could not learn to stop")
     encode = _encoder(data, tokenizer)
-    examples: list[Example] = []
+    train_source, validation_source = _sources(data)
+    train = _read_split(train_source, encode, max_seq_len)
+    if validation_source is not None:
+        return TokenizedData(train, _read_split(validation_source, encode, max_seq_len))
+    if data.validation_split and train.encoded:
+        return TokenizedData(*_hold_out(train, data.validation_split, seed))
+    return TokenizedData(train)
+
+
+def load_examples(
+    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0
+) -> TokenizedData:
+    """`read_examples`, refusing any split with more bad rows than `data.max_bad_fraction`.
+
+    Bad rows within the fraction are skipped and listed; above it DataValidationError names
+    every one by line, before any training starts.
+    """
+    data_read = read_examples(data, tokenizer, max_seq_len, seed)
+    for split in (data_read.train, data_read.validation):
+        if split is not None:
+            split.check(data.max_bad_fraction)
+    return data_read
+
+
+def collator(
+    tokenizer: PreTrainedTokenizerBase, packing: bool
+) -> DataCollatorForSeq2Seq | DataCollatorWithFlattening:
+    """Batches without pad tokens (packing) or padded to the longest row; no loss on padding.
+
+    A packed batch is one row with position ids restarting at 0 for every example, which
+    transformers turns into a block-diagonal causal mask, so examples never attend to each
+    other. That holds only without a KV cache: the model must run with `use_cache=False`.
+    """
+    if packing:
+        return DataCollatorWithFlattening(separator_id=IGNORE_INDEX)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens of the examples themselves, padding not counted: what throughput is quoted in."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
+
+
+def _sources(data: DataSection) -> tuple[Path | HubSplit, Path | HubSplit | None]:
+    """Training and validation source: a local train file wins over the hub dataset."""
+    if data.train_file is not None:
+        train: Path | HubSplit = Path(data.train_file)
+        hub_validation = None
+    else:
+        train = HubSplit(data.dataset or "", data.dataset_config, data.dataset_split)
+        hub_validation = data.dataset_validation_split
+    if data.validation_file is not None:
+        return train, Path(data.validation_file)
+    if hub_validation is not None:
+        return train, HubSplit(data.dataset or "", data.dataset_config, hub_validation)
+    return train, None
+
+
+def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int) -> Split:
+    encoded: list[Encoded] = []
     problems: list[str] = []
-    truncated = rows = 0
+    rows = 0
     for where, row in _read_rows(source):
         rows += 1
         try:
@@ -74,28 +189,35 @@ def load_examples(
             if not isinstance(row, dict):
                 raise _RowError(f"expected an object with columns, got {type(row).__name__}")
             ids, labels = encode(row)
-            example, was_truncated = _fit(ids, labels, max_seq_len)
+            example = _fit(ids, labels, max_seq_len)
         except _RowError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        examples.append(example)
-        truncated += was_truncated
-    if rows == 0:
-        raise DataValidationError(source, ["the file has no rows"], 0)
-    if problems and (len(problems) > max_bad_fraction * rows or not examples):
-        raise DataValidationError(source, problems, rows)
-    return TokenizedData(examples, truncated, problems)
+        encoded.append(Encoded(where, row, example, len(ids)))
+    return Split(str(source), rows, encoded, problems)
 
 
-def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pad each batch to its longest row; padding never carries loss."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+def _hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Move a seeded random `fraction` (at least one) of the usable rows to validation."""
+    count = max(1, round(fraction * len(train.encoded)))
+    if count >= len(train.encoded):
+        problem = (f"data.validation_split {fraction:g} of {len(train.encoded)} usable row(s) "
+                   "leaves none to train on")
+        raise DataValidationError(train.source, [problem], train.rows)
+    held = set(random.Random(seed).sample(range(len(train.encoded)), count))
+    keep = [e for i, e in enumerate(train.encoded) if i not in held]
+    validation = [e for i, e in enumerate(train.encoded) if i in held]
+    return (
+        replace(train, rows=train.rows - count, encoded=keep),
+        Split(f"{train.source} (validation_split {fraction:g})", count, validation),
+    )
 
 
-def _read_rows(source: Path) -> Iterator[tuple[str, Any]]:
+def _read_rows(source: Path | HubSplit) -> Iterator[tuple[str, Any]]:
     """Yield (where, row); a line that is not JSON comes back as a _RowError, to be listed."""
+    if isinstance(source, HubSplit):
+        yield from _read_hub(source)
+        return
     if not source.is_file():
         raise DataValidationError(source, ["no such file"], 0)
     suffix = source.suffix.lower()
@@ -121,6 +243,18 @@ def _read_rows(source: Path) -> Iterator[tuple[str, Any]]:
     else:
         problem = f"unsupported file type {suffix!r}; use .jsonl, .csv or .parquet"
         raise DataValidationError(source, [problem], 0)
+
+
+def _read_hub(source: HubSplit) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(source.dataset, source.config, split=source.split)
+    except (OSError, ValueError) as exc:  # offline, unknown id, config or split
+        problem = f"data.dataset {source.dataset!r} cannot be loaded: {exc}"
+        raise DataValidationError(source, [problem], 0) from exc
+    for number, row in enumerate(rows, start=1):
+        yield f"row {number}", row
 
 
 def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
@@ -250,16 +384,15 @@ class _Chat:
         return ids, labels
 
 
-def _fit(ids: list[int], labels: list[int], max_seq_len: int) -> tuple[Example, bool]:
+def _fit(ids: list[int], labels: list[int], max_seq_len: int) -> Example:
     first_label = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
     if first_label >= max_seq_len:
         raise _RowError(
             f"the prompt is {first_label} tokens, so max_seq_len {max_seq_len} leaves no room "
             "for the completion"
         )
-    example = {
+    return {
         "input_ids": ids[:max_seq_len],
         "attention_mask": [1] * min(len(ids), max_seq_len),
         "labels": labels[:max_seq_len],
     }
-    return example, len(ids) > max_seq_len

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from events.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
+from events.recipe import DataSection
 
 MANIFEST = "SHA256SUMS"
 LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate")
@@ -34,21 +35,33 @@ def loss_curve(work_dir: Path) -> list[dict[str, float]]:
 
 
 def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: float,
-                 train_tokens: int) -> dict[str, str]:
+                 train_tokens: int, validation_loss: float | None = None) -> dict[str, str]:
     """Spec, loss curve, model card, then the manifest; return file name -> sha256."""
     spec.write(adapter_dir / "training_spec.json")
     curve = loss_curve(Path(spec.work_dir))
     (adapter_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
-    (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens))
+    (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens,
+                                                   validation_loss))
     sums = {str(p.relative_to(adapter_dir)): sha256_file(p)
             for p in sorted(adapter_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
     (adapter_dir / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
     return {**sums, MANIFEST: sha256_file(adapter_dir / MANIFEST)}
 
 
-def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int) -> str:
+def _data_line(data: DataSection) -> str:
+    """The local file with its sha256, or the hub dataset it was read from."""
+    if data.train_file is None:
+        config = f", config `{data.dataset_config}`" if data.dataset_config else ""
+        split = f"split `{data.dataset_split}`"
+        return f"hub dataset `{data.dataset}`{config}, {split} ({data.format.value})"
+    path = Path(data.train_file)
+    hub = f"\n  (hub data set `{data.dataset}` for the same columns)" if data.dataset else ""
+    return f"`{path.name}` ({data.format.value}), sha256 `{sha256_file(path)}`{hub}"
+
+
+def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int,
+          validation_loss: float | None) -> str:
     recipe = spec.recipe
-    data = Path(recipe.data.train_file)
     versions = []
     for name in LIBRARIES:
         try:
@@ -57,6 +70,7 @@ def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int) 
             continue
     hyper = {**recipe.lora.model_dump(mode="json"), **recipe.train.model_dump(mode="json")}
     rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    validation = "" if validation_loss is None else f", validation loss {validation_loss:.4f}"
     return f"""---
 library_name: peft
 base_model: {recipe.model.base}
@@ -71,9 +85,8 @@ Intended use: {recipe.intended_use or "not stated"}
 
 - Base model: `{recipe.model.base}`
 - Job: `{spec.job_id}` for tenant `{spec.tenant}`
-- Training data: `{data.name}` ({recipe.data.format.value}), sha256 `{sha256_file(data)}`
-  {f"(hub data set `{recipe.data.dataset}` for the same columns)" if recipe.data.dataset else ""}
-- Trained {steps} optimizer steps on {train_tokens} tokens; final loss {final_loss:.4f}
+- Training data: {_data_line(recipe.data)}
+- Trained {steps} optimizer steps on {train_tokens} tokens; final loss {final_loss:.4f}{validation}
   (curve in `loss_curve.json`, full spec in `training_spec.json`)
 - Evaluation: tasks {", ".join(t.name for t in recipe.eval.tasks)}; the gate is
   {recipe.gate.metric} on {recipe.gate.task}, at least {recipe.gate.min_gain:+.3f} over base.

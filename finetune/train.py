@@ -13,6 +13,8 @@ same work directory resumes from the newest complete checkpoint.
 from __future__ import annotations
 
 import math
+import os
+import resource
 import signal
 import sys
 import time
@@ -31,7 +33,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
-from finetune.data import DataValidationError, collator, load_examples
+from finetune.data import (
+    IGNORE_INDEX,
+    DataValidationError,
+    collator,
+    load_examples,
+    real_tokens,
+)
 from finetune.model_card import write_extras
 
 EXIT_BAD_INPUT = 2
@@ -59,6 +67,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: DataLoader
+    validation: DataLoader | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class Outcome:
     steps: int
     final_loss: float
     train_tokens: int
+    validation_loss: float | None
+    tokens_per_s: float
 
 
 class StopFlag:
@@ -101,7 +112,11 @@ def main(spec_path: str) -> int:
 def build(spec: TrainingSpec) -> Setup:
     """Everything the loop needs, each piece from the library that owns it."""
     recipe = spec.recipe
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        _use_node_cores()
     accelerator = Accelerator(
+        cpu=cpu,  # several CPU processes then train together over gloo, not side by side
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
         mixed_precision=_mixed_precision(),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -111,14 +126,15 @@ def build(spec: TrainingSpec) -> Setup:
     with accelerator.main_process_first():
         base_model_dir = resolve_base_model(recipe.model.base, Path(spec.model_cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed)
     if accelerator.is_main_process:
         print(
-            f"finetune: {len(data.examples)} examples, {data.truncated} truncated to "
+            f"finetune: {len(data.train.examples)} examples, {data.train.truncated} truncated to "
             f"max_seq_len {recipe.train.max_seq_len}",
             file=sys.stderr,
         )
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    model.config.use_cache = False  # a cache would let packed examples attend to each other
     lora = recipe.lora
     model = get_peft_model(
         model,
@@ -144,14 +160,18 @@ def build(spec: TrainingSpec) -> Setup:
         num_warmup_steps=math.ceil(recipe.train.warmup_ratio * recipe.train.max_steps),
         num_training_steps=recipe.train.max_steps,
     )
+    collate = collator(tokenizer, recipe.train.packing)
     loader = DataLoader(
-        data.examples,
-        batch_size=recipe.train.batch_size,
-        shuffle=True,
-        collate_fn=collator(tokenizer),
+        data.train.examples, batch_size=recipe.train.batch_size, shuffle=True, collate_fn=collate
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader)
+    validation = None
+    if data.validation is not None:  # sharded over the ranks, then reduced
+        validation = accelerator.prepare(DataLoader(
+            data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
+        ))
+    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
+                 validation)
 
 
 def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
@@ -188,7 +208,7 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         window_loss += output.loss.detach()
         micro_batches += 1
         consumed += 1
-        window_tokens += batch["attention_mask"].sum()
+        window_tokens += real_tokens(batch)
         if not acc.sync_gradients:
             continue
         setup.scheduler.step()
@@ -208,6 +228,8 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
             _save_checkpoint(setup, counters)
         if stopping:
             raise Stopped(f"SIGTERM at step {step}; checkpoint written, rerun to resume")
+        if train_cfg.eval_steps and step % train_cfg.eval_steps == 0 and step < train_cfg.max_steps:
+            _log_validation(setup, progress, step)
         if acc.is_main_process and (
             step % train_cfg.logging_steps == 0 or step == train_cfg.max_steps
         ):
@@ -222,7 +244,36 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
             )
             with open(progress, "a") as fh:
                 fh.write(line.model_dump_json() + "\n")
-    return Outcome(step, loss, tokens)
+    throughput = (tokens - done.tokens) / (time.monotonic() - started)
+    return Outcome(step, loss, tokens, _log_validation(setup, progress, step), throughput)
+
+
+def validation_loss(setup: Setup) -> float | None:
+    """Mean loss per trained token over the validation split, on every rank (collectives)."""
+    if setup.validation is None:
+        return None
+    acc, model = setup.accelerator, setup.model
+    total = torch.zeros((), device=acc.device)
+    count = torch.zeros((), device=acc.device)
+    model.eval()
+    with torch.no_grad():
+        for batch in setup.validation:
+            trained = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()  # the loss's own tokens
+            total += model(**batch).loss * trained
+            count += trained
+    model.train()
+    return (acc.reduce(total, "sum") / acc.reduce(count, "sum")).item()
+
+
+def _log_validation(setup: Setup, progress: Path, step: int) -> float | None:
+    """Validation loss, appended to the progress log as a `validation` line."""
+    loss = validation_loss(setup)
+    if loss is not None and setup.accelerator.is_main_process:
+        total = setup.spec.recipe.train.max_steps
+        line = ProgressLine(stage="validation", step=step, total_steps=total, loss=loss)
+        with open(progress, "a") as fh:
+            fh.write(line.model_dump_json() + "\n")
+    return loss
 
 
 def _any_rank(acc: Accelerator, flag: bool) -> bool:
@@ -265,17 +316,38 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
         model.save_pretrained(adapter_dir, safe_serialization=True)
         setup.tokenizer.save_pretrained(adapter_dir)
         checksums = write_extras(adapter_dir, setup.spec, outcome.steps, outcome.final_loss,
-                                 outcome.train_tokens)
+                                 outcome.train_tokens, outcome.validation_loss)
         TrainingResult(
             adapter_dir=str(adapter_dir),
             base_model_dir=str(setup.base_model_dir),
             steps=outcome.steps,
             final_loss=outcome.final_loss,
             train_tokens=outcome.train_tokens,
+            validation_loss=outcome.validation_loss,
             wall_s=wall_s,
+            processes=acc.num_processes,
+            tokens_per_s=outcome.tokens_per_s,
+            peak_memory_mb=_peak_memory_mb(),
             files_sha256=checksums,
         ).write(work_dir / TRAINING_RESULT)
     acc.wait_for_everyone()
+
+
+def _use_node_cores() -> None:
+    """Share this node's cores among its training processes.
+
+    The launcher runs on another host (the orchestrator, a Slurm login node), so only the
+    process itself can see how many cores it may use: the CPU set Slurm or a container gives
+    it, divided by the processes started on the same node.
+    """
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _mixed_precision() -> str:

@@ -48,6 +48,7 @@ class Job(Base):
     run_ref: Mapped[dict | None] = mapped_column(JSON)  # launcher's handle on the stage run
     gate_passed: Mapped[bool | None]
     gate_reason: Mapped[str | None] = mapped_column(Text)
+    preflight: Mapped[dict | None] = mapped_column(JSON)  # finetune.preflight.PreflightReport
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="job", order_by="Transition.id", cascade="all, delete-orphan"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,17 @@ class StageCommand:
         if not self.distributed:
             return [python, "-m", self.module, str(self.spec_path)]
         total = num_processes or self.num_processes
-        per_machine = max(1, total // num_machines)
-        threads = max(1, (os.cpu_count() or 1) // per_machine)
         argv = [
             python, "-m", "accelerate.commands.launch",
             "--num_processes", str(total),
-            # accelerate defaults to one thread per process, leaving CPU cores idle.
-            "--num_cpu_threads_per_process", str(threads),
             "--num_machines", str(num_machines),
             "--mixed_precision", "no",
             "--dynamo_backend", "no",
         ]  # fmt: skip
+        if total > 1:
+            # accelerate's name for its torchrun launcher; without it, `--num_processes N`
+            # starts one process. The stage picks gloo itself where the node has no GPU.
+            argv.append("--multi_gpu")
         if num_machines > 1:
             argv += ["--machine_rank", machine_rank, "--main_process_ip", str(main_address),
                      "--main_process_port", str(main_port)]

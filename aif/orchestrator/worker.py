@@ -26,6 +26,7 @@ from aif.orchestrator.handoff import notify_inference
 from aif.orchestrator.states import SOURCE, enqueue_event, transition
 from aif.settings import Settings
 from evaluation.gate import decide
+from evaluation.tasks import TaskConfigError
 from events.bus import envelope, publish
 from events.jobspec import (
     EVALUATION_RESULT,
@@ -48,6 +49,9 @@ from events.messages import (
 )
 from events.recipe import EvalTask, Recipe, RecipeError
 from events.states import TERMINAL_STATES, JobState
+from finetune.base_model import BaseModelError, load_tokenizer
+from finetune.data import DataValidationError
+from finetune.preflight import PREFLIGHT, build_report
 from recipes import load_recipe
 
 log = logging.getLogger(__name__)
@@ -183,22 +187,31 @@ class JobWorker:
         return path
 
     def _validate(self, job: Job) -> None:
-        """Resolve and freeze the effective recipe; reject what can never run."""
+        """Resolve and freeze the effective recipe, then check the data with the pre-flight
+        report; reject what can never run, before any training is launched."""
         request = FineTuneRequested.model_validate(job.request["data"])
         try:
             recipe = request.recipe_inline or load_recipe(request.recipe or "")
             recipe = request.overrides.apply(recipe)
             recipe = _with_extra_tasks(recipe, request.extra_eval_tasks)
-            if request.train_file:
-                data = recipe.data.model_copy(update={"train_file": request.train_file})
-                recipe = recipe.model_copy(update={"data": data})
-            if not Path(recipe.data.train_file).is_file():
-                raise RecipeError(f"data.train_file: no such file {recipe.data.train_file}")
-        except RecipeError as exc:
+            data = recipe.data.with_source(request.train_file, request.dataset)
+            recipe = recipe.model_copy(update={"data": data})
+            if data.train_file is not None and not Path(data.train_file).is_file():
+                raise RecipeError(f"data.train_file: no such file {data.train_file}")
+            tokenizer = load_tokenizer(recipe.model.base, self.settings.models_dir)
+            report = build_report(recipe, tokenizer)
+        except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
             self._move(job.id, JobState.rejected, str(exc))
             return
-        self._move(job.id, JobState.queued, "recipe resolved",
-                   recipe=recipe.model_dump(mode="json"), work_dir=str(self._job_dir(job)))
+        work = self._job_dir(job)
+        report.write(work / PREFLIGHT)
+        frozen = {"recipe": recipe.model_dump(mode="json"), "work_dir": str(work),
+                  "preflight": report.model_dump(mode="json")}
+        if report.usable:
+            self._move(job.id, JobState.queued, report.summary(), **frozen)
+        else:
+            self._move(job.id, JobState.rejected, f"{report.summary()}\n{report.reason}",
+                       **frozen)
 
     def _watch(self, job: Job, expected: JobState, run: RunHandle, progress: Path) -> int:
         """Wait for a stage process, relaying progress lines and renewing the lease."""

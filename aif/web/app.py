@@ -79,4 +79,14 @@ def create_app(sessions: sessionmaker[Session]) -> FastAPI:
                                           reason=t.reason) for t in row.transitions],
         )
 
+    @app.get("/api/jobs/{job_id}/preflight")
+    def job_preflight(job_id: str, session: SessionDep) -> dict:
+        """The job's pre-flight report (finetune.preflight.PreflightReport as JSON)."""
+        row = session.get(Job, job_id)
+        if row is None:
+            raise HTTPException(404, f"no job {job_id}")
+        if row.preflight is None:
+            raise HTTPException(404, f"job {job_id} has no pre-flight report yet")
+        return row.preflight
+
     return app

@@ -38,3 +38,14 @@ def test_job_lookup_and_404(sessions: sessionmaker[Session]) -> None:
     assert client.get("/api/jobs/job-123").json()["state"] == "succeeded"
     missing = client.get("/api/jobs/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_job_preflight_report(sessions: sessionmaker[Session]) -> None:
+    _seed(sessions)
+    client = TestClient(create_app(sessions))
+    assert client.get("/api/jobs/job-123/preflight").status_code == 404
+    with sessions() as s:
+        s.get_one(Job, "job-123").preflight = {"usable": False, "reason": "line 2: bad"}
+        s.commit()
+    assert client.get("/api/jobs/job-123/preflight").json()["reason"] == "line 2: bad"
+    assert client.get("/api/jobs/nope/preflight").status_code == 404

@@ -15,8 +15,10 @@ from aif.orchestrator.intake import accept
 from aif.orchestrator.worker import JobWorker, LeaseLost
 from aif.settings import Settings
 from events.bus import envelope
+from events.jobspec import TRAINING_SPEC
 from events.messages import FineTuneRequested
 from events.states import JobState
+from finetune.preflight import PREFLIGHT, PreflightReport
 
 
 class _NoBus:
@@ -72,6 +74,7 @@ def test_validation_freezes_the_recipe_with_overrides(
     job = w._load(job_id)
     assert job.state == JobState.queued
     assert job.recipe["train"]["max_steps"] == 3
+    assert job.preflight["usable"] and job.reason.startswith("pre-flight: 800/800")
     assert Path(job.work_dir).is_dir()
 
 
@@ -112,3 +115,22 @@ def test_unrunnable_requests_are_rejected_with_the_reason(
     assert job.state == JobState.rejected
     assert reason in job.reason
     assert job.lease_owner is None
+
+
+def test_bad_data_is_rejected_by_the_preflight_report_before_training(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Sparks from the pole", "label": "emergency"}\n{"text": "x"}\n')
+    assert tiny_request.recipe_inline is not None
+    job_id = _store(sessions, recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"),
+                    train_file=str(bad))
+    w = _worker(sessions, tmp_path)
+    assert w.claim() == job_id
+    w.run_job(job_id)
+    job = w._load(job_id)
+    assert job.state == JobState.rejected
+    assert "line 2: missing column 'label'" in job.reason and "pre-flight: 1/2" in job.reason
+    stored = PreflightReport.read(Path(job.work_dir) / PREFLIGHT)
+    assert not stored.usable and stored.model_dump(mode="json") == job.preflight
+    assert job.run_ref is None and not (Path(job.work_dir) / TRAINING_SPEC).exists()

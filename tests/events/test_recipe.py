@@ -1,9 +1,11 @@
 import importlib
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from events.messages import FineTuneRequested
 from events.recipe import HyperparameterOverrides, RecipeError, load_recipe_file
 from recipes import RECIPES_DIR, load_recipe, recipe_files
 
@@ -23,7 +25,7 @@ def test_at_least_one_recipe_ships() -> None:
 
 
 def _write(tmp_path: Path, **changes: object) -> Path:
-    raw = yaml.safe_load((SHIPPED[0]).read_text())
+    raw = yaml.safe_load(recipe_files()["grid-ticket-routing"].read_text())
     raw.update(changes)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -90,3 +92,27 @@ def test_generated_data_matches_the_generator(script: Path, tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == committed
     for name in committed:
         assert (tmp_path / name).read_bytes() == (generator.HERE / "data" / name).read_bytes()
+
+
+def test_data_needs_a_source_and_bounded_fractions(tmp_path: Path) -> None:
+    raw = yaml.safe_load(SHIPPED[0].read_text())
+    for data, fragment in [
+        ({k: v for k, v in raw["data"].items() if k not in ("train_file", "dataset")},
+         "needs train_file"),
+        ({**raw["data"], "validation_split": 1.5}, "data.validation_split"),
+        ({**raw["data"], "max_bad_fraction": -0.1}, "data.max_bad_fraction"),
+        ({**raw["data"], "validation_split": 0.1, "validation_file": "v.jsonl"},
+         "data.validation_split: give it only without validation_file"),
+    ]:
+        with pytest.raises(RecipeError, match=re.escape(fragment)):
+            load_recipe_file(_write(tmp_path, data=data))
+
+
+def test_a_request_switches_the_data_source() -> None:
+    data = load_recipe("grid-ticket-routing").data
+    hub = data.with_source(dataset="org/tickets")
+    assert (hub.dataset, hub.train_file, hub.validation_file) == ("org/tickets", None, None)
+    assert data.with_source(train_file="/d/t.jsonl").train_file == "/d/t.jsonl"
+    assert data.with_source() == data
+    with pytest.raises(ValueError, match="at most one of 'train_file' or 'dataset'"):
+        FineTuneRequested(recipe="grid-ticket-routing", train_file="t.jsonl", dataset="org/x")

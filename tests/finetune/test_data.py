@@ -16,9 +16,10 @@ from events.recipe import Recipe
 from finetune.data import (
     IGNORE_INDEX,
     DataValidationError,
-    TokenizedData,
+    Split,
     collator,
     load_examples,
+    read_examples,
 )
 
 CHAT = {"format": "chat"}
@@ -26,8 +27,8 @@ LONG = {"max_seq_len": 128}  # the chat template's system prompt alone is 20 tok
 ROW = {"text": "Sparks from the pole", "label": "emergency"}
 
 
-def _load(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, **kwargs: float) -> TokenizedData:
-    return load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, **kwargs)
+def _load(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Split:
+    return load_examples(recipe.data, tokenizer, recipe.train.max_seq_len).train
 
 
 def test_loss_only_on_completion_and_eos(
@@ -80,11 +81,11 @@ def test_every_bad_row_is_named_by_line(
 def test_bad_rows_within_tolerance_are_skipped_and_listed(
     tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW, ROW, ROW, {"text": "x"}]))
-    data = _load(recipe, tokenizer, max_bad_fraction=0.25)
+    path = write_jsonl(tmp_path / "t.jsonl", [ROW, ROW, ROW, {"text": "x"}])
+    data = _load(make_recipe(path, data={"max_bad_fraction": 0.25}), tokenizer)
     assert len(data.examples) == 3 and data.skipped == ["line 4: missing column 'label'"]
     with pytest.raises(DataValidationError):
-        _load(recipe, tokenizer, max_bad_fraction=0.2)
+        _load(make_recipe(path, data={"max_bad_fraction": 0.2}), tokenizer)
 
 
 def test_truncation_is_counted_and_a_prompt_filling_the_window_is_an_error(
@@ -124,7 +125,7 @@ def test_csv_and_parquet_files(
     ("name", "content", "problem"),
     [
         ("missing.jsonl", None, "no such file"),
-        ("empty.jsonl", "\n", "the file has no rows"),
+        ("empty.jsonl", "\n", "there are no rows"),
         ("rows.txt", "x", "unsupported file type '.txt'"),
     ],
 )
@@ -234,7 +235,7 @@ def test_chat_trains_on_assistant_turns_only(
 def test_collator_pads_without_loss(tokenizer: PreTrainedTokenizerBase) -> None:
     short = {"input_ids": [5, 6], "attention_mask": [1, 1], "labels": [IGNORE_INDEX, 6]}
     long = {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [IGNORE_INDEX, 6, 7]}
-    batch = collator(tokenizer)([short, long])
+    batch = collator(tokenizer, packing=False)([short, long])
     assert batch["input_ids"].shape == (2, 3)
     assert batch["attention_mask"][0].tolist() == [1, 1, 0]
     assert batch["labels"][0].tolist() == [IGNORE_INDEX, 6, IGNORE_INDEX]
@@ -242,7 +243,7 @@ def test_collator_pads_without_loss(tokenizer: PreTrainedTokenizerBase) -> None:
 
 def test_collator_falls_back_to_eos_for_padding(tokenizer: PreTrainedTokenizerBase) -> None:
     tokenizer.pad_token = None
-    collator(tokenizer)
+    collator(tokenizer, packing=False)
     assert tokenizer.pad_token == tokenizer.eos_token
 
 
@@ -256,3 +257,78 @@ def test_tokenizer_without_eos_or_chat_template_is_refused(
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="no EOS token"):
         _load(make_recipe(path), tokenizer)
+
+
+def test_validation_file_is_checked_like_training_data_and_named(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    validation = write_jsonl(tmp_path / "valid.jsonl", [ROW, {"text": "x"}])
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW, ROW]),
+                         data={"validation_file": str(validation)})
+    data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+    assert data.validation is not None and len(data.validation.examples) == 1
+    with pytest.raises(DataValidationError, match=r"valid\.jsonl: .*\n  line 2: missing column"):
+        load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+
+
+def test_validation_split_holds_out_seeded_rows(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [{**ROW, "text": f"ticket number {i}"} for i in range(20)]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data={"validation_split": 0.2})
+
+    def split(seed: int) -> tuple[list[str], list[str]]:
+        data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, seed)
+        assert data.validation is not None
+        return ([e.where for e in data.train.encoded], [e.where for e in data.validation.encoded])
+
+    train, held_out = split(seed=1)
+    assert len(held_out) == 4 and len(train) == 16
+    assert sorted(train + held_out) == sorted(f"line {i}" for i in range(1, 21))
+    assert split(seed=1) == (train, held_out)
+
+
+def test_validation_split_must_leave_training_rows(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW]), data={"validation_split": 0.5})
+    with pytest.raises(DataValidationError, match=r"data\.validation_split 0\.5 .* leaves none"):
+        load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+
+
+def test_local_dataset_folder_is_read_as_a_hub_dataset(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    folder = tmp_path / "tickets"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [ROW, {**ROW, "label": "accounts"}, ROW])
+    write_jsonl(folder / "validation.jsonl", [ROW])
+    recipe = make_recipe(tmp_path / "unused.jsonl", data={
+        "train_file": None, "dataset": str(folder), "dataset_validation_split": "validation"})
+    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+    assert [e.where for e in data.train.encoded] == ["row 1", "row 2", "row 3"]
+    assert data.train.source == f"hub dataset {str(folder)!r} split 'train'"
+    assert data.validation is not None and len(data.validation.examples) == 1
+    assert data.train.examples[0] == _load(
+        make_recipe(write_jsonl(tmp_path / "t.jsonl", [ROW])), tokenizer).examples[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"dataset": "nosuch-org/nosuch-tickets"}, "data.dataset 'nosuch-org/nosuch-tickets'"),
+        ({"dataset_split": "test"}, 'Unknown split "test"'),
+    ],
+)
+def test_unloadable_hub_dataset_names_the_field_and_id(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase, data: dict, fragment: str,
+) -> None:
+    folder = tmp_path / "tickets"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [ROW])
+    recipe = make_recipe(tmp_path / "unused.jsonl",
+                         data={"train_file": None, "dataset": str(folder), **data})
+    with pytest.raises(DataValidationError, match="cannot be loaded") as caught:
+        load_examples(recipe.data, tokenizer, recipe.train.max_seq_len)
+    assert fragment in str(caught.value)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
@@ -48,6 +49,7 @@ def _launch(spec: Path, num_processes: int) -> subprocess.CompletedProcess[str]:
         *(sys.executable, "-m", "accelerate.commands.launch"),
         *("--num_processes", str(num_processes), "--num_machines", "1"),
         *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        *(["--multi_gpu"] if num_processes > 1 else []),
         *("-m", "finetune.train", str(spec)),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -68,6 +70,7 @@ def test_two_process_run_writes_safetensors_adapter_result_and_progress(
     result = TrainingResult.read(job / TRAINING_RESULT)
     adapter = Path(result.adapter_dir)
     assert result.steps == 5 and math.isfinite(result.final_loss) and result.train_tokens > 0
+    assert result.processes == 2 and result.tokens_per_s > 0 and result.peak_memory_mb > 0
     assert result.base_model_dir == str(tiny_model_dir.resolve())
     names = {p.name for p in adapter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "SHA256SUMS",
@@ -95,6 +98,35 @@ def test_two_process_run_writes_safetensors_adapter_result_and_progress(
     tuned = PeftModel.from_pretrained(base, adapter)
     with torch.no_grad():
         assert tuned(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
+
+
+def test_one_and_two_processes_train_the_same_adapter(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable
+) -> None:
+    """Scaling out changes where micro-batches run, not what is learnt: 2 processes with one
+    micro-batch each per step equal 1 process accumulating two (same data order, seed)."""
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS[:16])
+    recipe = make_recipe(data, train={"max_steps": 3, "learning_rate": 1e-2})
+    recipe = recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"dropout": 0.0})})
+    results = {}
+    for processes, accumulation in ((1, 2), (2, 1)):
+        train = recipe.train.model_copy(update={"gradient_accumulation_steps": accumulation})
+        run_dir = tmp_path / f"p{processes}"
+        run_dir.mkdir()
+        spec = _spec(run_dir, recipe.model_copy(update={"train": train}))
+        run = _launch(spec, num_processes=processes)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[processes] = TrainingResult.read(run_dir / "job" / TRAINING_RESULT)
+    one, two = results[1], results[2]
+    assert (one.processes, two.processes) == (1, 2)
+    assert one.steps == two.steps == 3 and one.train_tokens == two.train_tokens
+    assert one.final_loss == pytest.approx(two.final_loss, rel=1e-4)
+    weights = [load_file(Path(r.adapter_dir) / "adapter_model.safetensors") for r in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    # The run did learn: LoRA's B matrices start at zero.
+    assert any(t.abs().max() > 0 for n, t in weights[0].items() if "lora_B" in n)
 
 
 def test_bad_data_exits_2_naming_the_line(
@@ -158,3 +190,21 @@ def test_non_finite_loss_stops_the_run(loss: float) -> None:
 
 def test_finite_loss_passes() -> None:
     check_finite(2.5, 1)
+
+
+def test_validation_loss_is_logged_every_eval_steps_and_recorded(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS),
+                         data={"validation_split": 0.25}, train={"eval_steps": 2})
+    assert _cli([str(_spec(tmp_path, recipe))]) == 0
+    result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
+    lines = [ProgressLine.model_validate_json(x)
+             for x in (tmp_path / "job" / PROGRESS_LOG).read_text().split()]
+    validation = [p for p in lines if p.stage == "validation"]
+    assert [p.step for p in validation] == [2, 4]
+    assert result.validation_loss is not None and math.isfinite(result.validation_loss)
+    assert validation[-1].loss == pytest.approx(result.validation_loss)
+    adapter = Path(result.adapter_dir)
+    assert f"validation loss {result.validation_loss:.4f}" in (adapter / "README.md").read_text()
+    assert [p["step"] for p in json.loads((adapter / "loss_curve.json").read_text())] == [2, 4]

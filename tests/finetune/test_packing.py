@@ -1,0 +1,81 @@
+"""Padding-free batches must train exactly what padded batches train, minus the padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from finetune.data import IGNORE_INDEX, collator, real_tokens
+
+SHORT = {"input_ids": [5, 6], "attention_mask": [1, 1], "labels": [IGNORE_INDEX, 6]}
+LONG = {"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 1],
+        "labels": [IGNORE_INDEX, IGNORE_INDEX, 7, 8]}
+
+
+def test_packed_batch_is_one_row_without_padding(tokenizer: PreTrainedTokenizerBase) -> None:
+    batch = collator(tokenizer, packing=True)([SHORT, LONG])
+    assert batch["input_ids"].tolist() == [[5, 6, 5, 6, 7, 8]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3]]
+    # The first token of each example is never a target: no example learns from another.
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, IGNORE_INDEX, IGNORE_INDEX, 7, 8]]
+    assert "attention_mask" not in batch
+    assert int(real_tokens(batch)) == 6
+
+
+def test_real_tokens_leave_out_padding(tokenizer: PreTrainedTokenizerBase) -> None:
+    padded = collator(tokenizer, packing=False)([SHORT, LONG])
+    assert padded["input_ids"].numel() == 8 and int(real_tokens(padded)) == 6
+
+
+@pytest.fixture
+def model(tiny_model_dir: Path) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def _examples(tokenizer: PreTrainedTokenizerBase) -> list[dict[str, list[int]]]:
+    texts = ["No power on Elm Street since noon.", "Bill too high.",
+             "Sparks from the line at the school, please hurry!"]
+    examples = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                         "labels": [IGNORE_INDEX] * 3 + ids[3:]})
+    return examples
+
+
+def test_packed_loss_and_logits_equal_padded(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    examples = _examples(tokenizer)
+    padded = collator(tokenizer, packing=False)(examples)
+    packed = collator(tokenizer, packing=True)(examples)
+    with torch.no_grad():
+        padded_out, packed_out = model(**padded), model(**packed)
+    assert packed_out.loss.item() == pytest.approx(padded_out.loss.item(), rel=1e-5)
+    # Each example's logits inside the packed row are its own: no attention across examples.
+    start = 0
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        torch.testing.assert_close(
+            packed_out.logits[0, start:start + n], padded_out.logits[row, :n],
+            rtol=1e-4, atol=1e-4,
+        )
+        start += n
+
+
+def test_a_kv_cache_would_break_packing(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Why training sets use_cache=False: with a cache transformers ignores the boundaries."""
+    examples = _examples(tokenizer)
+    packed = collator(tokenizer, packing=True)(examples)
+    padded = collator(tokenizer, packing=False)(examples)
+    with torch.no_grad():
+        leaky = model(**packed, use_cache=True).logits[0, -len(examples[-1]["input_ids"]):]
+        own = model(**padded).logits[-1, :len(examples[-1]["input_ids"])]
+    assert (leaky - own).abs().max().item() > 1e-3
