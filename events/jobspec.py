@@ -61,6 +61,8 @@ class TrainingResult(_Frozen):
         None, description="Peak GPU memory allocated, or peak resident memory on CPUs (rank 0)."
     )
     files_sha256: dict[str, str] = Field(description="Adapter file name -> sha256.")
+    merged_dir: str | None = Field(None, description="Base with the adapter merged in, if asked.")
+    merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
 class EvaluationSpec(_Frozen):

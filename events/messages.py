@@ -114,6 +114,10 @@ class ModelReady(EventData):
     adapter_uri: str
     files_sha256: dict[str, str]
     scores: list[MetricScore]
+    merged_uri: str | None = Field(
+        None, description="Full model with the adapter merged in, when the recipe asks for it."
+    )
+    merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {

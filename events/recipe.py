@@ -120,6 +120,14 @@ class LoraSection(_Strict):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False
+    quantize_4bit: bool = Field(
+        False, description="QLoRA: the frozen base in 4-bit NF4 (bitsandbytes; CUDA only), "
+        "the adapter in bf16. A node without both stops the job with a clear error.",
+    )
+    save_merged: bool = Field(
+        False, description="Also write the base with the adapter merged in (`merged/`), for "
+        "servers that cannot load LoRA adapters.",
+    )
 
 
 class TrainSection(_Strict):
@@ -141,6 +149,10 @@ class TrainSection(_Strict):
     eval_steps: int | None = Field(
         None, ge=1, description="Validation loss every N optimizer steps (besides the end); "
         "None: only at the end.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% "
+        "more compute; for long sequences or large models.",
     )
     packing: bool = Field(
         True, description="Padding-free batches: a micro-batch's examples side by side in one "

@@ -42,10 +42,15 @@ def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: 
     (adapter_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
     (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens,
                                                    validation_loss))
-    sums = {str(p.relative_to(adapter_dir)): sha256_file(p)
-            for p in sorted(adapter_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (adapter_dir / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
-    return {**sums, MANIFEST: sha256_file(adapter_dir / MANIFEST)}
+    return write_manifest(adapter_dir)
+
+
+def write_manifest(directory: Path) -> dict[str, str]:
+    """`sha256sum -c`-compatible SHA256SUMS of every file; return name -> sha256, itself too."""
+    sums = {str(p.relative_to(directory)): sha256_file(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
+    return {**sums, MANIFEST: sha256_file(directory / MANIFEST)}
 
 
 def _data_line(data: DataSection) -> str:

@@ -12,6 +12,7 @@ same work directory resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import resource
@@ -28,9 +29,16 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import ValidationError
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_scheduler,
+)
 
 from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from events.recipe import Recipe
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
 from finetune.data import (
@@ -40,12 +48,13 @@ from finetune.data import (
     load_examples,
     real_tokens,
 )
-from finetune.model_card import write_extras
+from finetune.model_card import write_extras, write_manifest
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STOPPED = 4
 ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,6 +122,8 @@ def build(spec: TrainingSpec) -> Setup:
     """Everything the loop needs, each piece from the library that owns it."""
     recipe = spec.recipe
     cpu = not torch.cuda.is_available()
+    if recipe.lora.quantize_4bit:
+        _check_qlora_possible()
     if cpu:
         _use_node_cores()
     accelerator = Accelerator(
@@ -133,8 +144,10 @@ def build(spec: TrainingSpec) -> Setup:
             f"max_seq_len {recipe.train.max_seq_len}",
             file=sys.stderr,
         )
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    model = _base_model(base_model_dir, recipe, accelerator)
     model.config.use_cache = False  # a cache would let packed examples attend to each other
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = recipe.lora
     model = get_peft_model(
         model,
@@ -317,6 +330,10 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
         setup.tokenizer.save_pretrained(adapter_dir)
         checksums = write_extras(adapter_dir, setup.spec, outcome.steps, outcome.final_loss,
                                  outcome.train_tokens, outcome.validation_loss)
+        peak_memory_mb = _peak_memory_mb()  # of training, before a merge loads another copy
+        merged_dir = work_dir / MERGED_DIR
+        merged = (_save_merged(setup, adapter_dir, merged_dir)
+                  if setup.spec.recipe.lora.save_merged else {})
         TrainingResult(
             adapter_dir=str(adapter_dir),
             base_model_dir=str(setup.base_model_dir),
@@ -327,10 +344,60 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             wall_s=wall_s,
             processes=acc.num_processes,
             tokens_per_s=outcome.tokens_per_s,
-            peak_memory_mb=_peak_memory_mb(),
+            peak_memory_mb=peak_memory_mb,
             files_sha256=checksums,
+            merged_dir=str(merged_dir) if merged else None,
+            merged_files_sha256=merged,
         ).write(work_dir / TRAINING_RESULT)
     acc.wait_for_everyone()
+
+
+def _save_merged(setup: Setup, adapter_dir: Path, merged_dir: Path) -> dict[str, str]:
+    """The saved adapter merged into a fresh full-precision base (never into the 4-bit one
+    QLoRA trained on, whose rounding would be baked in); returns file name -> sha256."""
+    dtype = torch.float32 if _mixed_precision() == "no" else torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(setup.base_model_dir, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    setup.tokenizer.save_pretrained(merged_dir)
+    return write_manifest(merged_dir)
+
+
+class QLoRAUnavailableError(RuntimeError):
+    """4-bit training needs bitsandbytes and a CUDA GPU on the node that trains."""
+
+
+def _check_qlora_possible() -> None:
+    missing = [need for need, ok in (
+        ("a CUDA GPU", torch.cuda.is_available()),
+        ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is not None),
+    ) if not ok]
+    if missing:
+        raise QLoRAUnavailableError(
+            f"lora.quantize_4bit (QLoRA) needs {' and '.join(missing)} on the training node, "
+            "which has none; set lora.quantize_4bit: false to train a LoRA on the full-precision "
+            "base, or run on a GPU partition with bitsandbytes installed"
+        )
+
+
+def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) -> PreTrainedModel:
+    """fp32 weights (bf16 autocast on GPUs), or NF4 4-bit ones for QLoRA."""
+    if not recipe.lora.quantize_4bit:
+        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model_dir, quantization_config=quantization, dtype=torch.bfloat16,
+        device_map={"": accelerator.local_process_index},
+    )
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
+    )
 
 
 def _use_node_cores() -> None:
@@ -378,7 +445,7 @@ def _cli(argv: list[str]) -> int:
     except (ValidationError, FileNotFoundError) as exc:
         print(f"finetune: unusable training spec {argv[0]}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DataValidationError, BaseModelError, NotImplementedError) as exc:
+    except (DataValidationError, BaseModelError, QLoRAUnavailableError) as exc:
         print(f"finetune: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

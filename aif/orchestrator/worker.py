@@ -351,7 +351,10 @@ class JobWorker:
                       for s in row.scores]
         ready = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
                            adapter_uri=Path(trained.adapter_dir).as_uri(),
-                           files_sha256=trained.files_sha256, scores=scores)
+                           files_sha256=trained.files_sha256, scores=scores,
+                           merged_uri=(Path(trained.merged_dir).as_uri() if trained.merged_dir
+                                       else None),
+                           merged_files_sha256=trained.merged_files_sha256)
         if self.settings.inference_lora_url is not None:
             try:
                 notify_inference(str(self.settings.inference_lora_url), job.id,

@@ -142,6 +142,48 @@ def test_bad_data_exits_2_naming_the_line(
     assert not (tmp_path / "job" / TRAINING_RESULT).exists()
 
 
+def _with_lora(recipe: Recipe, **changes: object) -> Recipe:
+    return recipe.model_copy(update={"lora": recipe.lora.model_copy(update=changes)})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for nodes without CUDA")
+def test_qlora_without_cuda_exits_2_with_the_way_out(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    spec = _spec(tmp_path, _with_lora(make_recipe(data), quantize_4bit=True))
+    assert _cli([str(spec)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "lora.quantize_4bit (QLoRA) needs a CUDA GPU" in err
+    assert "set lora.quantize_4bit: false" in err
+    assert not (tmp_path / "job" / TRAINING_RESULT).exists()
+
+
+def test_merged_model_equals_base_plus_adapter(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable,
+    tiny_model_dir: Path,
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    recipe = make_recipe(data, train={"max_steps": 3, "learning_rate": 1e-2,
+                                      "gradient_checkpointing": True})
+    spec = _spec(tmp_path, _with_lora(recipe, save_merged=True))
+    assert _cli([str(spec)]) == 0
+    result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
+    merged_dir = Path(result.merged_dir)
+    assert (merged_dir / "model.safetensors").is_file()
+    assert result.merged_files_sha256["model.safetensors"] == hashlib.sha256(
+        (merged_dir / "model.safetensors").read_bytes()).hexdigest()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        plain = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, result.adapter_dir)(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)(ids).logits
+    torch.testing.assert_close(merged, tuned, rtol=1e-4, atol=1e-5)
+    assert (merged - plain).abs().max() > 1e-4  # the merge carried the training
+
+
 def test_unusable_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli([]) == EXIT_BAD_INPUT
     assert "usage" in capsys.readouterr().err
