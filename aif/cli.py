@@ -40,6 +40,8 @@ console = Console()
 Tenant = Annotated[str, typer.Option(help="Tenant the job belongs to.")]
 MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's training steps.")]
 EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
+TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
+Dataset = Annotated[str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")]
 
 
 def _setup() -> Settings:
@@ -154,12 +156,8 @@ def submit(
     tenant: Tenant = "demo",
     max_steps: MaxSteps = None,
     eval_limit: EvalLimit = None,
-    train_file: Annotated[
-        str | None, typer.Option(help="Training data instead of the recipe's.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")
-    ] = None,
+    train_file: TrainFile = None,
+    dataset: Dataset = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
     """Publish a fine-tuning request to the running service."""
@@ -266,12 +264,8 @@ def eval_(
 @app.command()
 def preflight(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file.")],
-    train_file: Annotated[
-        str | None, typer.Option(help="Training data instead of the recipe's.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")
-    ] = None,
+    train_file: TrainFile = None,
+    dataset: Dataset = None,
     json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """The pre-flight report (rows, tokens, truncation, rendered examples, duplicates, overlap
