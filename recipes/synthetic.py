@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ class TicketGenerator:
     slots: dict[str, list[str]]
     openers: list[str]
     seed: int
+    to_row: Callable[[dict[str, str]], dict[str, object]] = dict
+    """A generated {"text", "label"} row -> the row written, e.g. in a hub data set's columns
+    and types (an int label id), so that recipe templates read the file and the hub alike."""
 
     def ticket(self, rng: random.Random, label: str) -> dict[str, str]:
         template = rng.choice(self.templates[label])
@@ -46,4 +50,4 @@ class TicketGenerator:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, rows in (("train", train), ("test", test)):
             with (out_dir / f"{name}.jsonl").open("w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+                f.writelines(json.dumps(self.to_row(r)) + "\n" for r in rows)
