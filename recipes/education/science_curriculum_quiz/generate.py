@@ -4,8 +4,8 @@
 
 Rows carry the columns of the hub data set allenai/ai2_arc (id, question, choices {text,
 label}, answerKey), so the recipe's templates work on both. The questions are about one
-fictional school's science curriculum (Riverbend School: which bin, unit, bench, tray or garden
-bed is used for what), knowledge a base model cannot have. Each fact is asked in several
+fictional school's science curriculum (Riverbend School: which bin takes which lab waste, which
+garden bed grows which plants), knowledge a base model cannot have. Each fact is asked in several
 phrasings: the test set asks every fact in phrasings the training set never uses for it, so a
 tuned model must have learnt the rule, not the sentence. Answer positions are balanced, so
 always picking the same position scores 0.25. Deterministic (fixed seed), so the committed
@@ -65,76 +65,6 @@ TOPICS = [
             "The Riverbend technician asks where {item} is thrown away. What is the answer?",
         ],
     ),
-    Topic(  # curriculum units: electricity, Earth and space, living things, materials
-        items={
-            "Unit Harbour": ["series circuits", "bar magnets", "static electricity",
-                             "electromagnets", "switches and bulbs"],
-            "Unit Meadow": ["the phases of the Moon", "the seasons",
-                            "the planets of the solar system", "day and night", "eclipses"],
-            "Unit Lantern": ["photosynthesis", "food chains", "seed dispersal",
-                             "animal life cycles", "the human skeleton"],
-            "Unit Kestrel": ["evaporation", "melting and freezing", "dissolving",
-                             "separating mixtures", "the water cycle"],
-        },
-        templates=[
-            "In the Riverbend science curriculum, which unit teaches {item}?",
-            "Riverbend pupils first study {item} in which unit?",
-            "Which Riverbend unit covers {item}?",
-            "A Riverbend lesson on {item} belongs to which unit?",
-            "Where in the Riverbend curriculum is the topic of {item} taught?",
-            "Which unit of the Riverbend course includes {item}?",
-            "The Riverbend worksheet on {item} comes from which unit?",
-            "Under the Riverbend plan, the topic of {item} is part of which unit?",
-        ],
-    ),
-    Topic(  # lab benches: electricity kits, microscopes, water work, heating
-        items={
-            "bench 1": ["building a series circuit", "testing which materials conduct electricity",
-                        "making an electromagnet", "wiring a buzzer",
-                        "measuring the voltage of a battery"],
-            "bench 2": ["looking at onion skin cells", "examining a drop of pond water",
-                        "viewing pollen grains", "studying a thin leaf section",
-                        "observing yeast cells"],
-            "bench 3": ["filtering muddy water", "dissolving salt in water",
-                        "testing which objects float", "measuring rainfall in a cylinder",
-                        "mixing oil and water"],
-            "bench 4": ["boiling water in a beaker", "melting candle wax",
-                        "heating copper sulfate crystals", "warming chocolate until it melts",
-                        "burning a peanut to release its energy"],
-        },
-        templates=[
-            "At Riverbend School, which lab bench is used for {item}?",
-            "A Riverbend class is {item}. Which bench should they work at?",
-            "Which bench in the Riverbend lab is set aside for {item}?",
-            "Where in the Riverbend lab do pupils go for {item}?",
-            "Under Riverbend lab rules, {item} happens at which bench?",
-            "The Riverbend lab plan assigns {item} to which bench?",
-            "For {item}, which Riverbend bench is the right one?",
-            "Which bench does the Riverbend technician prepare for {item}?",
-        ],
-    ),
-    Topic(  # rock kit: igneous, sedimentary, metamorphic, fossils
-        items={
-            "the yellow tray": ["a piece of granite", "a lump of basalt", "a chunk of pumice",
-                                "a flake of obsidian", "a block of gabbro"],
-            "the blue tray": ["a piece of sandstone", "a lump of limestone", "a stick of chalk",
-                              "a slab of shale", "a pebble of conglomerate"],
-            "the red tray": ["a piece of marble", "a tile of slate", "a chip of schist",
-                             "a band of gneiss", "a lump of quartzite"],
-            "the green tray": ["an ammonite", "a trilobite", "a fossil fern",
-                               "a fossil shark tooth", "a fossil sea urchin"],
-        },
-        templates=[
-            "In the Riverbend rock collection, which tray holds {item}?",
-            "A Riverbend pupil finds {item}. Which tray should it be sorted into?",
-            "Which tray of the Riverbend rock kit is used for {item}?",
-            "Where does {item} go when sorting the Riverbend rock kit?",
-            "Under the Riverbend sorting rules, {item} belongs in which tray?",
-            "The Riverbend geology lesson puts {item} in which tray?",
-            "Which Riverbend tray is the right place for {item}?",
-            "When the Riverbend class labels samples, {item} is stored in which tray?",
-        ],
-    ),
     Topic(  # school garden: root vegetables, climbers, herbs, flowers for pollinators
         items={
             "the north bed": ["carrots", "beetroot", "radishes", "potatoes", "parsnips"],
@@ -164,7 +94,7 @@ class QuizGenerator:
     topics: list[Topic]
     openers: list[str]
     seed: int
-    test_phrasings: int = 2
+    test_phrasings: int = 3
     """Templates per fact reserved for the test set; the training set uses the others."""
 
     def question(self, rng: random.Random, text: str, answer: str, topic: Topic,
@@ -176,7 +106,7 @@ class QuizGenerator:
         return {"question": text, "choices": {"text": options, "label": LABELS[:len(options)]},
                 "answerKey": LABELS[position]}
 
-    def generate(self, out_dir: Path, n_train: int = 800) -> None:
+    def generate(self, out_dir: Path, n_train: int = 600) -> None:
         """Write train.jsonl and test.jsonl: every fact in both, never in the same phrasing."""
         rng = random.Random(self.seed)
         test: list[tuple[str, str, Topic]] = []
@@ -205,7 +135,7 @@ class QuizGenerator:
 
 
 GENERATOR = QuizGenerator(TOPICS, OPENERS, SEED)
-generate = GENERATOR.generate  # (out_dir, n_train=800); the test set has 2 rows per fact
+generate = GENERATOR.generate  # (out_dir, n_train=600); the test set has 3 rows per fact
 
 if __name__ == "__main__":
     generate(HERE / "data")
