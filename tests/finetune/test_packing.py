@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,16 @@ def model(tiny_model_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def _examples(tokenizer: PreTrainedTokenizerBase) -> list[dict[str, list[int]]]:
+@dataclass(frozen=True)
+class Batches:
+    examples: list[dict[str, list[int]]]
+    padded: dict[str, torch.Tensor]
+    packed: dict[str, torch.Tensor]
+
+
+@pytest.fixture
+def batches(tokenizer: PreTrainedTokenizerBase) -> Batches:
+    """Three tickets of different lengths, collated both ways."""
     texts = ["No power on Elm Street since noon.", "Bill too high.",
              "Sparks from the line at the school, please hurry!"]
     examples = []
@@ -45,21 +55,17 @@ def _examples(tokenizer: PreTrainedTokenizerBase) -> list[dict[str, list[int]]]:
         ids = tokenizer(text)["input_ids"]
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                          "labels": [IGNORE_INDEX] * 3 + ids[3:]})
-    return examples
+    return Batches(examples, collator(tokenizer, packing=False)(examples),
+                   collator(tokenizer, packing=True)(examples))
 
 
-def test_packed_loss_and_logits_equal_padded(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    examples = _examples(tokenizer)
-    padded = collator(tokenizer, packing=False)(examples)
-    packed = collator(tokenizer, packing=True)(examples)
+def test_packed_loss_and_logits_equal_padded(model: torch.nn.Module, batches: Batches) -> None:
     with torch.no_grad():
-        padded_out, packed_out = model(**padded), model(**packed)
+        padded_out, packed_out = model(**batches.padded), model(**batches.packed)
     assert packed_out.loss.item() == pytest.approx(padded_out.loss.item(), rel=1e-5)
     # Each example's logits inside the packed row are its own: no attention across examples.
     start = 0
-    for row, example in enumerate(examples):
+    for row, example in enumerate(batches.examples):
         n = len(example["input_ids"])
         torch.testing.assert_close(
             packed_out.logits[0, start:start + n], padded_out.logits[row, :n],
@@ -68,14 +74,10 @@ def test_packed_loss_and_logits_equal_padded(
         start += n
 
 
-def test_a_kv_cache_would_break_packing(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
-) -> None:
+def test_a_kv_cache_would_break_packing(model: torch.nn.Module, batches: Batches) -> None:
     """Why training sets use_cache=False: with a cache transformers ignores the boundaries."""
-    examples = _examples(tokenizer)
-    packed = collator(tokenizer, packing=True)(examples)
-    padded = collator(tokenizer, packing=False)(examples)
+    n = len(batches.examples[-1]["input_ids"])
     with torch.no_grad():
-        leaky = model(**packed, use_cache=True).logits[0, -len(examples[-1]["input_ids"]):]
-        own = model(**padded).logits[-1, :len(examples[-1]["input_ids"])]
+        leaky = model(**batches.packed, use_cache=True).logits[0, -n:]
+        own = model(**batches.padded).logits[-1, :n]
     assert (leaky - own).abs().max().item() > 1e-3
