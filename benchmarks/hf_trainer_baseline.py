@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import time
 from typing import Any
 
@@ -29,6 +28,8 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+
+from finetune.train import peak_memory
 
 
 class _CountingTrainer(Trainer):
@@ -104,11 +105,9 @@ def main() -> None:
         callbacks=[clock],
     )
     trainer.train()
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     tokens = trainer.real_tokens
     print(json.dumps({"tokens_per_s": tokens / (clock.ended - clock.started),
-                      "real_tokens": tokens, "peak_memory_mb": peak}))
+                      "real_tokens": tokens, "peak_memory_mb": peak_memory()}))
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
         setup.tokenizer.save_pretrained(adapter_dir)
         checksums = write_extras(adapter_dir, setup.spec, outcome.steps, outcome.final_loss,
                                  outcome.train_tokens, outcome.validation_loss)
-        peak_memory_mb = _peak_memory_mb()  # of training, before a merge loads another copy
+        peak_memory_mb = peak_memory()  # of training, before a merge loads another copy
         merged_dir = work_dir / MERGED_DIR
         merged = (_save_merged(setup, adapter_dir, merged_dir)
                   if setup.spec.recipe.lora.save_merged else {})
@@ -411,7 +411,9 @@ def _use_node_cores() -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
-def _peak_memory_mb() -> float:
+def peak_memory() -> float:
+    """Peak MiB of this process: GPU memory allocated, or the resident set on CPUs; the
+    throughput benchmark measures its baseline script with the same function."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
