@@ -55,7 +55,7 @@ class Service(AbstractContextManager["Service"]):
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure)
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         launcher = get_launcher(s.launcher, s.slurm)
-        workers = [JobWorker(s, sessions, producer, launcher) for _ in range(s.worker_slots)]
+        workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
         for name, target in [("intake", intake.run), ("relay", relay.run)] + [
             (w.owner, w.run) for w in workers

@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         60.0, gt=1.0, description="A job whose worker stops heartbeating is re-adopted after this."
     )
+    max_attempts: int = Field(
+        3, ge=1, le=20,
+        description="Tries of a job step that fails for infrastructure reasons before the job "
+                    "fails with the last error.",
+    )
+    retry_backoff_s: float = Field(
+        10.0, ge=0.0, description="Wait before the 2nd try of a step; doubled for each next."
+    )
+    retry_backoff_max_s: float = Field(600.0, ge=0.0, description="Longest wait between tries.")
+    preflight_timeout_s: float = Field(
+        1800.0, gt=0.0, description="A pre-flight stage running longer is stopped; job rejected."
+    )
     launcher: Literal["local", "slurm"] = Field(
         "local", description="Where stage processes run: this machine, or Slurm via sbatch."
     )
@@ -43,6 +55,10 @@ class Settings(BaseSettings):
     )
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+
+    def retry_delay_s(self, attempts: int) -> float:
+        """Back-off before the next try, after `attempts` failed ones (exponential, capped)."""
+        return min(self.retry_backoff_s * 2 ** (attempts - 1), self.retry_backoff_max_s)
 
     @property
     def topics(self) -> Topics:

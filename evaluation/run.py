@@ -14,15 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from evaluation.runner import evaluate_model
+from evaluation.runner import AdapterNotAppliedError, evaluate_model
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
     EVALUATION_RESULT,
     PROGRESS_LOG,
     EvaluationResult,
     EvaluationSpec,
+    FailureKind,
     ProgressLine,
+    record_failure,
 )
+from events.tasks import TaskConfigError
 
 
 def run(spec: EvaluationSpec) -> EvaluationResult | None:
@@ -58,12 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__)
     parser.add_argument("spec", type=Path, help=f"path to {EvaluationSpec.__name__} JSON")
     args = parser.parse_args(argv)
+    kind = FailureKind.final
     try:
         run(EvaluationSpec.read(args.spec))
-    except Exception as exc:  # the contract is a message and an exit code, never a trace
-        print(f"evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except (AdapterNotAppliedError, TaskConfigError) as exc:  # ours: they name no data
+        reason = f"evaluation failed: {type(exc).__name__}: {exc}"
+    except OSError as exc:  # a full disk, a lost mount: not the request's fault
+        kind = FailureKind.retryable
+        reason = f"evaluation failed: {type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    except Exception as exc:  # the contract is a reason and an exit code, never a trace
+        # lm-eval's and pydantic's messages may quote documents, so only the class is kept.
+        reason = f"evaluation failed: {type(exc).__name__}"
+    else:
+        return 0
+    print(reason, file=sys.stderr)
+    record_failure(args.spec, kind, reason)
+    return 1
 
 
 if __name__ == "__main__":

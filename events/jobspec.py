@@ -7,6 +7,8 @@ the orchestrator decides.
 
 from __future__ import annotations
 
+import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events.recipe import Recipe
 
+PREFLIGHT_SPEC = "preflight_spec.json"
 TRAINING_SPEC = "training_spec.json"
 TRAINING_RESULT = "training_result.json"
 EVALUATION_SPEC = "evaluation_spec.json"
@@ -33,6 +36,50 @@ class _Frozen(BaseModel):
     @classmethod
     def read(cls, path: Path) -> Self:
         return cls.model_validate_json(path.read_text())
+
+
+class FailureKind(StrEnum):
+    final = "final"  # the request, its data or its recipe: running it again cannot help
+    retryable = "retryable"  # the infrastructure (disk, network, a node): try again later
+
+
+class StageFailure(_Frozen):
+    """Why a stage gave up, written beside its spec before a non-zero exit.
+
+    The exit code alone cannot tell the orchestrator whether to retry (`accelerate launch`
+    reports every failure of its workers as 1). The reason names the rule, field, line or
+    file at fault and never quotes the data.
+    """
+
+    kind: FailureKind
+    reason: str
+
+    @staticmethod
+    def path_for(spec_path: Path) -> Path:
+        return spec_path.with_name(f"{spec_path.stem}.failure.json")
+
+    @classmethod
+    def find(cls, spec_path: Path) -> StageFailure | None:
+        try:
+            return cls.read(cls.path_for(spec_path))
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def record_failure(spec_path: Path, kind: FailureKind, reason: str) -> None:
+    """Write the stage's StageFailure; under `accelerate launch` only rank 0 does."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        StageFailure(kind=kind, reason=reason).write(StageFailure.path_for(spec_path))
+
+
+class PreflightSpec(_Frozen):
+    """The pre-flight stage's input; it answers with `PREFLIGHT` (the report) in work_dir."""
+
+    job_id: str
+    tenant: str
+    recipe: Recipe = Field(description="The effective recipe, as training would get it.")
+    work_dir: str
+    model_cache_dir: str = Field(description="Where converted base models are cached.")
 
 
 class TrainingSpec(_Frozen):

@@ -222,27 +222,58 @@ def _read_rows(source: Path | HubSplit) -> Iterator[tuple[str, Any]]:
         raise DataValidationError(source, ["no such file"], 0)
     suffix = source.suffix.lower()
     if suffix == ".jsonl":
-        with open(source, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"line {number}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line {number}", _RowError(f"invalid JSON: {exc.msg}")
+        yield from _read_jsonl(source)
     elif suffix == ".csv":
-        with open(source, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                yield f"line {reader.line_num}", row
+        yield from _read_csv(source)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
+        try:
+            table = pq.read_table(source)
+        except (pa.ArrowException, OSError) as exc:
+            problem = f"not a readable Parquet file ({type(exc).__name__})"
+            raise DataValidationError(source, [problem], 0) from exc
+        for number, row in enumerate(table.to_pylist(), start=1):
             yield f"row {number}", row
     else:
         problem = f"unsupported file type {suffix!r}; use .jsonl, .csv or .parquet"
         raise DataValidationError(source, [problem], 0)
+
+
+def _read_jsonl(source: Path) -> Iterator[tuple[str, Any]]:
+    """Lines as bytes, so one that is not UTF-8 is a bad row like one that is not JSON."""
+    with open(source, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, _RowError(f"not UTF-8 text (byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, _RowError(f"invalid JSON: {exc.msg} (column {exc.colno})")
+            except RecursionError:
+                yield where, _RowError("invalid JSON: nested too deeply")
+
+
+def _read_csv(source: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a CSV file; past a byte that is not UTF-8 or broken quoting nothing can be
+    trusted (there are no reliable line boundaries), so the file is refused there."""
+    line = 0
+    try:
+        with open(source, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                line = reader.line_num
+                yield f"line {line}", row
+    except (UnicodeDecodeError, csv.Error) as exc:
+        problem = f"after line {line}: not a UTF-8 CSV file ({type(exc).__name__})"
+        raise DataValidationError(source, [problem], line) from exc
 
 
 def _read_hub(source: HubSplit) -> Iterator[tuple[str, Any]]:

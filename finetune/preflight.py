@@ -1,4 +1,10 @@
-"""Pre-flight report: what training would see, before any GPU time is spent.
+"""Pre-flight stage: what training would see, before any GPU time is spent.
+
+`python -m finetune.preflight PREFLIGHT_SPEC_JSON` runs it as a stage process like training
+(the orchestrator never loads a tokenizer or reads training rows itself) and writes the report
+to `preflight.json` in the job directory. Exit codes: 0 the report is written (usable or not),
+2 the spec, data, recipe or base model cannot be read at all, 1 anything else; a non-zero exit
+leaves a StageFailure beside the spec saying whether a retry can help.
 
 It reads the data through the same code as training (`finetune.data.read_examples`), so row
 counts, token counts, truncation and the rendered examples are those of the real run. The
@@ -16,88 +22,27 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
-from evaluation.tasks import local_data_files
+from events.jobspec import FailureKind, PreflightSpec, record_failure
+from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
 from events.recipe import EvalSection, Recipe
+from events.tasks import TaskConfigError, eval_data_files
+from finetune.base_model import BaseModelError, load_tokenizer
 from finetune.data import IGNORE_INDEX, DataValidationError, Example, Split, read_examples
 
-PREFLIGHT = "preflight.json"
+EXIT_UNUSABLE = 2
+
 MIN_OVERLAP_CHARS = 20
 SHOWN_EXAMPLES = 3
 SHOWN_ROWS = 20  # bad rows listed in full; duplicates and overlaps by line
 NO_LOSS = ("[no loss]", "[/no loss]")
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RenderedExample(_Frozen):
-    where: str
-    text: str  # the decoded input ids; tokens without loss inside NO_LOSS markers
-    truncated: bool
-
-
-class SplitReport(_Frozen):
-    source: str
-    rows_read: int
-    rows_usable: int
-    bad_rows: int
-    bad_row_reasons: list[str]
-    tokens: int  # of the whole rendered examples, before truncation
-    mean_tokens: float
-    max_tokens: int
-    trained_tokens: int  # carrying loss, after truncation
-    truncated: int
-    examples: list[RenderedExample]
-    duplicates: int
-    duplicate_rows: list[str]
-    eval_overlap: int
-    eval_overlap_rows: list[str]
-
-
-class PreflightReport(_Frozen):
-    recipe: str
-    base_model: str
-    max_seq_len: int
-    max_bad_fraction: float
-    train: SplitReport
-    validation: SplitReport | None
-    usable: bool
-    reason: str = ""
-
-    def write(self, path: Path) -> None:
-        path.write_text(self.model_dump_json(indent=2))
-
-    @classmethod
-    def read(cls, path: Path) -> Self:
-        return cls.model_validate_json(path.read_text())
-
-    def summary(self) -> str:
-        """One line for status events and `aif submit --wait`."""
-        t = self.train
-        line = (f"pre-flight: {t.rows_usable}/{t.rows_read} training rows usable, {t.tokens} "
-                f"tokens, {t.truncated} truncated, {t.duplicates} duplicates, "
-                f"{t.eval_overlap} overlapping evaluation data")
-        if self.validation is not None:
-            line += f"; {self.validation.rows_usable} validation rows"
-        return line
-
-    def to_text(self) -> str:
-        """The whole report for people, in plain lines."""
-        lines = [f"Pre-flight report for recipe {self.recipe} (base model {self.base_model}, "
-                 f"max_seq_len {self.max_seq_len}, max_bad_fraction {self.max_bad_fraction:g})"]
-        for name, split in (("train", self.train), ("validation", self.validation)):
-            if split is not None:
-                lines += _split_lines(name, split)
-        lines.append("verdict: usable" if self.usable else f"verdict: REJECTED\n{self.reason}")
-        return "\n".join(lines)
 
 
 def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> PreflightReport:
@@ -170,14 +115,10 @@ def _split_report(split: Split, tokenizer: PreTrainedTokenizerBase,
 def _eval_strings(section: EvalSection) -> set[str]:
     """Normalised long string values of every document in the recipe's task data files."""
     found: set[str] = set()
-    for task in section.tasks:
-        if task.yaml is None:  # built-in lm-eval task: its data is on the hub, not here
-            continue
-        for path in local_data_files(Path(task.yaml), task.name):
-            if path.suffix == ".jsonl":
-                with path.open(encoding="utf-8") as fh:
-                    found.update(s for line in fh if line.strip() for s in _strings(
-                        json.loads(line)))
+    for path in eval_data_files(section):
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as fh:
+                found.update(s for line in fh if line.strip() for s in _strings(json.loads(line)))
     return found
 
 
@@ -194,28 +135,34 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _split_lines(name: str, s: SplitReport) -> list[str]:
-    lines = [
-        f"{name}: {s.source}",
-        f"  rows: {s.rows_read} read, {s.rows_usable} usable, {s.bad_rows} bad",
-        f"  tokens: {s.tokens} total, {s.mean_tokens:.1f} mean, {s.max_tokens} max, "
-        f"{s.trained_tokens} trained on; {s.truncated} truncated at max_seq_len",
-        f"  duplicates: {s.duplicates}" + _listed(s.duplicate_rows, s.duplicates),
-        f"  overlap with evaluation data: {s.eval_overlap}"
-        + _listed(s.eval_overlap_rows, s.eval_overlap),
-    ]
-    lines += [f"  bad {reason}" for reason in s.bad_row_reasons]
-    if s.bad_rows > len(s.bad_row_reasons):
-        lines.append(f"  ... and {s.bad_rows - len(s.bad_row_reasons)} more bad rows")
-    for example in s.examples:
-        cut = ", truncated" if example.truncated else ""
-        lines.append(f"  example ({example.where}{cut}):")
-        lines += [f"    | {line}" for line in example.text.split("\n")]
-    return lines
+def main(spec_path: Path) -> int:
+    spec = PreflightSpec.read(spec_path)
+    tokenizer = load_tokenizer(spec.recipe.model.base, Path(spec.model_cache_dir))
+    build_report(spec.recipe, tokenizer).write(Path(spec.work_dir) / PREFLIGHT)
+    return 0
 
 
-def _listed(shown: list[str], count: int) -> str:
-    if not shown:
-        return ""
-    more = f", ... {count - len(shown)} more" if count > len(shown) else ""
-    return f" ({', '.join(shown)}{more})"
+def _cli(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m finetune.preflight PREFLIGHT_SPEC_JSON", file=sys.stderr)
+        return EXIT_UNUSABLE
+    spec_path = Path(argv[0])
+    try:
+        return main(spec_path)
+    except (DataValidationError, BaseModelError, TaskConfigError) as exc:
+        kind, reason, code = FailureKind.final, str(exc), EXIT_UNUSABLE
+    except (ValidationError, UnicodeError, ValueError) as exc:
+        # A parser refused the spec, the data or a task file. Its message may quote the
+        # input, so only the class is kept.
+        kind, code = FailureKind.final, EXIT_UNUSABLE
+        reason = f"the spec, data or task files cannot be read ({type(exc).__name__})"
+    except OSError as exc:  # a full disk, a file system away: not the request's fault
+        kind, code = FailureKind.retryable, 1
+        reason = f"pre-flight: {type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    print(f"pre-flight: {reason}", file=sys.stderr)
+    record_failure(spec_path, kind, reason)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))

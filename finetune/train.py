@@ -37,7 +37,15 @@ from transformers import (
     get_scheduler,
 )
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from events.jobspec import (
+    PROGRESS_LOG,
+    TRAINING_RESULT,
+    FailureKind,
+    ProgressLine,
+    TrainingResult,
+    TrainingSpec,
+    record_failure,
+)
 from events.recipe import Recipe
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
@@ -442,14 +450,24 @@ def _cli(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m finetune.train TRAINING_SPEC_JSON", file=sys.stderr)
         return EXIT_BAD_INPUT
+    spec_path = Path(argv[0])
+    kind, code = FailureKind.final, EXIT_BAD_INPUT
     try:
-        return main(argv[0])
-    except (ValidationError, FileNotFoundError) as exc:
-        print(f"finetune: unusable training spec {argv[0]}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = main(argv[0])
+    except ValidationError as exc:
+        reason = f"unusable training spec {spec_path.name} ({exc.error_count()} errors)"
     except (DataValidationError, BaseModelError, QLoRAUnavailableError) as exc:
-        print(f"finetune: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        reason = str(exc)
+    except OSError as exc:  # a full disk, a lost mount: the next attempt resumes
+        kind, code = FailureKind.retryable, 1
+        reason = f"training: {type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    else:
+        if code == EXIT_DIVERGED:
+            record_failure(spec_path, FailureKind.final, "the training loss diverged")
+        return code
+    print(f"finetune: {reason}", file=sys.stderr)
+    record_failure(spec_path, kind, reason)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -49,6 +51,11 @@ class Job(Base):
     gate_passed: Mapped[bool | None]
     gate_reason: Mapped[str | None] = mapped_column(Text)
     preflight: Mapped[dict | None] = mapped_column(JSON)  # finetune.preflight.PreflightReport
+    # Retryable (infrastructure) failures of the current step; claim skips a job in back-off.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Bytes of each stage's progress file already relayed, so a re-adopted job resends none.
+    progress_offsets: Mapped[dict | None] = mapped_column(JSON)
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="job", order_by="Transition.id", cascade="all, delete-orphan"
@@ -100,5 +107,28 @@ class Outbox(Base):
     topic: Mapped[str] = mapped_column(String(250))
     key: Mapped[str | None] = mapped_column(String(250))
     payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class DeadLetter(Base):
+    """A record intake refused, written in its batch's transaction and forwarded to the
+    dead-letter topic once: a batch re-delivered after a crash finds the row and sends
+    nothing again, unless the earlier send never completed (`published_at` unset)."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("source_topic", "source_partition", "source_offset",
+                                       name="uq_dead_letters_record"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_topic: Mapped[str] = mapped_column(String(250))
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    # sha256 of the record's timestamp, key and value: the same record re-delivered, or
+    # another one at an offset reused after the memory-only broker restarted.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)  # of the original value
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)  # its first bytes only
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)

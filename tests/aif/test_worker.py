@@ -11,26 +11,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, utcnow
 from aif.launchers import get_launcher
+from aif.orchestrator.errors import LeaseLost
 from aif.orchestrator.intake import accept
-from aif.orchestrator.worker import JobWorker, LeaseLost
+from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from events.bus import envelope
 from events.jobspec import TRAINING_SPEC
 from events.messages import FineTuneRequested
+from events.preflight_report import PREFLIGHT, PreflightReport
 from events.states import JobState
-from finetune.preflight import PREFLIGHT, PreflightReport
 
 
-class _NoBus:
-    """The early steps publish only through the outbox; nothing may reach Kafka directly."""
-
-    def send(self, *a: object, **k: object) -> None:
-        raise AssertionError("worker published directly")
-
-
-def _worker(sessions: sessionmaker[Session], tmp_path: Path) -> JobWorker:
-    settings = Settings(home=tmp_path, lease_s=30)
-    return JobWorker(settings, sessions, _NoBus(), get_launcher("local"))  # type: ignore[arg-type]
+def _worker(sessions: sessionmaker[Session], tmp_path: Path, **settings: object) -> JobWorker:
+    """A worker with no producer at all: it publishes only through the outbox."""
+    return JobWorker(Settings(home=tmp_path, lease_s=30, **settings), sessions,  # type: ignore[arg-type]
+                     get_launcher("local"))
 
 
 def _store(sessions: sessionmaker[Session], **data: object) -> str:
@@ -45,23 +40,23 @@ def _store(sessions: sessionmaker[Session], **data: object) -> str:
 def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     job_id = _store(sessions, recipe="grid-ticket-routing")
     a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
-    assert a.claim() == job_id
-    assert b.claim() is None
-    a.heartbeat(job_id, JobState.validating)
+    assert a.leases.claim() == job_id
+    assert b.leases.claim() is None
+    a.leases.heartbeat(job_id, JobState.validating)
     with pytest.raises(LeaseLost):
-        b.heartbeat(job_id, JobState.validating)
+        b.leases.heartbeat(job_id, JobState.validating)
 
 
 def test_expired_lease_is_re_adopted(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     job_id = _store(sessions, recipe="grid-ticket-routing")
     a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
-    assert a.claim() == job_id
+    assert a.leases.claim() == job_id
     with sessions() as s:
         s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         s.commit()
-    assert b.claim() == job_id
+    assert b.leases.claim() == job_id
     with pytest.raises(LeaseLost):
-        a.heartbeat(job_id, JobState.validating)
+        a.leases.heartbeat(job_id, JobState.validating)
 
 
 def test_validation_freezes_the_recipe_with_overrides(
@@ -69,9 +64,9 @@ def test_validation_freezes_the_recipe_with_overrides(
 ) -> None:
     job_id = _store(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
     w = _worker(sessions, tmp_path)
-    assert w.claim() == job_id
-    w._validate(w._load(job_id))
-    job = w._load(job_id)
+    assert w.leases.claim() == job_id
+    w.steps.validate(w.load(job_id))
+    job = w.load(job_id)
     assert job.state == JobState.queued
     assert job.recipe["train"]["max_steps"] == 3
     assert job.preflight["usable"] and job.reason.startswith("pre-flight: 800/800")
@@ -84,9 +79,9 @@ def test_a_request_adds_evaluation_tasks_once(
     job_id = _store(sessions, recipe="grid-ticket-routing",
                     extra_eval_tasks=["hellaswag", "arc_easy", "hellaswag", "grid_ticket_routing"])
     w = _worker(sessions, tmp_path)
-    assert w.claim() == job_id
-    w._validate(w._load(job_id))
-    names = [t["name"] for t in w._load(job_id).recipe["eval"]["tasks"]]
+    assert w.leases.claim() == job_id
+    w.steps.validate(w.load(job_id))
+    names = [t["name"] for t in w.load(job_id).recipe["eval"]["tasks"]]
     assert names == ["grid_ticket_routing", "general_knowledge_guard", "hellaswag", "arc_easy"]
 
 
@@ -109,9 +104,9 @@ def test_unrunnable_requests_are_rejected_with_the_reason(
 ) -> None:
     job_id = _store(sessions, **data)
     w = _worker(sessions, tmp_path)
-    assert w.claim() == job_id
+    assert w.leases.claim() == job_id
     w.run_job(job_id)
-    job = w._load(job_id)
+    job = w.load(job_id)
     assert job.state == JobState.rejected
     assert reason in job.reason
     assert job.lease_owner is None
@@ -126,9 +121,9 @@ def test_bad_data_is_rejected_by_the_preflight_report_before_training(
     job_id = _store(sessions, recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"),
                     train_file=str(bad))
     w = _worker(sessions, tmp_path)
-    assert w.claim() == job_id
+    assert w.leases.claim() == job_id
     w.run_job(job_id)
-    job = w._load(job_id)
+    job = w.load(job_id)
     assert job.state == JobState.rejected
     assert "line 2: missing column 'label'" in job.reason and "pre-flight: 1/2" in job.reason
     stored = PreflightReport.read(Path(job.work_dir) / PREFLIGHT)

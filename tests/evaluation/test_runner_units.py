@@ -9,7 +9,14 @@ import pytest
 
 from evaluation import run as run_module
 from evaluation.runner import cli_command, evaluate_model, extract_metrics
-from events.jobspec import EVALUATION_RESULT, PROGRESS_LOG, EvaluationResult, TaskMetric
+from events.jobspec import (
+    EVALUATION_RESULT,
+    PROGRESS_LOG,
+    EvaluationResult,
+    FailureKind,
+    StageFailure,
+    TaskMetric,
+)
 from events.recipe import EvalTask
 from tests.evaluation.conftest import SpecFactory
 
@@ -120,14 +127,18 @@ def test_non_main_rank_writes_nothing(
 
 
 def test_missing_spec_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_module.main([str(tmp_path / "absent.json")]) == 1
+    spec_path = tmp_path / "absent.json"
+    assert run_module.main([str(spec_path)]) == 1
     assert "evaluation failed: FileNotFoundError" in capsys.readouterr().err
+    assert StageFailure.find(spec_path).kind is FailureKind.retryable  # ours, not the request's
 
 
 def test_invalid_spec_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "spec.json").write_text('{"job_id": "j"}')
     assert run_module.main([str(tmp_path / "spec.json")]) == 1
     assert "evaluation failed: ValidationError" in capsys.readouterr().err
+    assert StageFailure.find(tmp_path / "spec.json") == StageFailure(
+        kind=FailureKind.final, reason="evaluation failed: ValidationError")
 
 
 @pytest.mark.parametrize(("extra", "defaults"), [([], False), ([EvalTask(name="hellaswag")], True)])

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.tasks import TaskConfigError, materialise_tasks
+from evaluation.tasks import materialise_tasks
 from events.recipe import EvalSection, EvalTask
+from events.tasks import TaskConfigError
 
 
 def _section(*tasks: EvalTask) -> EvalSection:

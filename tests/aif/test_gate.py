@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.gate import decide
+from aif.orchestrator.gate import decide
 from events.jobspec import EvaluationResult, TaskMetric
 from events.recipe import GuardTask, Recipe
 

@@ -1,0 +1,61 @@
+"""What each stage is given: the effective recipe and the spec files built from a job.
+
+Kept apart from the steps that launch them so that each spec is built in one named place.
+Nothing here opens training data or loads a model; the stages do that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aif.db.models import Job
+from aif.orchestrator.errors import FinalError
+from aif.settings import Settings
+from events.jobspec import EvaluationSpec, PreflightSpec, TrainingResult, TrainingSpec
+from events.messages import FineTuneRequested
+from events.recipe import EvalTask, Recipe, RecipeError
+from events.tasks import TaskConfigError, eval_data_files
+from recipes import load_recipe
+
+
+def effective_recipe(request: FineTuneRequested) -> Recipe:
+    """The recipe as this job runs it: named or inline, overrides, extra tasks and the
+    request's data applied; FinalError when it cannot be resolved."""
+    try:
+        recipe = request.recipe_inline or load_recipe(request.recipe or "")
+        recipe = request.overrides.apply(recipe)
+        recipe = with_extra_tasks(recipe, request.extra_eval_tasks)
+        data = recipe.data.with_source(request.train_file, request.dataset)
+        if data.train_file is not None and not Path(data.train_file).is_file():
+            raise RecipeError(f"data.train_file: no such file {data.train_file}")
+        eval_data_files(recipe.eval)  # every task YAML readable, its data files present
+    except (RecipeError, TaskConfigError) as exc:
+        raise FinalError(str(exc)) from exc
+    return recipe.model_copy(update={"data": data})
+
+
+def with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:
+    """The request's additional (built-in) evaluation tasks, each scored once."""
+    known = {t.name for t in recipe.eval.tasks}
+    extra = [EvalTask(name=n) for n in dict.fromkeys(names) if n not in known]
+    if not extra:
+        return recipe
+    return recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"tasks": [*recipe.eval.tasks, *extra]})})
+
+
+def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> PreflightSpec:
+    return PreflightSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
+                         model_cache_dir=str(settings.models_dir))
+
+
+def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> TrainingSpec:
+    return TrainingSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
+                        model_cache_dir=str(settings.models_dir))
+
+
+def evaluation_spec(job: Job, recipe: Recipe, trained: TrainingResult,
+                    output_dir: Path) -> EvaluationSpec:
+    return EvaluationSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
+                          adapter_dir=trained.adapter_dir, recipe=recipe,
+                          output_dir=str(output_dir))

@@ -1,0 +1,181 @@
+"""The step of each job state: what runs, what it reads back, where the job goes next.
+
+| state        | step                                                                 |
+|--------------|----------------------------------------------------------------------|
+| validating   | resolve the recipe, run the pre-flight stage -> queued or rejected    |
+| queued       | -> training                                                          |
+| training     | run the training stage -> evaluating                                 |
+| evaluating   | run the evaluation stage, record scores, gate -> handing_off/rejected |
+| handing_off  | announce the model (and load it where configured) -> succeeded        |
+
+A step raises FinalError or RetryableError (see `errors`); the worker turns them into a
+terminal state or a back-off. Every move goes through `advance`, in the transaction that
+records what the step learnt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from aif.db.models import Job
+from aif.failpoints import failpoint
+from aif.launchers import StageCommand
+from aif.orchestrator import specs
+from aif.orchestrator.errors import RetryableError, StageRunFailed
+from aif.orchestrator.handoff import notify_inference
+from aif.orchestrator.leases import Leases
+from aif.orchestrator.scores import record_evaluation
+from aif.orchestrator.stage_runs import StageRunner
+from aif.orchestrator.states import enqueue_event, transition
+from aif.settings import Settings
+from events.jobspec import (
+    EVALUATION_RESULT,
+    EVALUATION_SPEC,
+    PREFLIGHT_SPEC,
+    PROGRESS_LOG,
+    TRAINING_RESULT,
+    TRAINING_SPEC,
+    EvaluationResult,
+    TrainingResult,
+)
+from events.messages import FineTuneRequested, MetricScore, ModelReady
+from events.preflight_report import PREFLIGHT, PreflightReport
+from events.recipe import Recipe
+from events.states import JobState
+from events.topics import Topics
+
+R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult)
+
+
+def advance(session: Session, job: Job, to: JobState, topics: Topics, reason: str = "") -> None:
+    """Move the job on; a new state starts with a fresh count of attempts."""
+    job.attempts, job.next_attempt_at = 0, None
+    transition(session, job, to, topics, reason)
+
+
+class Steps:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], leases: Leases,
+                 runner: StageRunner) -> None:
+        self.settings, self.sessions, self.leases, self.runner = (
+            settings, sessions, leases, runner)
+        self.topics = settings.topics
+
+    def for_state(self, state: JobState) -> Callable[[Job], None]:
+        return {
+            JobState.validating: self.validate,
+            JobState.queued: self.start_training,
+            JobState.training: self.train,
+            JobState.evaluating: self.evaluate,
+            JobState.handing_off: self.hand_off,
+        }[state]
+
+    def _move(self, job_id: str, to: JobState, reason: str = "", **fields: object) -> None:
+        with self.sessions() as session:
+            job = self.leases.owned(session, job_id)
+            for name, value in fields.items():
+                setattr(job, name, value)
+            advance(session, job, to, self.topics, reason)
+            session.commit()
+
+    def work_dir(self, job: Job) -> Path:
+        path = Path(job.work_dir) if job.work_dir else self.settings.jobs_dir / job.tenant / job.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def validate(self, job: Job) -> None:
+        """Freeze the effective recipe and let the pre-flight stage read the data; reject
+        what can never run before any training is launched."""
+        request = FineTuneRequested.model_validate(job.request["data"])
+        recipe = specs.effective_recipe(request)
+        work = self.work_dir(job)
+        spec_path = work / PREFLIGHT_SPEC
+        specs.preflight_spec(job, recipe, work, self.settings).write(spec_path)
+        self.runner.run(job, JobState.validating,
+                        StageCommand("finetune.preflight", spec_path, distributed=False),
+                        work / "preflight.log", work / "preflight_progress.jsonl",
+                        time_limit_s=self.settings.preflight_timeout_s)
+        report = _read(PreflightReport, work / PREFLIGHT)
+        frozen = {"recipe": recipe.model_dump(mode="json"), "work_dir": str(work),
+                  "preflight": report.model_dump(mode="json"), "run_ref": None}
+        if report.usable:
+            self._move(job.id, JobState.queued, report.summary(), **frozen)
+        else:
+            self._move(job.id, JobState.rejected, f"{report.summary()}\n{report.reason}",
+                       **frozen)
+
+    def start_training(self, job: Job) -> None:
+        self._move(job.id, JobState.training, "training started")
+
+    def train(self, job: Job) -> None:
+        recipe = Recipe.model_validate(job.recipe)
+        work = self.work_dir(job)
+        spec_path = work / TRAINING_SPEC
+        specs.training_spec(job, recipe, work, self.settings).write(spec_path)
+        self.runner.run(job, JobState.training,
+                        StageCommand("finetune.train", spec_path, recipe.train.num_processes),
+                        work / "training.log", work / PROGRESS_LOG)
+        result = _read(TrainingResult, work / TRAINING_RESULT)
+        self._move(job.id, JobState.evaluating,
+                   f"trained {result.steps} steps, final loss {result.final_loss:.4f}",
+                   adapter_uri=Path(result.adapter_dir).as_uri())
+
+    def evaluate(self, job: Job) -> None:
+        recipe = Recipe.model_validate(job.recipe)
+        work = self.work_dir(job)
+        trained = _read(TrainingResult, work / TRAINING_RESULT)
+        spec_path = work / EVALUATION_SPEC
+        out = work / "evaluation"
+        out.mkdir(exist_ok=True)
+        specs.evaluation_spec(job, recipe, trained, out).write(spec_path)
+        self.runner.run(job, JobState.evaluating,
+                        StageCommand("evaluation.run", spec_path, recipe.eval.num_processes,
+                                     distributed=recipe.eval.num_processes > 1),
+                        work / "evaluation.log", out / PROGRESS_LOG)
+        result = _read(EvaluationResult, out / EVALUATION_RESULT)
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            decision = record_evaluation(session, row, recipe, result, self.topics)
+            to = JobState.handing_off if decision.passed else JobState.rejected
+            advance(session, row, to, self.topics, decision.reason)
+            session.commit()
+
+    def hand_off(self, job: Job) -> None:
+        failpoint("worker.before_handoff")
+        recipe = Recipe.model_validate(job.recipe)
+        trained = _read(TrainingResult, self.work_dir(job) / TRAINING_RESULT)
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
+                                  base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
+                      for s in row.scores]
+        ready = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
+                           adapter_uri=Path(trained.adapter_dir).as_uri(),
+                           files_sha256=trained.files_sha256, scores=scores,
+                           merged_uri=(Path(trained.merged_dir).as_uri() if trained.merged_dir
+                                       else None),
+                           merged_files_sha256=trained.merged_files_sha256)
+        if self.settings.inference_lora_url is not None:
+            try:
+                notify_inference(str(self.settings.inference_lora_url), job.id,
+                                 trained.adapter_dir)
+            except Exception as exc:
+                raise RetryableError(
+                    f"inference server did not load the adapter: {type(exc).__name__}") from exc
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            enqueue_event(session, self.topics.models, ready, job=row,
+                          event_id=f"{job.id}:model-ready")
+            advance(session, row, JobState.succeeded, self.topics, "model handed off")
+            session.commit()
+
+
+def _read(model: type[R], path: Path) -> R:
+    """A stage's result file; missing or torn means the stage must run again."""
+    try:
+        return model.read(path)
+    except (OSError, ValueError) as exc:
+        raise StageRunFailed(f"{path.name} unreadable: {type(exc).__name__}") from exc

@@ -1,0 +1,107 @@
+"""The pre-flight report: the pre-flight stage writes it, the orchestrator stores and serves it.
+
+Its text shows rendered training examples, so it is the tenant's data: it is stored with the
+job and served only to the job's tenant. Reasons in it name lines and rules, never contents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict
+
+PREFLIGHT = "preflight.json"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenderedExample(_Frozen):
+    where: str
+    text: str  # the decoded input ids; tokens without loss inside NO_LOSS markers
+    truncated: bool
+
+
+class SplitReport(_Frozen):
+    source: str
+    rows_read: int
+    rows_usable: int
+    bad_rows: int
+    bad_row_reasons: list[str]
+    tokens: int  # of the whole rendered examples, before truncation
+    mean_tokens: float
+    max_tokens: int
+    trained_tokens: int  # carrying loss, after truncation
+    truncated: int
+    examples: list[RenderedExample]
+    duplicates: int
+    duplicate_rows: list[str]
+    eval_overlap: int
+    eval_overlap_rows: list[str]
+
+
+class PreflightReport(_Frozen):
+    recipe: str
+    base_model: str
+    max_seq_len: int
+    max_bad_fraction: float
+    train: SplitReport
+    validation: SplitReport | None
+    usable: bool
+    reason: str = ""
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        return cls.model_validate_json(path.read_text())
+
+    def summary(self) -> str:
+        """One line for status events and `aif submit --wait`."""
+        t = self.train
+        line = (f"pre-flight: {t.rows_usable}/{t.rows_read} training rows usable, {t.tokens} "
+                f"tokens, {t.truncated} truncated, {t.duplicates} duplicates, "
+                f"{t.eval_overlap} overlapping evaluation data")
+        if self.validation is not None:
+            line += f"; {self.validation.rows_usable} validation rows"
+        return line
+
+    def to_text(self) -> str:
+        """The whole report for people, in plain lines."""
+        lines = [f"Pre-flight report for recipe {self.recipe} (base model {self.base_model}, "
+                 f"max_seq_len {self.max_seq_len}, max_bad_fraction {self.max_bad_fraction:g})"]
+        for name, split in (("train", self.train), ("validation", self.validation)):
+            if split is not None:
+                lines += _split_lines(name, split)
+        lines.append("verdict: usable" if self.usable else f"verdict: REJECTED\n{self.reason}")
+        return "\n".join(lines)
+
+
+def _split_lines(name: str, s: SplitReport) -> list[str]:
+    lines = [
+        f"{name}: {s.source}",
+        f"  rows: {s.rows_read} read, {s.rows_usable} usable, {s.bad_rows} bad",
+        f"  tokens: {s.tokens} total, {s.mean_tokens:.1f} mean, {s.max_tokens} max, "
+        f"{s.trained_tokens} trained on; {s.truncated} truncated at max_seq_len",
+        f"  duplicates: {s.duplicates}" + _listed(s.duplicate_rows, s.duplicates),
+        f"  overlap with evaluation data: {s.eval_overlap}"
+        + _listed(s.eval_overlap_rows, s.eval_overlap),
+    ]
+    lines += [f"  bad {reason}" for reason in s.bad_row_reasons]
+    if s.bad_rows > len(s.bad_row_reasons):
+        lines.append(f"  ... and {s.bad_rows - len(s.bad_row_reasons)} more bad rows")
+    for example in s.examples:
+        cut = ", truncated" if example.truncated else ""
+        lines.append(f"  example ({example.where}{cut}):")
+        lines += [f"    | {line}" for line in example.text.split("\n")]
+    return lines
+
+
+def _listed(shown: list[str], count: int) -> str:
+    if not shown:
+        return ""
+    more = f", ... {count - len(shown)} more" if count > len(shown) else ""
+    return f" ({', '.join(shown)}{more})"

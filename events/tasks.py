@@ -1,0 +1,75 @@
+"""A recipe's lm-eval task YAMLs, read the same way by every party that needs them.
+
+The orchestrator checks them and the pre-flight stage finds their local data files (to
+report overlap with the training rows); the evaluation stage hands them to lm-eval. lm-eval
+resolves `data_files` against the process's working directory, not the YAML's, so each
+YAML is rewritten with absolute data paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from events.recipe import EvalSection
+
+
+class TaskConfigError(ValueError):
+    """A recipe's task YAML cannot be used; the message names the YAML file."""
+
+
+def local_data_files(path: Path, name: str) -> list[Path]:
+    """The local files a recipe's task YAML reads its documents from (URLs left out)."""
+    kwargs = yaml.safe_load(materialise_one(path, name)).get("dataset_kwargs") or {}
+    files = kwargs.get("data_files") or []
+    groups = files.values() if isinstance(files, dict) else [files]
+    flat = [f for group in groups for f in ([group] if isinstance(group, str) else group)]
+    return [Path(f) for f in flat if "://" not in f]
+
+
+def materialise_one(path: Path, name: str) -> str:
+    """The task YAML as lm-eval should read it: checked, with absolute data paths."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise TaskConfigError(f"{path}: no such task YAML (task {name!r})") from exc
+    except yaml.YAMLError as exc:  # its message would quote the file; give the line only
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TaskConfigError(
+            f"{path}: not valid YAML{where} (plain YAML only, no '!function' tags)") from exc
+    if not isinstance(config, dict) or "task" not in config:
+        raise TaskConfigError(f"{path}: not an lm-eval task (needs a mapping with a 'task' key)")
+    if config["task"] != name:
+        raise TaskConfigError(
+            f"{path}: defines task {config['task']!r} but the recipe names it {name!r}"
+        )
+    if "include" in config:
+        raise TaskConfigError(f"{path}: 'include' is not supported; inline the base config")
+    kwargs = config.get("dataset_kwargs") or {}
+    if "data_files" in kwargs:
+        kwargs["data_files"] = _absolute(kwargs["data_files"], path)
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def _absolute(data_files: object, yaml_path: Path) -> object:
+    """Rewrite str, list or split->str|list data_files; URLs are left alone."""
+    if isinstance(data_files, dict):
+        return {split: _absolute(files, yaml_path) for split, files in data_files.items()}
+    if isinstance(data_files, list):
+        return [_absolute(f, yaml_path) for f in data_files]
+    if not isinstance(data_files, str):
+        raise TaskConfigError(f"{yaml_path}: data_files must be a path, a list or a mapping")
+    if "://" in data_files:
+        return data_files
+    resolved = (yaml_path.parent / data_files).resolve()
+    if not resolved.is_file():
+        raise TaskConfigError(f"{yaml_path}: data file {data_files!r} not found at {resolved}")
+    return str(resolved)
+
+
+def eval_data_files(section: EvalSection) -> list[Path]:
+    """Every local data file of the section's own tasks (built-in tasks live on the hub)."""
+    return [path for task in section.tasks if task.yaml is not None
+            for path in local_data_files(Path(task.yaml), task.name)]
