@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aif.follow import follow_job
+from aif.follow import wait_for_job
 from aif.settings import Settings, get_settings
 from events.bus import make_producer, publish
 from events.client import finetune_request
@@ -69,35 +69,22 @@ def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
 
 
 def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]:
-    """Show transitions as lines and training as a bar; return the final state and events.
-
-    Status and model events travel on different topics, so after the final state the
-    evaluation result and the model-ready event may still be on their way: wait briefly.
-    """
-    seen: list[EventData] = []
-    final: JobState | None = None
-    grace_until = 0.0
+    """Show transitions as lines and training as a bar; return the final state and events."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("waiting for the orchestrator", total=None, info="")
-        for ev in follow_job(settings.kafka, settings.topics, job_id):
-            if ev is not None:
-                seen.append(ev)
+
+        def show(ev: EventData) -> None:
             if isinstance(ev, JobStatusChanged):
                 progress.console.print(f"[bold]{ev.state}[/bold]  {ev.reason}")
                 progress.update(bar, description=str(ev.state))
-                if ev.state.terminal:
-                    final, grace_until = ev.state, time.monotonic() + 15
-                    if ev.previous_state not in (JobState.evaluating, JobState.handing_off):
-                        return final, seen  # ended before evaluation: no result will come
             elif isinstance(ev, JobProgress):
                 progress.update(bar, description=ev.stage, total=ev.total_steps,
                                 completed=ev.step, info=_progress_info(ev))
-            if final is not None and (
-                _has_outcome(final, seen) or time.monotonic() > grace_until
-            ):
-                return final, seen
-    raise RuntimeError("event stream ended")  # follow_job raises TimeoutError first
+
+        watch = wait_for_job(settings.kafka, settings.topics, job_id, show)
+    assert watch.final is not None  # wait_for_job returns only after the final status
+    return watch.final, watch.events
 
 
 def _progress_info(ev: JobProgress) -> str:
@@ -109,11 +96,6 @@ def _progress_info(ev: JobProgress) -> str:
     if ev.eta_s is not None:
         info += f"  eta {ev.eta_s:.0f}s"
     return info
-
-
-def _has_outcome(final: JobState, events: list[EventData]) -> bool:
-    wanted = {JobState.succeeded: ModelReady, JobState.rejected: EvaluationCompleted}.get(final)
-    return wanted is None or any(isinstance(e, wanted) for e in events)
 
 
 def _print_outcome(final: JobState, events: list[EventData]) -> None:

@@ -1,15 +1,28 @@
-"""Partner-side helper: build and publish a fine-tuning request with any kafka-python setup.
+"""Partner-side helper: publish a fine-tuning request and follow what becomes of it.
 
-    from events.client import request_finetune
-    event = request_finetune(KafkaConfig(bootstrap_servers="kafka:9092"), tenant="acme",
-                             recipe="energy-outage-triage", source="urn:acme:mlops")
+    from events.client import follow_request, request_finetune
+    cfg = KafkaConfig(bootstrap_servers="kafka:9092")
+    request = request_finetune(cfg, tenant="acme", recipe="grid-ticket-routing",
+                               source="urn:acme:mlops")
+    for event in follow_request(cfg, request):  # JobStatusChanged, JobProgress, ... or None
+        ...
+
+The service's job id is not the request's id (it is derived from source and id by
+`events.envelope.job_id_for`); every status and model event names the request instead, in its
+data (`request_source`, `request_id`) and as the CloudEvents extension attributes
+`requestsource` and `requestid`, so any client matches it without this module.
 """
 
 from __future__ import annotations
 
-from events.bus import KafkaConfig, envelope, make_producer, publish
-from events.envelope import CloudEvent
-from events.messages import FineTuneRequested
+import time
+from collections.abc import Callable, Generator
+
+from kafka import TopicPartition
+
+from events.bus import KafkaConfig, envelope, make_consumer, make_producer, publish
+from events.envelope import CloudEvent, EnvelopeError
+from events.messages import EVENT_TYPES, REQUEST_EXTENSIONS, EventData, FineTuneRequested
 from events.recipe import HyperparameterOverrides
 from events.topics import Topics
 
@@ -37,7 +50,7 @@ def finetune_request(
 def request_finetune(
     cfg: KafkaConfig, *, topics: Topics | None = None, **kwargs: object
 ) -> CloudEvent:
-    """Publish a request; the event id is the request id (status events carry it as job id)."""
+    """Publish a request and return it: its `source` and `id` are what to follow it by."""
     event = finetune_request(**kwargs)  # type: ignore[arg-type]
     producer = make_producer(cfg)
     try:
@@ -45,3 +58,64 @@ def request_finetune(
     finally:
         producer.close()
     return event
+
+
+def answers(event: CloudEvent, request: CloudEvent) -> bool:
+    """Whether a status or model event is about the job serving `request`."""
+    ext = REQUEST_EXTENSIONS
+    return (getattr(event, ext["request_source"], None) == request.source
+            and getattr(event, ext["request_id"], None) == request.id)
+
+
+def follow_request(
+    cfg: KafkaConfig, request: CloudEvent, *, topics: Topics | None = None,
+    timeout_s: float = 3600,
+) -> Generator[EventData | None, None, None]:
+    """The events of the job serving `request`, as `follow` yields them."""
+    return follow(cfg, topics or Topics(), lambda ev: answers(ev, request), timeout_s)
+
+
+def follow(
+    cfg: KafkaConfig, topics: Topics, matches: Callable[[CloudEvent], bool],
+    timeout_s: float = 3600,
+) -> Generator[EventData | None, None, None]:
+    """Yield the data of every matching event from the start of the status and models topics.
+
+    Yields None after each poll that brought nothing matching, so a caller can stop on its own
+    deadline even while other jobs keep the topics busy; raises TimeoutError after
+    `timeout_s`. No consumer group: each follower reads everything itself and never disturbs
+    another's offsets. Records that are not CloudEvents are someone else's and skipped.
+    """
+    consumer = make_consumer(cfg)
+    deadline = time.monotonic() + timeout_s
+    try:
+        # The service creates the topics; a follower may well be up before it.
+        while not all(consumer.partitions_for_topic(t) for t in (topics.status, topics.models)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {topics.status} and {topics.models} do not exist")
+            yield None
+            time.sleep(0.5)
+        parts = [
+            TopicPartition(topic, p)
+            for topic in (topics.status, topics.models)
+            for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        while time.monotonic() < deadline:
+            found = False
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    try:
+                        event = CloudEvent.from_bytes(record.value)
+                    except EnvelopeError:
+                        continue
+                    model = EVENT_TYPES.get(event.type)
+                    if model is not None and matches(event):
+                        found = True
+                        yield model.model_validate(event.data)
+            if not found:
+                yield None
+        raise TimeoutError(f"still following after {timeout_s:.0f}s")
+    finally:
+        consumer.close()

@@ -1,15 +1,19 @@
 """One pydantic model per event type: the `data` of a CloudEvent.
 
 Type names are reverse-DNS and versioned; a breaking change gets a new `.vN` type, so old
-consumers keep working while partners migrate.
+consumers keep working while partners migrate. Requests (partner -> service) are closed: an
+unknown field is refused by name, so a typo or a retired field is never silently dropped.
+Events from the service are open: a version may gain optional fields, and consumers ignore
+fields they do not know (the committed schemas allow them).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from events.recipe import HyperparameterOverrides, Recipe
 from events.states import JobState
@@ -20,6 +24,36 @@ TYPE_PREFIX = "eu.aifactory.tuning"
 class EventData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     TYPE: ClassVar[str] = ""
+
+
+OPEN = ConfigDict(extra="ignore", frozen=True)
+"""Config of service output: a consumer on an older model ignores fields added since."""
+
+REQUEST_EXTENSIONS = {"request_source": "requestsource", "request_id": "requestid"}
+"""Data field -> CloudEvents extension attribute (lowercase alphanumeric, at most 20 chars)."""
+
+
+class JobEvent(EventData):
+    """Service -> partner, about one job. Besides our job id it names the request the job
+    serves, in the data and on the envelope, so a partner matches it with no code of ours."""
+
+    model_config = OPEN
+    job_id: str
+    request_source: str | None = Field(
+        None,
+        description="CloudEvents `source` of the fine-tuning request; also the envelope's "
+        "`requestsource` extension attribute. Absent only in events older than the field.",
+    )
+    request_id: str | None = Field(
+        None,
+        description="CloudEvents `id` of the fine-tuning request; also the envelope's "
+        "`requestid` extension attribute. Source and id together identify the request.",
+    )
+
+    def extensions(self) -> dict[str, str]:
+        """The request's source and id as envelope extension attributes."""
+        return {ext: value for name, ext in REQUEST_EXTENSIONS.items()
+                if (value := getattr(self, name)) is not None}
 
 
 class FineTuneRequested(EventData):
@@ -38,7 +72,19 @@ class FineTuneRequested(EventData):
         description="Built-in lm-eval tasks scored besides the recipe's (needs hub access).",
     )
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
-    callback_url: HttpUrl | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_callback_url(cls, data: Any) -> Any:
+        """v1 once accepted `callback_url` and never called it; a sender relying on it is told
+        so by name (the message is ours, so it survives masking of the sender's keys)."""
+        if isinstance(data, dict) and "callback_url" in data:
+            raise PydanticCustomError(
+                "retired_field",
+                "callback_url is no longer accepted (no callback was ever made): follow the "
+                "job's status events, which carry this request's source and id",
+            )
+        return data
 
     @model_validator(mode="after")
     def check_one_recipe(self) -> FineTuneRequested:
@@ -55,9 +101,8 @@ class CancelRequested(EventData):
     reason: str = ""
 
 
-class JobStatusChanged(EventData):
+class JobStatusChanged(JobEvent):
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.job.status.v1"
-    job_id: str
     tenant: str
     state: JobState
     previous_state: JobState | None = None
@@ -65,9 +110,8 @@ class JobStatusChanged(EventData):
     at: datetime
 
 
-class JobProgress(EventData):
+class JobProgress(JobEvent):
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.job.progress.v1"
-    job_id: str
     stage: str
     step: int
     total_steps: int
@@ -77,7 +121,7 @@ class JobProgress(EventData):
 
 
 class MetricScore(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = OPEN
     task: str
     metric: str
     base: float
@@ -91,24 +135,22 @@ class MetricScore(BaseModel):
 
 
 class GateDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = OPEN
     passed: bool
     reason: str
 
 
-class EvaluationCompleted(EventData):
+class EvaluationCompleted(JobEvent):
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.evaluation.completed.v1"
-    job_id: str
     tenant: str
     scores: list[MetricScore]
     gate: GateDecision
 
 
-class ModelReady(EventData):
+class ModelReady(JobEvent):
     """Service -> inference module: where the adapter is and how to verify every file."""
 
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.model.ready.v1"
-    job_id: str
     tenant: str
     base_model: str
     adapter_uri: str

@@ -12,6 +12,7 @@
 
 Every transition is stored together with its status event in the outbox, in the caller's
 transaction, so the event is published if and only if the state change was committed.
+Every event about a job names the job's request (see `job_envelope`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Outbox, Transition, utcnow
 from events.bus import envelope
-from events.messages import EventData, JobStatusChanged
+from events.envelope import CloudEvent
+from events.messages import JobEvent, JobStatusChanged
 from events.states import JobState
 from events.topics import Topics
 
@@ -45,10 +47,20 @@ class IllegalTransition(RuntimeError):
     """A bug: code tried a move the table does not allow."""
 
 
-def enqueue_event(
-    session: Session, topic: str, data: EventData, *, job: Job, event_id: str | None = None
-) -> None:
+def job_envelope(data: JobEvent, job: Job, event_id: str | None = None) -> CloudEvent:
+    """The CloudEvent for an event about `job`, with the job's request source and id set in
+    the data and as extension attributes: taken from the job here, so no call site can omit
+    them or disagree with the envelope."""
+    data = data.model_copy(
+        update={"request_source": job.request_source, "request_id": job.request_id})
     event = envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id, event_id=event_id)
+    return event.model_copy(update=data.extensions())
+
+
+def enqueue_event(
+    session: Session, topic: str, data: JobEvent, *, job: Job, event_id: str | None = None
+) -> None:
+    event = job_envelope(data, job, event_id)
     session.add(Outbox(topic=topic, key=job.id, payload=event.to_bytes().decode()))
 
 

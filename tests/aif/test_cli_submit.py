@@ -1,0 +1,97 @@
+"""`aif submit --wait` against a scripted orchestrator on the real embedded broker: the exit
+code follows the final state, and the command returns as soon as the job is over."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aif.cli import app
+from aif.db.models import Job
+from aif.orchestrator.states import job_envelope
+from events.bus import KafkaConfig, ensure_topics, make_consumer, make_producer, publish
+from events.envelope import CloudEvent, job_id_for
+from events.messages import (
+    EvaluationCompleted,
+    GateDecision,
+    JobEvent,
+    JobStatusChanged,
+    MetricScore,
+    ModelReady,
+)
+from events.states import JobState
+from events.topics import Topics
+
+S = JobState
+
+
+def _script(job: Job, states: list[JobState], *, evaluated: bool) -> list[tuple[str, JobEvent]]:
+    """(topic name, event) in the order the outbox publishes them."""
+    out: list[tuple[str, JobEvent]] = []
+    for prev, to in zip([None, *states], states, strict=False):
+        if prev is S.evaluating and evaluated:
+            out.append(("models", EvaluationCompleted(
+                job_id=job.id, tenant=job.tenant,
+                scores=[MetricScore(task="t", metric="acc", base=0.5, tuned=0.7)],
+                gate=GateDecision(passed=to is S.handing_off, reason="gain 0.2"))))
+        if to is S.succeeded:
+            out.append(("models", ModelReady(
+                job_id=job.id, tenant=job.tenant, base_model="m", adapter_uri="file:///a",
+                files_sha256={}, scores=[])))
+        out.append(("status", JobStatusChanged(job_id=job.id, tenant=job.tenant, state=to,
+                                               previous_state=prev, at=datetime.now(UTC))))
+    return out
+
+
+def _fake_orchestrator(cfg: KafkaConfig, topics: Topics, states: list[JobState],
+                       evaluated: bool, done: list[float]) -> threading.Thread:
+    """Answer the first request on the requests topic with the scripted events."""
+
+    def run() -> None:
+        consumer = make_consumer(cfg, topics.requests, group_id=None, consumer_timeout_ms=30_000)
+        record = next(iter(consumer))
+        consumer.close()
+        request = CloudEvent.from_bytes(record.value)
+        job = Job(id=job_id_for(request.source, request.id), tenant=request.tenant,
+                  request_source=request.source, request_id=request.id)
+        producer = make_producer(cfg)
+        for topic, data in _script(job, states, evaluated=evaluated):
+            time.sleep(0.2)
+            publish(producer, getattr(topics, topic), job_envelope(data, job), key=job.id)
+        producer.close()
+        done.append(time.monotonic())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("states", "evaluated", "exit_code", "says"), [
+    ([S.validating, S.rejected], False, 1, "job finished: rejected"),
+    ([S.validating, S.queued, S.training, S.failed], False, 1, "job finished: failed"),
+    ([S.validating, S.queued, S.training, S.evaluating, S.handing_off, S.succeeded], True, 0,
+     "model ready: file:///a"),
+], ids=["validating-rejected", "training-failed", "succeeded"])
+def test_submit_wait_exits_with_the_outcome_as_soon_as_the_job_is_over(
+    broker: str, topics: Topics, tmp_path: Path, states: list[JobState], evaluated: bool,
+    exit_code: int, says: str,
+) -> None:
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, topics.all())
+    done: list[float] = []
+    thread = _fake_orchestrator(cfg, topics, states, evaluated, done)
+    result = CliRunner().invoke(app, ["submit", "grid-ticket-routing", "--wait"], env={
+        "AIF_KAFKA__BOOTSTRAP_SERVERS": broker, "AIF_TOPIC_PREFIX": topics.prefix,
+        "AIF_HOME": str(tmp_path),
+    })
+    returned = time.monotonic()
+    thread.join(10)
+    assert result.exit_code == exit_code, result.output
+    assert says in result.output
+    assert ("base vs tuned" in result.output) == evaluated
+    assert done and returned - done[0] < 5.0, "the command lingered after the job was over"
