@@ -197,7 +197,7 @@ def eval_(
         help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
 ) -> None:
     """Evaluate a model, with or without an adapter, outside any job."""
-    from evaluation.gate import decide
+    from aif.orchestrator.gate import decide
     from evaluation.run import run
     from evaluation.runner import cli_command
     from events.jobspec import EvaluationSpec
@@ -252,7 +252,7 @@ def preflight(
 ) -> None:
     """The pre-flight report (rows, tokens, truncation, rendered examples, duplicates, overlap
     with the evaluation data) without submitting; exit 1 when the job would be rejected."""
-    from evaluation.tasks import TaskConfigError
+    from events.tasks import TaskConfigError
     from finetune.base_model import BaseModelError, load_tokenizer
     from finetune.data import DataValidationError
     from finetune.preflight import build_report
