@@ -1,8 +1,9 @@
 """Kafka intake: validate, de-duplicate and store requests; commit offsets only afterwards.
 
 A record is either stored as a job, recognised as a duplicate, or dead-lettered with the
-reason. Any of the three lets the offset advance, so one poison message never blocks a
-partition, and nothing is committed to Kafka before the database has it.
+reason, whatever its bytes. Any of the three lets the offset advance, so one poison message
+never blocks a partition, and nothing is committed to Kafka before the database has it.
+Reasons name the field, the rule and at most a position: never what the record says.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from kafka import (
 )
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job
+from aif.db.models import DeadLetter, Job
 from aif.failpoints import failpoint
+from aif.orchestrator.admission import Admission
 from aif.orchestrator.states import ALLOWED, transition
 from events.bus import ACK_WAIT_S
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
@@ -60,14 +62,19 @@ def _request_digest(event: CloudEvent) -> str:
     return hashlib.sha256(json.dumps(event.data, sort_keys=True).encode()).hexdigest()
 
 
-def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
-    """Turn one record value into a stored job, in one transaction that the caller commits."""
+def accept(session: Session, raw: bytes | None, topics: Topics,
+           admission: Admission | None = None) -> IntakeResult:
+    """Turn one record value into a stored job, in one transaction that the caller commits.
+
+    `admission` refuses requests whose effective recipe cannot train; without it (callers
+    that store requests directly) the worker's validation is the only check.
+    """
     try:
         event = CloudEvent.from_bytes(raw)
     except EnvelopeError as exc:
         return IntakeResult(Outcome.dead_letter, reason=str(exc))
     if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
-        return IntakeResult(Outcome.dead_letter, reason=f"type: unknown event type {event.type!r}")
+        return IntakeResult(Outcome.dead_letter, reason="type: unknown event type")
     if not event.tenant:
         return IntakeResult(Outcome.dead_letter, reason="tenant: every request needs a tenant")
     if event.type == CancelRequested.TYPE:
@@ -75,7 +82,8 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
     try:
         request = FineTuneRequested.model_validate(event.data)
     except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter, reason=describe_validation_error(exc, "data"))
+        return IntakeResult(Outcome.dead_letter,
+                            reason=describe_validation_error(exc, "data", FineTuneRequested))
 
     job_id = job_id_for(event.source, event.id)
     digest = _request_digest(event)
@@ -85,10 +93,12 @@ def accept(session: Session, raw: bytes | None, topics: Topics) -> IntakeResult:
             return IntakeResult(
                 Outcome.dead_letter,
                 existing.id,
-                f"id: event {event.id!r} from {event.source!r} was already accepted with a "
-                "different payload",
+                "id: an event with this source and id was already accepted with a different "
+                "payload",
             )
         return IntakeResult(Outcome.duplicate, existing.id)
+    if admission is not None and (refusal := admission.refusal(request)):
+        return IntakeResult(Outcome.dead_letter, reason=refusal)
     job = Job(
         id=job_id,
         tenant=event.tenant,
@@ -130,11 +140,12 @@ def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult
     try:
         request = CancelRequested.model_validate(event.data)
     except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter, reason=describe_validation_error(exc, "data"))
+        return IntakeResult(Outcome.dead_letter,
+                            reason=describe_validation_error(exc, "data", CancelRequested))
     job = session.get(Job, request.job_id)
     if job is None or job.tenant != event.tenant:  # another tenant's job does not exist for you
         return IntakeResult(Outcome.dead_letter, request.job_id,
-                            f"data.job_id: no job {request.job_id} for tenant {event.tenant}")
+                            "data.job_id: no such job for this tenant")
     state = JobState(job.state)
     if JobState.cancelled not in ALLOWED[state]:
         return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {state}")
@@ -142,14 +153,115 @@ def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult
     return IntakeResult(Outcome.cancel, job.id, "cancelled")
 
 
-def dead_letter_headers(record: ConsumerRecord, reason: str) -> list[tuple[str, bytes]]:
-    return [
+DLQ_MAX_COPY_BYTES = 256 * 1024
+"""A refused value up to this size is forwarded whole; Kafka's default limits are 1 MiB."""
+DLQ_EXCERPT_BYTES = 16 * 1024
+"""A larger one is forwarded as its first bytes, and only these are kept in the database."""
+
+
+def _fingerprint(record: ConsumerRecord) -> str:
+    digest = hashlib.sha256(str(record.timestamp).encode())
+    for part in (record.key, record.value):
+        digest.update(b"-" if part is None else b"+%d:%s" % (len(part), part))
+    return digest.hexdigest()
+
+
+def _dlq_id(record: ConsumerRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def _note_dead_letter(session: Session, record: ConsumerRecord, reason: str) -> int | None:
+    """Write or find the record's dead letter; its id if it still has to be forwarded."""
+    fingerprint = _fingerprint(record)
+    with session.no_autoflush:
+        row = session.scalar(select(DeadLetter).where(
+            DeadLetter.source_topic == record.topic,
+            DeadLetter.source_partition == record.partition,
+            DeadLetter.source_offset == record.offset))
+    if row is not None and row.fingerprint == fingerprint:
+        return None if row.published_at is not None else row.id
+    value = record.value
+    fields = {"fingerprint": fingerprint, "reason": reason, "created_at": datetime.now(UTC),
+              "size": 0 if value is None else len(value), "published_at": None,
+              "value": None if value is None else value[:DLQ_EXCERPT_BYTES]}
+    if row is None:  # else an older record at this offset, before the broker lost its log
+        row = DeadLetter(source_topic=record.topic, source_partition=record.partition,
+                         source_offset=record.offset)
+        session.add(row)
+    for name, field_value in fields.items():
+        setattr(row, name, field_value)
+    session.flush()
+    return row.id
+
+
+def dead_letter_copy(record: ConsumerRecord, reason: str
+                     ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers forwarded to the dead-letter topic: the original bytes, or
+    their first `DLQ_EXCERPT_BYTES` when the record is too large to send again."""
+    key, value = record.key, record.value
+    size = len(value or b"")
+    headers = [
+        ("aif.dlq.id", _dlq_id(record).encode()),
         ("aif.dlq.reason", reason.encode()),
         ("aif.dlq.topic", record.topic.encode()),
         ("aif.dlq.partition", str(record.partition).encode()),
         ("aif.dlq.offset", str(record.offset).encode()),
+        ("aif.dlq.size", str(size).encode()),
         ("aif.dlq.at", datetime.now(UTC).isoformat().encode()),
     ]
+    if size + len(key or b"") > DLQ_MAX_COPY_BYTES:
+        key = key and key[:DLQ_EXCERPT_BYTES]
+        value = value and value[:DLQ_EXCERPT_BYTES]
+        headers.append(("aif.dlq.truncated", str(len(value or b"")).encode()))
+    return key, value, headers
+
+
+@dataclass
+class StoredBatch:
+    """Each record's result, and the dead letters still to forward: id -> (record, reason)."""
+
+    results: list[IntakeResult]
+    forward: dict[int, tuple[ConsumerRecord, str]]
+
+
+def _isolated(session: Session, raw: bytes | None, topics: Topics,
+              admission: Admission | None) -> IntakeResult:
+    """`accept` in a savepoint: a bug with one record dead-letters it, not its neighbours."""
+    try:
+        try:
+            with session.begin_nested():
+                return accept(session, raw, topics, admission)
+        except IntegrityError:
+            # Another orchestrator stored this request since our check; now it is a duplicate.
+            with session.begin_nested():
+                return accept(session, raw, topics, admission)
+    except Exception as exc:
+        log.exception("intake: a record failed unexpectedly")
+        return IntakeResult(Outcome.dead_letter, reason=f"internal-error: {type(exc).__name__}")
+
+
+def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,
+                admission: Admission | None = None) -> StoredBatch:
+    """The whole batch in one transaction, one savepoint per record: one commit per poll, and
+    each record ends as a job, a duplicate or a dead letter, whatever its bytes."""
+    results: list[IntakeResult] = []
+    forward: dict[int, tuple[ConsumerRecord, str]] = {}
+    with sessions() as session:
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            # pysqlite begins a transaction only at the first write: without this the first
+            # savepoint would be the outermost transaction and releasing it would commit.
+            connection.exec_driver_sql("BEGIN")
+        for record in records:
+            result = _isolated(session, record.value, topics, admission)
+            results.append(result)
+            if result.outcome is Outcome.dead_letter:
+                with session.begin_nested():
+                    dead_letter_id = _note_dead_letter(session, record, result.reason)
+                if dead_letter_id is not None:
+                    forward[dead_letter_id] = (record, result.reason)
+        session.commit()
+    return StoredBatch(results, forward)
 
 
 class ResumeFromCommitted(ConsumerRebalanceListener):
@@ -193,31 +305,17 @@ class Intake:
         sessions: sessionmaker[Session],
         topics: Topics,
         ensure_topics: Callable[[], None] = lambda: None,
+        max_processes: int | None = None,
     ) -> None:
+        """`max_processes`: the most train/eval processes a request may ask for (None: any)."""
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
+        self.admission = Admission(max_processes)
         self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
         self._last_repair = 0.0
         self.rebalances = ResumeFromCommitted()
         consumer.subscribe([topics.requests], listener=self.rebalances)
         self.stopping = threading.Event()
-
-    def _store(self, records: list[ConsumerRecord]) -> list[IntakeResult]:
-        """The whole batch in one transaction: one commit per poll, not per record."""
-        try:
-            with self.sessions() as session:
-                results = [accept(session, r.value, self.topics) for r in records]
-                session.commit()
-            return results
-        except IntegrityError:
-            # Another orchestrator stored one of these requests between our check and insert;
-            # redo them one by one, each now seeing the other's row as a duplicate.
-            results = []
-            for record in records:
-                with self.sessions() as session:
-                    results.append(accept(session, record.value, self.topics))
-                    session.commit()
-            return results
 
     def poll_once(self, timeout_ms: int = 500, max_records: int = 500) -> list[IntakeResult]:
         batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
@@ -227,29 +325,47 @@ class Intake:
         records = [r for rs in batch.values() for r in rs]
         if not records:
             return []
-        results = self._store(records)
-        failpoint("intake.after_store")
-        if any(res.outcome is Outcome.dead_letter for res in results):
-            self.ensure_topics()
-        dead = [
-            self.producer.send(self.topics.dead_letter, key=r.key, value=r.value,
-                               headers=dead_letter_headers(r, res.reason))
-            for r, res in zip(records, results, strict=True)
-            if res.outcome is Outcome.dead_letter
-        ]
-        for future in dead:
-            future.get(timeout=ACK_WAIT_S)
-        for r, res in zip(records, results, strict=True):
-            if res.outcome is Outcome.dead_letter:
-                log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset,
-                            res.reason)
+        try:
+            stored = self._handle(records)
+        except Exception:
+            # Fetch the batch again at the next poll instead of skipping past it.
+            for tp, rs in batch.items():
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, rs[0].offset)
+            raise
         # Only now does Kafka learn we are done. A crash before this line re-delivers the
-        # batch, and the unique (source, id) constraint turns each record into a duplicate.
+        # batch: the unique (source, id) constraint turns each request into a duplicate, and
+        # each dead letter already forwarded is not sent again.
         self.consumer.commit({
             TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rs[-1].offset + 1, "", -1)
             for tp, rs in batch.items()
         })
-        return results
+        failpoint("intake.after_commit")
+        return stored.results
+
+    def _handle(self, records: list[ConsumerRecord]) -> StoredBatch:
+        """Store the batch, then forward its new dead letters and mark them published."""
+        stored = store_batch(self.sessions, records, self.topics, self.admission)
+        failpoint("intake.after_store")
+        for r, res in zip(records, stored.results, strict=True):
+            if res.outcome is Outcome.dead_letter:
+                log.warning("dead-lettered %s: %s", _dlq_id(r), res.reason)
+        if not stored.forward:
+            return stored
+        self.ensure_topics()
+        sends = []
+        for record, reason in stored.forward.values():
+            key, value, headers = dead_letter_copy(record, reason)
+            sends.append(self.producer.send(self.topics.dead_letter, key=key, value=value,
+                                            headers=headers))
+        for future in sends:
+            future.get(timeout=ACK_WAIT_S)
+        with self.sessions() as session:
+            session.execute(update(DeadLetter).where(DeadLetter.id.in_(stored.forward))
+                            .values(published_at=datetime.now(UTC)))
+            session.commit()
+        failpoint("intake.after_dlq")
+        return stored
 
     def _repair_if_idle(self) -> None:
         """No partitions assigned: the requests topic may be gone; recreate it, now and then."""

@@ -2,11 +2,21 @@
 
 import json
 
-from sqlalchemy import func, select
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job, Outbox
-from aif.orchestrator.intake import Outcome, accept
+from aif.db.models import DeadLetter, Job, Outbox
+from aif.orchestrator import intake
+from aif.orchestrator.intake import (
+    DLQ_EXCERPT_BYTES,
+    DLQ_MAX_COPY_BYTES,
+    Outcome,
+    accept,
+    dead_letter_copy,
+    store_batch,
+)
 from events.bus import envelope
 from events.envelope import job_id_for
 from events.messages import CancelRequested, FineTuneRequested
@@ -100,7 +110,12 @@ def test_bad_requests_are_dead_lettered_with_the_field(sessions: sessionmaker[Se
         _event(tenant=None): "tenant",
         _event(data={"recipe": "grid-ticket-routing", "overrides": {"max_steps": 0}}):
             "data.overrides.max_steps",
-        _event(data={"recipe": "grid-ticket-routing", "surprise": 1}): "data.surprise",
+        _event(data={"recipe": "grid-ticket-routing", "surprise": 1}): "data.<key>",
+        _event(data={"recipe": "grid-ticket-routing", "overrides": {"learning_rte": 1e-4}}):
+            "data.overrides.<key> (did you mean 'learning_rate'?)",
+        _event(id=None): "id: Input should be a valid string",
+        b'{"source": "urn:test", "type": "x"}': "id: Field required (CloudEvents 1.0)",
+        b"[" * 10_000: "deeper than 32 levels",
     }
     for raw, fragment in cases.items():
         result = _accept(sessions, raw)
@@ -134,3 +149,103 @@ def test_cancel_of_another_tenants_or_unknown_job_is_dead_lettered(
         assert result.outcome is Outcome.dead_letter and "data.job_id" in result.reason
     with sessions() as s:
         assert s.get_one(Job, job_id).state == JobState.validating
+
+
+def record(value: bytes | None, offset: int, timestamp: int = 1) -> ConsumerRecord:
+    return ConsumerRecord(TOPICS.requests, 0, -1, offset, timestamp, 0, b"k", value, [], None,
+                          1, len(value or b""), 0)
+
+
+def test_an_unexpected_error_dead_letters_that_record_and_spares_its_neighbours(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job half-added by the failing record is rolled back with its savepoint only."""
+    real = intake.transition
+
+    def transition(session, job, *args, **kwargs):
+        if job.request_id == "boom":
+            raise RuntimeError("bug")
+        return real(session, job, *args, **kwargs)
+
+    monkeypatch.setattr(intake, "transition", transition)
+    values = [_event(id="a"), _event(id="boom"), _event(id="c")]
+    stored = store_batch(sessions, [record(v, i) for i, v in enumerate(values)], TOPICS)
+    assert [r.outcome for r in stored.results] == [
+        Outcome.accepted, Outcome.dead_letter, Outcome.accepted]
+    assert stored.results[1].reason == "internal-error: RuntimeError"
+    with sessions() as s:
+        assert sorted(s.scalars(select(Job.request_id))) == ["a", "c"]
+        (dead,) = s.scalars(select(DeadLetter)).all()
+        assert (dead.source_offset, dead.reason) == (1, "internal-error: RuntimeError")
+
+
+def test_a_dead_letter_is_forwarded_once_per_record(sessions: sessionmaker[Session]) -> None:
+    poison = [record(b"\x00poison", 0)]
+    first = store_batch(sessions, poison, TOPICS)
+    assert list(first.forward.values()) == [(poison[0], first.results[0].reason)]
+    # Re-delivered before the send was marked published: forwarded again.
+    assert list(store_batch(sessions, poison, TOPICS).forward) == list(first.forward)
+    with sessions() as s:
+        s.execute(update(DeadLetter).values(published_at=func.now()))
+        s.commit()
+    again = store_batch(sessions, poison, TOPICS)
+    assert again.results[0].outcome is Outcome.dead_letter and again.forward == {}
+    # Another record at the same offset: the broker lost its log; it is a new dead letter.
+    other = store_batch(sessions, [record(b"\x00other", 0, timestamp=2)], TOPICS)
+    assert list(other.forward) == list(first.forward)
+    with sessions() as s:
+        (row,) = s.scalars(select(DeadLetter)).all()
+        assert (row.value, row.published_at) == (b"\x00other", None)
+
+
+def test_a_record_too_large_to_forward_goes_as_its_first_bytes(
+    sessions: sessionmaker[Session],
+) -> None:
+    huge = record(b"{" + b" " * (2 * 1024 * 1024), 7)
+    stored = store_batch(sessions, [huge], TOPICS)
+    (reason,) = [r.reason for r in stored.results]
+    assert reason == f"event is {2 * 1024 * 1024 + 1} bytes, over the 65536 limit"
+    key, value, headers = dead_letter_copy(huge, reason)
+    assert key == b"k" and value == huge.value[:DLQ_EXCERPT_BYTES]
+    assert dict(headers) | {"aif.dlq.at": b""} == {
+        "aif.dlq.id": f"{TOPICS.requests}/0/7".encode(), "aif.dlq.reason": reason.encode(),
+        "aif.dlq.topic": TOPICS.requests.encode(), "aif.dlq.partition": b"0",
+        "aif.dlq.offset": b"7", "aif.dlq.size": str(len(huge.value)).encode(),
+        "aif.dlq.truncated": str(DLQ_EXCERPT_BYTES).encode(), "aif.dlq.at": b""}
+    small = record(b"x" * (DLQ_MAX_COPY_BYTES - len(b"k")), 8)  # key and value count
+    assert dead_letter_copy(small, "r")[1] == small.value
+    with sessions() as s:
+        (row,) = s.scalars(select(DeadLetter)).all()
+        assert (row.size, row.value) == (len(huge.value), huge.value[:DLQ_EXCERPT_BYTES])
+
+
+MARKER = "S3CR3T-MARKER"
+
+
+def test_reasons_quote_nothing_the_record_says(sessions: sessionmaker[Session]) -> None:
+    """Reasons reach logs and headers; a partner's data must not."""
+    ok = {"recipe": "grid-ticket-routing"}
+    values = [
+        _event(type=MARKER), _event(tenant=MARKER), _event(specversion=MARKER),
+        _event(source=MARKER * 100), _event(id=MARKER * 100), _event(time=MARKER),
+        _event(data={**ok, MARKER: 1}), _event(data={**ok, "labels": {MARKER: 1}}),
+        _event(data={**ok, "labels": {"a": MARKER * 10_000}}),
+        _event(data={"recipe": MARKER.lower()}), _event(data={"recipe": "no-" + MARKER.lower()}),
+        _event(data={**ok, "overrides": {"max_steps": MARKER}}),
+        _event(data={**ok, "callback_url": MARKER}),
+        _event(data={**ok, "extra_eval_tasks": [MARKER + "/"]}),
+        _event(data={"recipe_inline": {"name": MARKER, "data": {"columns": {MARKER: 1}}}}),
+        _event(type=CancelRequested.TYPE, data={"job_id": MARKER}),
+        _event(type=CancelRequested.TYPE, data={"job_id": 1, MARKER: 1}),
+        _event(data=MARKER), f'{{"{MARKER}": \\{MARKER}}}'.encode(),
+        f'{{"id": "{MARKER}\\udcff", {MARKER}}}'.encode(), MARKER.encode() + b"\xff",
+    ]
+    _accept(sessions, _request())  # so that a conflicting payload for it is refused
+    values.append(_request(labels={"x": MARKER}))
+    stored = store_batch(sessions, [record(v, i) for i, v in enumerate(values)], TOPICS,
+                         intake.Admission())
+    assert all(r.outcome is Outcome.dead_letter for r in stored.results)
+    for (rec, reason) in stored.forward.values():
+        _, _, headers = dead_letter_copy(rec, reason)
+        for name, value in headers:
+            assert MARKER.lower().encode() not in value.lower(), (name, value)
