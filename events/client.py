@@ -1,5 +1,6 @@
 """Partner-side helper: publish a fine-tuning request and follow what becomes of it.
 
+    from events.bus import KafkaConfig
     from events.client import follow_request, request_finetune
     cfg = KafkaConfig(bootstrap_servers="kafka:9092")
     request = request_finetune(cfg, tenant="acme", recipe="grid-ticket-routing",
