@@ -88,7 +88,7 @@ class StageRunner:
             if time_limit_s is not None and time.time() - started_at > time_limit_s:
                 run.terminate()
                 raise FinalStageFailure(
-                    f"{command.module} ran longer than its limit of {time_limit_s:.0f} s")
+                    f"{command.module} ran longer than its limit of {time_limit_s:g} s")
             if self.stopping.wait(POLL_S):
                 run.terminate()
                 raise LeaseLost(f"worker stopping; job {job.id} will be re-adopted")
