@@ -31,6 +31,10 @@ class EnvelopeError(ValueError):
     """The bytes are not a usable CloudEvent; the message names the field that failed."""
 
 
+_NO_NUL = r"^[^\x00]*$"
+"""Both are stored in text columns, and PostgreSQL's cannot hold a NUL character."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -41,8 +45,9 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: str = Field("1.0", pattern=r"^1\.0$")
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200)
-    source: str = Field(min_length=1, max_length=500)
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200,
+                    pattern=_NO_NUL)
+    source: str = Field(min_length=1, max_length=500, pattern=_NO_NUL)
     type: str = Field(min_length=1, max_length=200)
     subject: str | None = None
     time: datetime = Field(default_factory=_now)

@@ -114,6 +114,7 @@ def test_bad_requests_are_dead_lettered_with_the_field(sessions: sessionmaker[Se
         _event(data={"recipe": "grid-ticket-routing", "overrides": {"learning_rte": 1e-4}}):
             "data.overrides.<key> (did you mean 'learning_rate'?)",
         _event(id=None): "id: Input should be a valid string",
+        _event(id="a\x00b"): "id: String should match pattern",
         b'{"source": "urn:test", "type": "x"}': "id: Field required (CloudEvents 1.0)",
         b"[" * 10_000: "deeper than 32 levels",
     }

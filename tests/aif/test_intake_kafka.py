@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
-from kafka import TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job
-from aif.orchestrator.intake import Intake, Outcome
+from aif.db.models import DeadLetter, Job
+from aif.orchestrator.intake import DLQ_EXCERPT_BYTES, Intake, Outcome
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
 from events.topics import Topics
@@ -52,12 +57,7 @@ def test_poison_is_dead_lettered_and_the_partition_moves_on(
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
 
-    dlq = make_consumer(cfg)
-    tp = TopicPartition(topics.dead_letter, 0)
-    dlq.assign([tp])
-    dlq.seek_to_beginning(tp)
-    records = [r for batch in dlq.poll(timeout_ms=5000).values() for r in batch]
-    dlq.close()
+    records = _dead_letters(cfg, topics)
     assert len(records) == 1
     assert records[0].value == b"\x00poison"  # original bytes kept
     headers = dict(records[0].headers)
@@ -69,3 +69,104 @@ def test_poison_is_dead_lettered_and_the_partition_moves_on(
     again = _intake(cfg, topics, sessions)
     assert _drain(again, 1, timeout=8) == []
     again.consumer.close()
+
+
+def _dead_letters(cfg: KafkaConfig, topics: Topics, settle_s: float = 3) -> list:
+    """Everything on the dead-letter topic, read until nothing new comes for `settle_s`."""
+    dlq = make_consumer(cfg)
+    tp = TopicPartition(topics.dead_letter, 0)
+    dlq.assign([tp])
+    dlq.seek_to_beginning(tp)
+    records: list = []
+    while batch := dlq.poll(timeout_ms=int(settle_s * 1000)):
+        records += [r for rs in batch.values() for r in rs]
+    dlq.close()
+    return records
+
+
+def _event(event_id: str | None, data: bytes = b'{"recipe": "grid-ticket-routing"}') -> bytes:
+    head = {"specversion": "1.0", "source": "urn:t", "tenant": "acme",
+            "type": FineTuneRequested.TYPE} | ({"id": event_id} if event_id else {})
+    return json.dumps(head).encode()[:-1] + b', "data": ' + data + b"}"
+
+
+def test_hostile_records_cost_no_neighbour(
+    broker: str, topics: Topics, sessions: sessionmaker[Session]
+) -> None:
+    """The issue's cases in one batch: each hostile record is one dead letter, each
+    well-formed request one job."""
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, topics.all(), partitions=1)
+    deep = _event("deep", b'{"a": ' + b"[" * 10_000 + b"]" * 10_000 + b"}")
+    huge = _event("huge", b'{"recipe": "grid-ticket-routing", "labels": {"a": "'
+                  + b"x" * (2 * 1024 * 1024) + b'"}}')
+    values = [_event("ok-1"), deep, _event("ok-2"), huge, _event("ok-3"), _event(None),
+              _event("ok-4")]
+    producer = KafkaProducer(max_request_size=4 * 1024 * 1024, **cfg.client_kwargs())
+    for value in values:
+        producer.send(topics.requests, key=b"k", value=value)
+    producer.flush()
+    producer.close()
+
+    intake = _intake(cfg, topics, sessions)
+    results = _drain(intake, len(values))
+    intake.consumer.close()
+    assert [r.outcome for r in results] == [Outcome.accepted, Outcome.dead_letter] * 3 + [
+        Outcome.accepted]
+    assert "deeper than 32 levels" in results[1].reason
+    assert "over the 65536 limit" in results[3].reason
+    assert results[5].reason == "id: Field required (CloudEvents 1.0)"
+    with sessions() as s:
+        assert sorted(s.scalars(select(Job.request_id))) == ["ok-1", "ok-2", "ok-3", "ok-4"]
+
+    records = _dead_letters(cfg, topics)
+    headers = [dict(r.headers) for r in records]
+    assert [h["aif.dlq.id"] for h in headers] == [
+        f"{topics.requests}/0/{offset}".encode() for offset in (1, 3, 5)]
+    assert [r.value for r in records] == [deep, huge[:DLQ_EXCERPT_BYTES], _event(None)]
+    assert headers[1]["aif.dlq.size"] == str(len(huge)).encode()
+    assert headers[1]["aif.dlq.truncated"] == str(DLQ_EXCERPT_BYTES).encode()
+
+
+INTAKE_PROCESS = """
+import sys
+from aif.db.session import session_factory
+from aif.orchestrator.intake import Intake
+from events.bus import KafkaConfig, make_consumer, make_producer
+from events.topics import Topics
+
+broker, db_url, prefix = sys.argv[1:]
+cfg, topics = KafkaConfig(bootstrap_servers=broker), Topics(prefix)
+consumer = make_consumer(cfg, group_id=f"{prefix}-g", max_poll_interval_ms=3000,
+                         session_timeout_ms=3000, heartbeat_interval_ms=500)
+Intake(consumer, make_producer(cfg), session_factory(db_url), topics).run()
+"""
+
+
+def test_kill_after_the_dead_letter_is_sent_gives_exactly_one_dead_letter(
+    broker: str, topics: Topics, sessions: sessionmaker[Session], db_url: str
+) -> None:
+    """kill -9 between the DLQ send and the offset commit: the record comes again, its
+    dead letter is recognised and not sent a second time."""
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, topics.all(), partitions=1)
+    producer = make_producer(cfg)
+    producer.send(topics.requests, key=b"k", value=b"\x00poison")
+    producer.flush()
+    producer.close()
+    proc = subprocess.run(
+        [sys.executable, "-c", INTAKE_PROCESS, broker, db_url, topics.prefix],
+        env={**os.environ, "AIF_FAILPOINTS": "intake.after_dlq"}, timeout=120,
+        capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(_dead_letters(cfg, topics, settle_s=1)) == 1
+
+    intake = _intake(cfg, topics, sessions)  # same group: the offset was never committed
+    (again,) = _drain(intake, 1)
+    intake.consumer.close()
+    assert again.outcome is Outcome.dead_letter
+    (record,) = _dead_letters(cfg, topics)
+    assert dict(record.headers)["aif.dlq.id"] == f"{topics.requests}/0/0".encode()
+    with sessions() as s:
+        (row,) = s.scalars(select(DeadLetter)).all()
+        assert row.published_at is not None
