@@ -52,9 +52,10 @@ class Service(AbstractContextManager["Service"]):
             metadata_max_age_ms=5000,  # notice a recreated requests topic within seconds
         )
         self.producer, self.consumer, self.keepers = producer, consumer, keepers
-        intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure)
-        relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         launcher = get_launcher(s.launcher, s.slurm)
+        intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure,
+                        max_processes=launcher.max_processes)
+        relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
         for name, target in [("intake", intake.run), ("relay", relay.run)] + [

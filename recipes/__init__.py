@@ -10,23 +10,41 @@ from events.recipe import Recipe, RecipeError, load_recipe_file
 RECIPES_DIR = Path(__file__).parent
 
 
-def recipe_files(root: Path = RECIPES_DIR) -> dict[str, Path]:
-    """Recipe name -> file; the name inside the file, not the folder, is what requests use."""
-    found: dict[str, Path] = {}
-    for path in sorted(root.glob("*/*/recipe.yaml")):
-        name = load_recipe_file(path).name
-        if name in found:
-            raise RecipeError(f"{path}: recipe name {name!r} already used by {found[name]}")
-        found[name] = path
+_Stamp = tuple[tuple[str, int, int], ...]
+_parsed: dict[Path, tuple[_Stamp, dict[str, tuple[Path, Recipe]]]] = {}
+
+
+def _shipped(root: Path) -> dict[str, tuple[Path, Recipe]]:
+    """Recipe name -> (file, recipe), parsed again only when a recipe file changed: intake
+    looks a recipe up for every request, and parsing them all each time caps its rate."""
+    paths = sorted(root.glob("*/*/recipe.yaml"))
+    stamp = tuple((str(p), (st := p.stat()).st_mtime_ns, st.st_size) for p in paths)
+    cached = _parsed.get(root)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found: dict[str, tuple[Path, Recipe]] = {}
+    for path in paths:
+        recipe = load_recipe_file(path)
+        if recipe.name in found:
+            raise RecipeError(f"{path}: recipe name {recipe.name!r} already used by "
+                              f"{found[recipe.name][0]}")
+        found[recipe.name] = (path, recipe)
+    _parsed[root] = (stamp, found)
     return found
 
 
+def recipe_files(root: Path = RECIPES_DIR) -> dict[str, Path]:
+    """Recipe name -> file; the name inside the file, not the folder, is what requests use."""
+    return {name: path for name, (path, _) in _shipped(root).items()}
+
+
 def load_recipe(name: str, root: Path = RECIPES_DIR) -> Recipe:
-    files = recipe_files(root)
-    if name not in files:
-        hint = difflib.get_close_matches(name, files, n=1)
+    shipped = _shipped(root)
+    if name not in shipped:
+        hint = difflib.get_close_matches(name, shipped, n=1)
         did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        # The name is the caller's input: the reason names the rule, not the value.
         raise RecipeError(
-            f"Unknown recipe {name!r}.{did_you_mean} Available: {', '.join(sorted(files))}"
+            f"recipe: no such recipe.{did_you_mean} Available: {', '.join(sorted(shipped))}"
         )
-    return load_recipe_file(files[name])
+    return shipped[name][1]

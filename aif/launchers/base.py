@@ -84,6 +84,11 @@ class RunHandle(Protocol):
 class Launcher(Protocol):
     name: str
 
+    @property
+    def max_processes(self) -> int | None:
+        """The most processes one stage run can get here (None: no known limit); a request
+        asking for more is refused at intake instead of waiting for resources forever."""
+
     def start(self, command: StageCommand, log_path: Path) -> RunHandle: ...
 
     def attach(self, ref: dict[str, Any]) -> RunHandle: ...

@@ -55,6 +55,10 @@ class LocalRun(RecordedRun):
 class LocalLauncher:
     name = "local"
 
+    @property
+    def max_processes(self) -> int:
+        return len(os.sched_getaffinity(0))
+
     def start(self, command: StageCommand, log_path: Path) -> LocalRun:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         exit_file = log_path.with_suffix(".exit")

@@ -131,6 +131,12 @@ class SlurmLauncher:
     def __init__(self, config: SlurmConfig | None = None) -> None:
         self.config = config or SlurmConfig()
 
+    @property
+    def max_processes(self) -> int | None:
+        """One process per GPU on GPU nodes; on CPU nodes the site's limit is not known."""
+        c = self.config
+        return c.nodes * c.gpus_per_node if c.gpus_per_node else None
+
     def start(self, command: StageCommand, log_path: Path) -> SlurmRun:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         exit_file = log_path.with_suffix(".exit")

@@ -7,13 +7,11 @@ of after a job was created. Reasons name the field and the rule, never the reque
 
 from __future__ import annotations
 
-import difflib
 import math
-from pathlib import Path
 
 from events.messages import FineTuneRequested
-from events.recipe import Recipe, RecipeError, load_recipe_file
-from recipes import RECIPES_DIR
+from events.recipe import Recipe, RecipeError
+from recipes import load_recipe
 
 
 def warmup_steps(recipe: Recipe) -> int:
@@ -38,41 +36,16 @@ def trainability_problems(recipe: Recipe, max_processes: int | None = None) -> l
     return problems
 
 
-class RecipeBook:
-    """The shipped recipes by name, re-read only when a recipe file changes: intake looks one
-    up for every request, and parsing all of them each time would cap its throughput."""
-
-    def __init__(self, root: Path = RECIPES_DIR) -> None:
-        self.root = root
-        self._stamp: tuple[tuple[str, int, int], ...] = ()
-        self._recipes: dict[str, Recipe] = {}
-
-    def get(self, name: str) -> Recipe:
-        stamp = tuple(sorted((str(p), (st := p.stat()).st_mtime_ns, st.st_size)
-                             for p in self.root.glob("*/*/recipe.yaml")))
-        if stamp != self._stamp:
-            recipes = [load_recipe_file(Path(p)) for p, _, _ in stamp]
-            self._recipes, self._stamp = {r.name: r for r in recipes}, stamp
-        if name not in self._recipes:
-            hint = difflib.get_close_matches(name, self._recipes, n=1)
-            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise RecipeError(f"data.recipe: no such recipe.{did_you_mean} Available: "
-                              f"{', '.join(sorted(self._recipes))}")
-        return self._recipes[name]
-
-
 class Admission:
     """The intake's checks of a request's effective recipe; `max_processes` None: no limit."""
 
-    def __init__(self, max_processes: int | None = None, recipes: RecipeBook | None = None
-                 ) -> None:
+    def __init__(self, max_processes: int | None = None) -> None:
         self.max_processes = max_processes
-        self.recipes = recipes or RecipeBook()
 
     def refusal(self, request: FineTuneRequested) -> str | None:
         """Why the request cannot train, or None if it may be stored."""
         try:
-            recipe = request.recipe_inline or self.recipes.get(request.recipe or "")
+            recipe = request.recipe_inline or load_recipe(request.recipe or "")
             recipe = request.overrides.apply(recipe)
         except RecipeError as exc:
             return str(exc)

@@ -29,6 +29,8 @@ from events.topics import Topics
 from tests.conftest import free_port
 
 AIF = str(Path(sys.executable).with_name("aif"))
+UNRUNNABLE = FineTuneRequested(recipe="grid-ticket-routing", train_file="/nonexistent.jsonl")
+"""Passes intake; the worker rejects it at once, without training."""
 
 
 class Orchestrator:
@@ -109,7 +111,7 @@ def test_kill_between_store_and_offset_commit_gives_exactly_one_job(
     env, started = orchestrators
     first = Orchestrator(env, tmp_path / "first.log", failpoints="intake.after_store")
     started.append(first)
-    job_id = _publish(broker, topics, FineTuneRequested(recipe="no-such-recipe"))
+    job_id = _publish(broker, topics, UNRUNNABLE)
     first.proc.wait(120)
     assert first.proc.returncode == -signal.SIGKILL
     assert _job_count(sessions) == 1  # stored, but Kafka never heard of it
@@ -204,7 +206,7 @@ def test_broker_restart_loses_no_status_event_and_sends_none_twice(
 
         broker.start()
         _until(lambda: _unpublished(sessions) == 0, 120, "the outbox to drain")
-        second = _publish(bootstrap, topics, FineTuneRequested(recipe="no-such-recipe"))
+        second = _publish(bootstrap, topics, UNRUNNABLE)
         _until(lambda: _state(sessions, second) == JobState.rejected, 120,
                "a request sent after the restart to be served")
         _until(lambda: _unpublished(sessions) == 0, 60, "the outbox to drain again")

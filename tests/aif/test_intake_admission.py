@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.orchestrator.admission import Admission, RecipeBook, trainability_problems
+from aif.orchestrator.admission import Admission, trainability_problems
 from aif.orchestrator.intake import Outcome, accept
 from events.bus import envelope
 from events.messages import FineTuneRequested
@@ -58,23 +58,22 @@ def test_processes_are_capped_by_the_service() -> None:
 
 def test_an_unknown_recipe_is_refused_with_a_suggestion() -> None:
     refusal = _refusal(recipe="grid-ticket-routng")
-    assert refusal.startswith("data.recipe: no such recipe. Did you mean "
+    assert refusal.startswith("recipe: no such recipe. Did you mean "
                               "'grid-ticket-routing'? Available: ")
     assert "routng" not in refusal
 
 
-def test_the_recipe_book_rereads_a_changed_file(tmp_path: Path) -> None:
+def test_shipped_recipes_are_read_again_when_a_file_changes(tmp_path: Path) -> None:
     source = RECIPES_DIR / "energy" / "grid_ticket_routing"
     folder = tmp_path / "energy" / "grid"
     folder.mkdir(parents=True)
     text = (source / "recipe.yaml").read_text()
     (folder / "recipe.yaml").write_text(text)
-    book = RecipeBook(tmp_path)
-    assert book.get("grid-ticket-routing").train.max_steps == RECIPE.train.max_steps
+    assert load_recipe("grid-ticket-routing", tmp_path).train.max_steps == RECIPE.train.max_steps
     (folder / "recipe.yaml").write_text(text.replace("name: grid-ticket-routing",
                                                      "name: grid-two"))
     with pytest.raises(ValueError, match=r"no such recipe\. Available: grid-two$"):
-        book.get("grid-ticket-routing")
+        load_recipe("grid-ticket-routing", tmp_path)
 
 
 def test_accept_dead_letters_what_admission_refuses(sessions: sessionmaker[Session]) -> None:

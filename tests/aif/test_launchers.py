@@ -118,3 +118,10 @@ def _until_started(run, timeout: float = 60) -> None:
 def test_unknown_launcher_suggests_one() -> None:
     with pytest.raises(ValueError, match="Did you mean 'local'"):
         get_launcher("locale")
+
+
+def test_launchers_say_how_many_processes_a_stage_can_get() -> None:
+    assert get_launcher("local").max_processes == len(os.sched_getaffinity(0))
+    gpus = SlurmConfig(nodes=2, gpus_per_node=4)
+    assert get_launcher("slurm", gpus).max_processes == 8
+    assert get_launcher("slurm", SlurmConfig(nodes=2)).max_processes is None  # CPU nodes

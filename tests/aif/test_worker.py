@@ -94,7 +94,7 @@ def test_a_bad_extra_task_name_is_refused() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        ({"recipe": "no-such-recipe"}, "Unknown recipe 'no-such-recipe'"),
+        ({"recipe": "no-such-recipe"}, "recipe: no such recipe. Available: "),
         ({"recipe": "grid-ticket-routing", "train_file": "/nonexistent.jsonl"},
          "data.train_file: no such file /nonexistent.jsonl"),
     ],
