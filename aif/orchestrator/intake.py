@@ -251,7 +251,9 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
         if connection.dialect.name == "sqlite":
             # pysqlite begins a transaction only at the first write: without this the first
             # savepoint would be the outermost transaction and releasing it would commit.
-            connection.exec_driver_sql("BEGIN")
+            # IMMEDIATE takes the write lock now, so a writer in another thread makes this
+            # wait (busy timeout) instead of failing the batch when its reads turn into writes.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         for record in records:
             result = _isolated(session, record.value, topics, admission)
             results.append(result)
