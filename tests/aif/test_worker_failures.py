@@ -61,6 +61,8 @@ def _everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
     client = TestClient(create_app(sessions))
     said += [client.get(f"/api/jobs/{job_id}").text,
              client.get(f"/api/jobs/{job_id}/preflight").text]
+    said += [p.read_text(errors="replace") for p in Path(job.work_dir or "/nonexistent").glob(
+        "*") if p.suffix in (".log", ".json")]  # the stage's own log, report and failure
     return "\n".join(said)
 
 
@@ -102,6 +104,7 @@ def test_refusals_quote_no_data(
     job = w.load(job_id)
     assert job.state == JobState.rejected, job.reason
     assert str(hostile) in job.reason  # the refusal names the file ...
+    assert (Path(job.work_dir) / "preflight.log").is_file()  # the stage's log is read below
     said = _everything_said(sessions, job_id) + caplog.text
     assert SECRET not in said  # ... and never its contents
 
