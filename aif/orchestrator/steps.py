@@ -92,6 +92,9 @@ class Steps:
         request = FineTuneRequested.model_validate(job.request["data"])
         recipe = specs.effective_recipe(request)
         work = self.work_dir(job)
+        with self.sessions() as session:  # where the stage's log is, even if it refuses
+            self.leases.owned(session, job.id).work_dir = str(work)
+            session.commit()
         spec_path = work / PREFLIGHT_SPEC
         specs.preflight_spec(job, recipe, work, self.settings).write(spec_path)
         self.runner.run(job, JobState.validating,
@@ -99,7 +102,7 @@ class Steps:
                         work / "preflight.log", work / "preflight_progress.jsonl",
                         time_limit_s=self.settings.preflight_timeout_s)
         report = _read(PreflightReport, work / PREFLIGHT)
-        frozen = {"recipe": recipe.model_dump(mode="json"), "work_dir": str(work),
+        frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:
             self._move(job.id, JobState.queued, report.summary(), **frozen)
