@@ -17,6 +17,7 @@ from rich.table import Table
 
 from aif.follow import wait_for_job
 from aif.settings import Settings, get_settings
+from aif.tenants_cli import tenants_app
 from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import job_id_for
@@ -35,6 +36,7 @@ app = typer.Typer(help="aif-tuning: event-driven LoRA fine-tuning and evaluation
                   no_args_is_help=True)
 recipes_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+app.add_typer(tenants_app, name="tenants")
 console = Console()
 
 Tenant = Annotated[str, typer.Option(help="Tenant the job belongs to.")]

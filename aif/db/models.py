@@ -29,7 +29,9 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("request_source", "request_id", name="uq_jobs_request"),)
+    # De-duplication is per tenant: one tenant cannot squat another's source + id.
+    __table_args__ = (UniqueConstraint("tenant", "request_source", "request_id",
+                                       name="uq_jobs_tenant_request"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(63), index=True)
@@ -132,3 +134,63 @@ class DeadLetter(Base):
     value: Mapped[bytes | None] = mapped_column(LargeBinary)  # its first bytes only
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Tenant(Base):
+    """An organisation using the service; every job, file and key belongs to one."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer key of the HTTP API, stored only as the sha256 of its secret part.
+
+    The key's secret is 32 random bytes, so a plain hash is as strong as a slow one; the
+    public `id` in the key finds the row without comparing hashes of every key.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"),
+                                        index=True)
+    role: Mapped[str] = mapped_column(String(10))  # aif.tenants.Role
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKey(Base):
+    """A tenant's secret for signing request events on Kafka (HMAC-SHA256).
+
+    Verifying an HMAC needs the secret itself, so it is kept as is: the job store is the
+    service's trust anchor and must be protected like the broker's credentials.
+    """
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"),
+                                        index=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DataFile(Base):
+    """Training data a tenant uploaded through the API; a request names it by `file_id`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"),
+                                        index=True)
+    filename: Mapped[str] = mapped_column(String(255))  # as uploaded, for people only
+    path: Mapped[str] = mapped_column(Text)  # where it is stored, under the tenant's root
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -12,11 +12,16 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def _sqlite_dir(url: str) -> None:
+    """A SQLite file's folder must exist before anything, Alembic included, opens it."""
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite") and path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_dir(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -40,5 +45,6 @@ def upgrade(url: str) -> None:
 
 def session_factory(url: str) -> sessionmaker[Session]:
     """Migrate to the newest schema, then hand out sessions bound to one engine."""
+    _sqlite_dir(url)
     upgrade(url)
     return sessionmaker(make_engine(url), expire_on_commit=False)
