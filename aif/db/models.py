@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -56,6 +58,8 @@ class Job(Base):
     # Retryable (infrastructure) failures of the current step; claim skips a job in back-off.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    # Scores shown on every tenant's leaderboard (never the data, reports or samples).
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Bytes of each stage's progress file already relayed, so a re-adopted job resends none.
     progress_offsets: Mapped[dict | None] = mapped_column(JSON)
 
