@@ -65,8 +65,8 @@ class Service(AbstractContextManager["Service"]):
             t.start()
             self.threads.append(t)
         if self.web:
-            config = uvicorn.Config(create_app(sessions), host=s.web_host, port=s.web_port,
-                                    log_level="warning")
+            config = uvicorn.Config(create_app(sessions, s, producer), host=s.web_host,
+                                    port=s.web_port, log_level="warning")
             self.server = uvicorn.Server(config)
             t = threading.Thread(target=self.server.run, name="web", daemon=True)
             t.start()

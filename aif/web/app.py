@@ -1,92 +1,73 @@
-"""FastAPI app: the leaderboard page, its JSON twin, and job lookups."""
+"""FastAPI app: the HTTP API v1 (`aif.web.routes`), its offline docs, and the public
+leaderboard page."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
+from swagger_ui_bundle import swagger_ui_path
 
-from aif.db.models import Job
-from aif.web.leaderboard import LeaderboardRow, leaderboard_rows
+from aif.settings import Settings
+from aif.web.deps import SessionDep, install_problem_handlers
+from aif.web.kafka import RequestBus
+from aif.web.leaderboard import PUBLIC_ONLY, leaderboard_rows
+from aif.web.routes import health, jobs, leaderboard, recipes
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
+DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 
-class TransitionPublic(BaseModel):
-    from_state: str | None
-    to_state: str
-    reason: str
-
-
-class JobPublic(BaseModel):
-    id: str
-    tenant: str
-    recipe: str | None
-    state: str
-    reason: str
-    adapter_uri: str | None
-    gate_passed: bool | None
-    gate_reason: str | None
-    transitions: list[TransitionPublic]
+Every `/v1` route needs `Authorization: Bearer <API key>` (keys come from `aif tenants
+create`). A caller sees only its own tenant's jobs (staff keys: every tenant's); another
+tenant's job is answered like one that does not exist. Errors are RFC 9457 problem details
+that name the field at fault."""
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
+def create_app(sessions: sessionmaker[Session], settings: Settings,
+               producer: KafkaProducer | None = None) -> FastAPI:
+    """The app; `producer` is shared with the caller (who closes it), or built on first
+    use from `settings.kafka`."""
+    bus = RequestBus(settings.kafka, settings.topics.requests, producer)
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        bus.close()
 
-SessionDep = Annotated[Session, Depends(get_session)]
+    # The default docs load Swagger UI from a CDN; these serve it from an installed package.
+    app = FastAPI(title="aif-tuning", version="1.0.0", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.sessions, app.state.settings, app.state.bus = sessions, settings, bus
+    install_problem_handlers(app)
+    for module in (jobs, leaderboard, recipes, health):
+        app.include_router(module.router)
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
 
-
-def create_app(sessions: sessionmaker[Session]) -> FastAPI:
-    app = FastAPI(title="aif-tuning", version="0.1.0")
-    app.state.sessions = sessions
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="aif-tuning API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
         return RedirectResponse("/leaderboard")
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/leaderboard", response_class=HTMLResponse)
+    @app.get("/leaderboard", include_in_schema=False)
     def leaderboard_page(request: Request, session: SessionDep) -> HTMLResponse:
+        """Open to anyone, so it shows only what tenants published."""
         return TEMPLATES.TemplateResponse(
-            request, "leaderboard.html", {"rows": leaderboard_rows(session)}
-        )
-
-    @app.get("/api/leaderboard")
-    def leaderboard(session: SessionDep) -> list[LeaderboardRow]:
-        return leaderboard_rows(session)
-
-    @app.get("/api/jobs/{job_id}")
-    def job(job_id: str, session: SessionDep) -> JobPublic:
-        row = session.get(Job, job_id)
-        if row is None:
-            raise HTTPException(404, f"no job {job_id}")
-        return JobPublic(
-            id=row.id, tenant=row.tenant, recipe=row.recipe_name, state=row.state,
-            reason=row.reason, adapter_uri=row.adapter_uri, gate_passed=row.gate_passed,
-            gate_reason=row.gate_reason,
-            transitions=[TransitionPublic(from_state=t.from_state, to_state=t.to_state,
-                                          reason=t.reason) for t in row.transitions],
-        )
-
-    @app.get("/api/jobs/{job_id}/preflight")
-    def job_preflight(job_id: str, session: SessionDep) -> dict:
-        """The job's pre-flight report (finetune.preflight.PreflightReport as JSON)."""
-        row = session.get(Job, job_id)
-        if row is None:
-            raise HTTPException(404, f"no job {job_id}")
-        if row.preflight is None:
-            raise HTTPException(404, f"job {job_id} has no pre-flight report yet")
-        return row.preflight
+            request, "leaderboard.html", {"rows": leaderboard_rows(session, PUBLIC_ONLY)})
 
     return app

@@ -15,11 +15,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aif.db.models import Job
 from aif.settings import Settings
 from aif.tenants import Principal, authenticate
+from aif.web.kafka import RequestBus
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -33,6 +37,47 @@ class Problem(HTTPException):
         self.title, self.field = title, field
 
 
+class ProblemPublic(BaseModel):
+    """RFC 9457 problem details, as every error of the API is answered."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route: the problem documents it may answer with, for OpenAPI."""
+    return {status: {"model": ProblemPublic, "description": _TITLES[status]}
+            for status in statuses}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the handlers do: every error response of every
+    route, FastAPI's own 422 included, is a ProblemPublic as `application/problem+json`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        ref = {"$ref": "#/components/schemas/ProblemPublic"}
+        for operation in (op for path in doc["paths"].values() for op in path.values()):
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    response["content"] = {PROBLEM_JSON: {"schema": ref}}
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        schemas["ProblemPublic"] = ProblemPublic.model_json_schema()
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _problem_response(status: int, title: str, detail: str, extra: dict[str, Any],
                       headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
@@ -40,8 +85,11 @@ def _problem_response(status: int, title: str, detail: str, extra: dict[str, Any
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:
+    _document_problems(app)
+
+    # Starlette's class, so routing errors (unknown path, wrong method) are problems too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = getattr(exc, "title", None) or _TITLES.get(exc.status_code, "Error")
         field = getattr(exc, "field", None)
         return _problem_response(exc.status_code, title, str(exc.detail),
@@ -72,17 +120,28 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_bus(request: Request) -> RequestBus:
+    return request.app.state.bus
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+BusDep = Annotated[RequestBus, Depends(get_bus)]
 
 UNAUTHORIZED = Problem(401, "Unauthorized", "a valid API key is needed: Authorization: Bearer "
                        "<key> (keys come from `aif tenants create`)",
                        headers={"WWW-Authenticate": 'Bearer realm="aif-tuning"'})
 
 
-def current_principal(request: Request, session: SessionDep) -> Principal:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    principal = authenticate(session, key.strip()) if scheme.lower() == "bearer" else None
+# Declares the scheme in the OpenAPI document; the 401 is ours, as a problem document.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `aif tenants create`.")
+
+
+def current_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    principal = authenticate(session, credentials.credentials) if credentials else None
     if principal is None:
         raise UNAUTHORIZED
     return principal
@@ -101,3 +160,15 @@ def get_job(job_id: str, principal: CurrentTenant, session: SessionDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(get_job)]
+
+
+def get_own_job(job: JobDep, principal: CurrentTenant) -> Job:
+    """A job the caller may change: staff read every tenant's jobs but change only their
+    own tenant's, so an operator's key cannot cancel or publish a customer's work."""
+    if job.tenant != principal.tenant:
+        raise Problem(403, "Forbidden", "staff keys change only their own tenant's jobs",
+                      field="job_id")
+    return job
+
+
+OwnJobDep = Annotated[Job, Depends(get_own_job)]

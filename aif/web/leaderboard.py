@@ -1,19 +1,27 @@
-"""Leaderboard rows: one per scored job, task and metric, base vs tuned."""
+"""Leaderboard rows: one per scored job, task and metric, base vs tuned.
+
+Which jobs a reader sees is a SQL condition given by the caller (`visible_to`), so the page,
+a tenant and staff share one query and no caller can forget the scope. A row holds only
+scores and the gate's decision, which is arithmetic on them: never the job's data, reasons,
+pre-flight report or samples, so a public row shows nothing its tenant did not publish.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Score
+from aif.tenants import Principal
 
 
-class LeaderboardRow(BaseModel):
+class LeaderboardRowPublic(BaseModel):
     job_id: str
     tenant: str
+    public: bool
     recipe: str | None
     base_model: str
     state: str
@@ -30,17 +38,49 @@ class LeaderboardRow(BaseModel):
     finished_at: datetime
 
 
-def leaderboard_rows(session: Session) -> list[LeaderboardRow]:
-    pairs = session.execute(select(Job, Score).join(Score, Score.job_id == Job.id)).all()
+class LeaderboardPublic(BaseModel):
+    data: list[LeaderboardRowPublic]
+
+
+class LeaderboardFilter(BaseModel):
+    recipe: str | None = None
+    task: str | None = None
+    base_model: str | None = None
+    gate_passed: bool | None = None
+
+
+PUBLIC_ONLY: ColumnElement[bool] = Job.public.is_(True)
+
+
+def visible_to(principal: Principal) -> ColumnElement[bool]:
+    """Staff see every job; a tenant its own and the public ones."""
+    return true() if principal.staff else or_(Job.tenant == principal.tenant, PUBLIC_ONLY)
+
+
+def _base_model(job: Job) -> str:
+    return (job.recipe or {}).get("model", {}).get("base", "")
+
+
+def leaderboard_rows(session: Session, visible: ColumnElement[bool],
+                     filters: LeaderboardFilter | None = None) -> list[LeaderboardRowPublic]:
+    f = filters or LeaderboardFilter()
+    query = select(Job, Score).join(Score, Score.job_id == Job.id).where(visible)
+    if f.recipe is not None:
+        query = query.where(Job.recipe_name == f.recipe)
+    if f.task is not None:
+        query = query.where(Score.task == f.task)
+    if f.gate_passed is not None:
+        query = query.where(Job.gate_passed == f.gate_passed)
     rows = [
-        LeaderboardRow(
-            job_id=job.id, tenant=job.tenant, recipe=job.recipe_name,
-            base_model=(job.recipe or {}).get("model", {}).get("base", ""),
-            state=job.state, task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
-            delta=s.tuned - s.base, base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
-            samples=s.samples, gate_passed=job.gate_passed, gate_reason=job.gate_reason,
-            finished_at=job.updated_at,
+        LeaderboardRowPublic(
+            job_id=job.id, tenant=job.tenant, public=job.public, recipe=job.recipe_name,
+            base_model=_base_model(job), state=job.state, task=s.task, metric=s.metric,
+            base=s.base, tuned=s.tuned, delta=s.tuned - s.base, base_stderr=s.base_stderr,
+            tuned_stderr=s.tuned_stderr, samples=s.samples, gate_passed=job.gate_passed,
+            gate_reason=job.gate_reason, finished_at=job.updated_at,
         )
-        for job, s in pairs
+        for job, s in session.execute(query).all()
+        # The base model sits inside the frozen recipe's JSON: filtered here, portably.
+        if f.base_model is None or _base_model(job) == f.base_model
     ]
     return sorted(rows, key=lambda r: (r.task, r.metric, -r.tuned))

@@ -1,51 +1,51 @@
+"""The HTML leaderboard page: open to anyone, so it shows only jobs their tenant published."""
+
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Score
+from aif.settings import Settings
 from aif.web.app import create_app
 
 
-def _seed(sessions: sessionmaker[Session]) -> None:
+def _seed(sessions: sessionmaker[Session], job_id: str, *, public: bool) -> None:
     with sessions() as s:
-        s.add(Job(id="job-123", tenant="acme", request_source="s", request_id="1",
+        s.add(Job(id=job_id, tenant="acme", request_source="s", request_id=job_id,
                   request_sha256="x", request={}, recipe_name="grid-ticket-routing",
                   recipe={"model": {"base": "smollm2-135m-instruct"}}, state="succeeded",
-                  reason="", gate_passed=True, gate_reason="acc +0.5"))
-        s.add(Score(job_id="job-123", task="grid_ticket_routing", metric="acc", base=0.31,
+                  reason="", gate_passed=True, gate_reason="acc +0.5", public=public))
+        s.add(Score(job_id=job_id, task="grid_ticket_routing", metric="acc", base=0.31,
                     tuned=0.87, base_stderr=0.03, tuned_stderr=0.02, num_fewshot=0,
                     samples=200, lm_eval_version="0.4.13", task_config_sha256="abc"))
         s.commit()
 
 
-def test_leaderboard_lists_model_with_delta(sessions: sessionmaker[Session]) -> None:
-    _seed(sessions)
-    client = TestClient(create_app(sessions))
-    html = client.get("/leaderboard").text
-    assert 'data-job-id="job-123"' in html
+def _client(sessions: sessionmaker[Session], tmp_path: Path) -> TestClient:
+    return TestClient(create_app(sessions, Settings(home=tmp_path)))
+
+
+def test_leaderboard_lists_public_models_with_delta(sessions: sessionmaker[Session],
+                                                    tmp_path: Path) -> None:
+    _seed(sessions, "job-public", public=True)
+    _seed(sessions, "job-private", public=False)
+    html = _client(sessions, tmp_path).get("/leaderboard").text
+    assert 'data-job-id="job-public"' in html and "job-private" not in html
     assert "0.310" in html and "0.870" in html and "+0.560" in html
-    (row,) = client.get("/api/leaderboard").json()
-    assert row["delta"] == 0.87 - 0.31 and row["base_model"] == "smollm2-135m-instruct"
 
 
-def test_empty_leaderboard_says_how_to_fill_it(sessions: sessionmaker[Session]) -> None:
-    html = TestClient(create_app(sessions)).get("/leaderboard").text
+def test_empty_leaderboard_says_how_to_fill_it(sessions: sessionmaker[Session],
+                                               tmp_path: Path) -> None:
+    _seed(sessions, "job-private", public=False)
+    html = _client(sessions, tmp_path).get("/leaderboard").text
     assert "No evaluated models yet" in html
 
 
-def test_job_lookup_and_404(sessions: sessionmaker[Session]) -> None:
-    _seed(sessions)
-    client = TestClient(create_app(sessions))
-    assert client.get("/api/jobs/job-123").json()["state"] == "succeeded"
-    missing = client.get("/api/jobs/nope")
-    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
-
-
-def test_job_preflight_report(sessions: sessionmaker[Session]) -> None:
-    _seed(sessions)
-    client = TestClient(create_app(sessions))
-    assert client.get("/api/jobs/job-123/preflight").status_code == 404
-    with sessions() as s:
-        s.get_one(Job, "job-123").preflight = {"usable": False, "reason": "line 2: bad"}
-        s.commit()
-    assert client.get("/api/jobs/job-123/preflight").json()["reason"] == "line 2: bad"
-    assert client.get("/api/jobs/nope/preflight").status_code == 404
+def test_the_old_unauthenticated_json_routes_are_gone(sessions: sessionmaker[Session],
+                                                      tmp_path: Path) -> None:
+    _seed(sessions, "job-private", public=False)
+    client = _client(sessions, tmp_path)
+    for url in ("/api/leaderboard", "/api/jobs/job-private", "/api/jobs/job-private/preflight"):
+        answer = client.get(url)
+        assert answer.status_code == 404 and "job-private" not in answer.text.replace(url, "")
