@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     inference_lora_url: HttpUrl | None = Field(
         None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
     )
+    max_upload_bytes: int = Field(
+        512 * 2**20, ge=1, description="Largest training file POST /v1/files stores; larger: 413."
+    )
     web_host: str = "127.0.0.1"
     web_port: int = 8000
 

@@ -66,6 +66,11 @@ class FineTuneRequested(EventData):
     dataset: str | None = Field(
         None, description="Hub dataset id replacing the recipe's data (its local files unused)."
     )
+    file_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="Id of a training file this tenant uploaded (POST /v1/files); replaces the "
+        "recipe's training file like `train_file`.",
+    )
     overrides: HyperparameterOverrides = HyperparameterOverrides()
     extra_eval_tasks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
         default_factory=list, max_length=16,
@@ -90,8 +95,8 @@ class FineTuneRequested(EventData):
     def check_one_recipe(self) -> FineTuneRequested:
         if (self.recipe is None) == (self.recipe_inline is None):
             raise ValueError("give exactly one of 'recipe' (a name) or 'recipe_inline'")
-        if self.train_file is not None and self.dataset is not None:
-            raise ValueError("give at most one of 'train_file' or 'dataset'")
+        if sum(x is not None for x in (self.train_file, self.dataset, self.file_id)) > 1:
+            raise ValueError("give at most one of 'train_file' or 'dataset' or 'file_id'")
         return self
 
 

@@ -2,14 +2,13 @@
 
 Every row is checked before any training starts: a typo in row 7,000 must fail the job in
 seconds with its line number, not after an hour of GPU time, and never be trained on silently.
+Reading the rows is `finetune.rows` (no torch), which the web app runs on an upload too.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,41 +23,12 @@ from transformers import (
 )
 
 from events.recipe import DataFormat, DataSection
+from finetune.rows import DataValidationError, HubSplit, RowError, check_counts, read_rows, record
 
 IGNORE_INDEX = -100
-_SHOWN_PROBLEMS = 20
 
 Example = dict[str, list[int]]
 Encoder = Callable[[dict[str, Any]], tuple[list[int], list[int]]]
-
-
-class DataValidationError(ValueError):
-    """Rows of the training data are unusable; `.problems` names each one by line or row."""
-
-    def __init__(self, source: object, problems: list[str], rows: int) -> None:
-        self.problems = problems
-        listed = "\n  ".join(problems[:_SHOWN_PROBLEMS])
-        more = len(problems) - _SHOWN_PROBLEMS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
-        head = f"{source}: {len(problems)} problem(s) in {rows} row(s) read"
-        super().__init__(f"{head}:\n  {listed}{tail}")
-
-
-class _RowError(Exception):
-    """One row is unusable; the message says why."""
-
-
-@dataclass(frozen=True)
-class HubSplit:
-    """One split of a hub dataset (or of a local dataset folder `load_dataset` reads)."""
-
-    dataset: str
-    config: str | None
-    split: str
-
-    def __str__(self) -> str:
-        config = f" config {self.config!r}" if self.config else ""
-        return f"hub dataset {self.dataset!r}{config} split {self.split!r}"
 
 
 @dataclass(frozen=True)
@@ -95,10 +65,7 @@ class Split:
 
     def check(self, max_bad_fraction: float) -> None:
         """Raise DataValidationError if more rows are bad than `max_bad_fraction` allows."""
-        if self.rows == 0:
-            raise DataValidationError(self.source, ["there are no rows"], 0)
-        if self.skipped and (len(self.skipped) > max_bad_fraction * self.rows or not self.encoded):
-            raise DataValidationError(self.source, self.skipped, self.rows)
+        check_counts(self.source, self.rows, len(self.encoded), self.skipped, max_bad_fraction)
 
 
 @dataclass(frozen=True)
@@ -181,16 +148,13 @@ def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int) -> S
     encoded: list[Encoded] = []
     problems: list[str] = []
     rows = 0
-    for where, row in _read_rows(source):
+    for where, raw in read_rows(source):
         rows += 1
         try:
-            if isinstance(row, _RowError):
-                raise row
-            if not isinstance(row, dict):
-                raise _RowError(f"expected an object with columns, got {type(row).__name__}")
+            row = record(raw)
             ids, labels = encode(row)
             example = _fit(ids, labels, max_seq_len)
-        except _RowError as exc:
+        except RowError as exc:
             problems.append(f"{where}: {exc}")
             continue
         encoded.append(Encoded(where, row, example, len(ids)))
@@ -213,81 +177,6 @@ def _hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     )
 
 
-def _read_rows(source: Path | HubSplit) -> Iterator[tuple[str, Any]]:
-    """Yield (where, row); a line that is not JSON comes back as a _RowError, to be listed."""
-    if isinstance(source, HubSplit):
-        yield from _read_hub(source)
-        return
-    if not source.is_file():
-        raise DataValidationError(source, ["no such file"], 0)
-    suffix = source.suffix.lower()
-    if suffix == ".jsonl":
-        yield from _read_jsonl(source)
-    elif suffix == ".csv":
-        yield from _read_csv(source)
-    elif suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(source)
-        except (pa.ArrowException, OSError) as exc:
-            problem = f"not a readable Parquet file ({type(exc).__name__})"
-            raise DataValidationError(source, [problem], 0) from exc
-        for number, row in enumerate(table.to_pylist(), start=1):
-            yield f"row {number}", row
-    else:
-        problem = f"unsupported file type {suffix!r}; use .jsonl, .csv or .parquet"
-        raise DataValidationError(source, [problem], 0)
-
-
-def _read_jsonl(source: Path) -> Iterator[tuple[str, Any]]:
-    """Lines as bytes, so one that is not UTF-8 is a bad row like one that is not JSON."""
-    with open(source, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            where = f"line {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, _RowError(f"not UTF-8 text (byte {exc.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, _RowError(f"invalid JSON: {exc.msg} (column {exc.colno})")
-            except RecursionError:
-                yield where, _RowError("invalid JSON: nested too deeply")
-
-
-def _read_csv(source: Path) -> Iterator[tuple[str, Any]]:
-    """Rows of a CSV file; past a byte that is not UTF-8 or broken quoting nothing can be
-    trusted (there are no reliable line boundaries), so the file is refused there."""
-    line = 0
-    try:
-        with open(source, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                line = reader.line_num
-                yield f"line {line}", row
-    except (UnicodeDecodeError, csv.Error) as exc:
-        problem = f"after line {line}: not a UTF-8 CSV file ({type(exc).__name__})"
-        raise DataValidationError(source, [problem], line) from exc
-
-
-def _read_hub(source: HubSplit) -> Iterator[tuple[str, Any]]:
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(source.dataset, source.config, split=source.split)
-    except (OSError, ValueError) as exc:  # offline, unknown id, config or split
-        problem = f"data.dataset {source.dataset!r} cannot be loaded: {exc}"
-        raise DataValidationError(source, [problem], 0) from exc
-    for number, row in enumerate(rows, start=1):
-        yield f"row {number}", row
-
-
 def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
     formats: dict[DataFormat, Callable[[], Encoder]] = {
         DataFormat.prompt_completion: lambda: _PromptCompletion(data, tokenizer),
@@ -302,7 +191,7 @@ def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
     def renamed(row: dict[str, Any]) -> tuple[list[int], list[int]]:
         for name, column in data.columns.items():
             if column not in row:
-                raise _RowError(f"missing column {column!r} (mapped to {name!r})")
+                raise RowError(f"missing column {column!r} (mapped to {name!r})")
         return encode({**row, **{name: row[column] for name, column in data.columns.items()}})
 
     return renamed
@@ -313,7 +202,7 @@ def _string(row: dict[str, Any], column: str, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        raise _RowError(f"column {column!r} must be a non-empty string")
+        raise RowError(f"column {column!r} must be a non-empty string")
     return value
 
 
@@ -356,15 +245,15 @@ class _PromptCompletion:
     def __call__(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         for column in self.columns:
             if column not in row:
-                raise _RowError(f"missing column {column!r}")
+                raise RowError(f"missing column {column!r}")
             if row[column] is None:
-                raise _RowError(f"column {column!r} is null")
+                raise RowError(f"column {column!r} is null")
         try:
             prompt, completion = self.prompt.render(row), self.completion.render(row)
         except TemplateError as exc:
-            raise _RowError(f"template error: {exc}") from exc
+            raise RowError(f"template error: {exc}") from exc
         if not completion.strip():
-            raise _RowError("empty completion")
+            raise RowError("empty completion")
         prompt_ids = self.tokenizer(prompt)["input_ids"]
         completion_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
         completion_ids = [*completion_ids, self.tokenizer.eos_token_id]
@@ -392,24 +281,24 @@ class _Chat:
     def __call__(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _RowError("column 'messages' must be a non-empty list")
+            raise RowError("column 'messages' must be a non-empty list")
         for number, message in enumerate(messages, start=1):
             if not (
                 isinstance(message, dict)
                 and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)
             ):
-                raise _RowError(f"message {number} needs string 'role' and 'content'")
+                raise RowError(f"message {number} needs string 'role' and 'content'")
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not turns or not any(messages[i]["content"].strip() for i in turns):
-            raise _RowError("no assistant message with content to learn from")
+            raise RowError("no assistant message with content to learn from")
         ids: list[int] = []
         labels: list[int] = []
         for turn in turns:
             prefix = self._ids(messages[:turn], generation_prompt=True)
             full = self._ids(messages[: turn + 1], generation_prompt=False)
             if prefix[: len(ids)] != ids or full[: len(prefix)] != prefix:
-                raise _RowError("the chat template does not render turns as stable prefixes")
+                raise RowError("the chat template does not render turns as stable prefixes")
             labels += [IGNORE_INDEX] * (len(prefix) - len(ids)) + full[len(prefix) :]
             ids = full
         return ids, labels
@@ -418,7 +307,7 @@ class _Chat:
 def _fit(ids: list[int], labels: list[int], max_seq_len: int) -> Example:
     first_label = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
     if first_label >= max_seq_len:
-        raise _RowError(
+        raise RowError(
             f"the prompt is {first_label} tokens, so max_seq_len {max_seq_len} leaves no room "
             "for the completion"
         )

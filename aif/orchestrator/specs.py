@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aif.db.models import Job
+from sqlalchemy.orm import Session
+
+from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
 from aif.settings import Settings
 from events.jobspec import EvaluationSpec, PreflightSpec, TrainingResult, TrainingSpec
@@ -18,20 +20,32 @@ from events.tasks import TaskConfigError, eval_data_files
 from recipes import load_recipe
 
 
-def effective_recipe(request: FineTuneRequested) -> Recipe:
+def effective_recipe(request: FineTuneRequested, uploaded: str | None = None) -> Recipe:
     """The recipe as this job runs it: named or inline, overrides, extra tasks and the
-    request's data applied; FinalError when it cannot be resolved."""
+    request's data (`uploaded`: the path its `file_id` names) applied; FinalError when it
+    cannot be resolved."""
     try:
         recipe = request.recipe_inline or load_recipe(request.recipe or "")
         recipe = request.overrides.apply(recipe)
         recipe = with_extra_tasks(recipe, request.extra_eval_tasks)
-        data = recipe.data.with_source(request.train_file, request.dataset)
+        data = recipe.data.with_source(uploaded or request.train_file, request.dataset)
         if data.train_file is not None and not Path(data.train_file).is_file():
             raise RecipeError(f"data.train_file: no such file {data.train_file}")
         eval_data_files(recipe.eval)  # every task YAML readable, its data files present
     except (RecipeError, TaskConfigError) as exc:
         raise FinalError(str(exc)) from exc
     return recipe.model_copy(update={"data": data})
+
+
+def uploaded_file(session: Session, tenant: str, file_id: str | None) -> str | None:
+    """Where the request's uploaded file is stored; only the job's own tenant's files count,
+    and another tenant's is refused exactly like one that never existed."""
+    if file_id is None:
+        return None
+    row = session.get(DataFile, file_id)
+    if row is None or row.tenant != tenant or not Path(row.path).is_file():
+        raise FinalError("data.file_id: no such file for this tenant")
+    return row.path
 
 
 def with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:

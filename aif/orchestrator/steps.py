@@ -90,7 +90,9 @@ class Steps:
         """Freeze the effective recipe and let the pre-flight stage read the data; reject
         what can never run before any training is launched."""
         request = FineTuneRequested.model_validate(job.request["data"])
-        recipe = specs.effective_recipe(request)
+        with self.sessions() as session:
+            uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
+        recipe = specs.effective_recipe(request, uploaded)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
             self.leases.owned(session, job.id).work_dir = str(work)
