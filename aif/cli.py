@@ -29,6 +29,7 @@ from events.messages import (
     ModelReady,
 )
 from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
+from events.signing import SigningKey
 from events.states import JobState
 from recipes import load_recipe, recipe_files
 
@@ -44,6 +45,12 @@ MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's traini
 EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
 TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
 Dataset = Annotated[str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")]
+SigningKeyId = Annotated[str | None, typer.Option(
+    envvar="AIF_SIGNING_KEY_ID", help="Id of the tenant's signing key (from `aif tenants "
+    "create`); with --signing-secret the request is signed.")]
+SigningSecret = Annotated[str | None, typer.Option(
+    envvar="AIF_SIGNING_SECRET", show_default=False,
+    help="The signing key's secret; better given as AIF_SIGNING_SECRET than on the command line.")]
 
 
 def _setup() -> Settings:
@@ -55,19 +62,61 @@ def _setup() -> Settings:
 
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
-            eval_limit: int | None, train_file: str | None, dataset: str | None = None) -> str:
+            eval_limit: int | None, train_file: str | None, dataset: str | None = None,
+            signing_key: SigningKey | None = None) -> str:
     event = finetune_request(
         tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
         dataset=dataset,
         overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
     )
-    job_id = job_id_for(event.source, event.id)
+    job_id = job_id_for(tenant, event.source, event.id)
     producer = make_producer(settings.kafka)
     try:
-        publish(producer, settings.topics.requests, event, key=job_id)
+        publish(producer, settings.topics.requests, event, key=job_id, signing_key=signing_key)
     finally:
         producer.close()
     return job_id
+
+
+def _signing_key(key_id: str | None, secret: str | None) -> SigningKey | None:
+    """The key to sign with, from both options or neither.
+
+    The CLI cannot know whether the service requires signed events (the default does), so it
+    signs whenever it is given a key and says what an unsigned request risks.
+    """
+    if key_id and secret:
+        return SigningKey(key_id, secret)
+    if key_id or secret:
+        console.print("[red]give both --signing-key-id and --signing-secret (or "
+                      "AIF_SIGNING_KEY_ID and AIF_SIGNING_SECRET)[/red]")
+        raise typer.Exit(2)
+    console.print("[yellow]unsigned request: a service requiring signed events (the default) "
+                  "dead-letters it; give --signing-key-id and --signing-secret (or "
+                  "AIF_SIGNING_KEY_ID and AIF_SIGNING_SECRET)[/yellow]")
+    return None
+
+
+def _demo_signing_key(settings: Settings, tenant: str) -> SigningKey:
+    """A signing key of the demo's tenant, from the demo's own job store (created there on
+    first use): the demo runs beside its service, so it needs no set-up."""
+    from sqlalchemy import select
+
+    from aif.db.models import SigningKey as SigningKeyRow
+    from aif.db.models import Tenant as TenantRow
+    from aif.db.session import session_factory
+    from aif.tenants import add_signing_key, create_tenant
+
+    with session_factory(settings.db_url)() as s:
+        if s.get(TenantRow, tenant) is None:
+            created = create_tenant(s, tenant)
+            key = SigningKey(created.signing_key_id, created.signing_secret)
+        elif row := s.scalars(select(SigningKeyRow).where(
+                SigningKeyRow.tenant == tenant, SigningKeyRow.revoked_at.is_(None))).first():
+            key = SigningKey(row.id, row.secret)
+        else:
+            key = SigningKey(*add_signing_key(s, tenant))
+        s.commit()
+    return key
 
 
 def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]:
@@ -143,10 +192,18 @@ def submit(
     train_file: TrainFile = None,
     dataset: Dataset = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+    signing_key_id: SigningKeyId = None,
+    signing_secret: SigningSecret = None,
 ) -> None:
-    """Publish a fine-tuning request to the running service."""
+    """Publish a fine-tuning request to the running service.
+
+    Signed with the tenant's signing key when given one (`--tenant` must be the key's tenant);
+    a service requiring signed events (the default) dead-letters an unsigned request.
+    """
     settings = _setup()
-    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset)
+    key = _signing_key(signing_key_id, signing_secret)
+    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset,
+                     signing_key=key)
     console.print(f"submitted job {job_id}")
     if wait:
         final, events = _follow(settings, job_id)
@@ -169,7 +226,8 @@ def demo(
     with Service(settings) as service:
         console.print(f"services up (broker {settings.kafka.bootstrap_servers}, "
                       f"database {settings.db_url}, web {service.url})")
-        job_id = _submit(settings, recipe, "demo", max_steps, eval_limit, None)
+        job_id = _submit(settings, recipe, "demo", max_steps, eval_limit, None,
+                         signing_key=_demo_signing_key(settings, "demo"))
         console.print(f"published a fine-tuning request for [bold]{recipe}[/bold]: job {job_id}")
         final, events = _follow(settings, job_id)
         _print_outcome(final, events)

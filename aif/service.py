@@ -54,7 +54,8 @@ class Service(AbstractContextManager["Service"]):
         self.producer, self.consumer, self.keepers = producer, consumer, keepers
         launcher = get_launcher(s.launcher, s.slurm)
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure,
-                        max_processes=launcher.max_processes)
+                        max_processes=launcher.max_processes,
+                        require_signed_events=s.require_signed_events)
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]

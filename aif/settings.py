@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         True, description="Start the bundled Tansu broker if nothing listens on loopback."
     )
     consumer_group: str = "aif-orchestrator"
+    require_signed_events: bool = Field(
+        True, description="Dead-letter request records without a valid signature "
+        "(events.signing); false only on a trusted network, where an unsigned event's tenant "
+        "attribute is believed. Signed records are verified either way.",
+    )
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     session_timeout_ms: int = Field(10_000, ge=1000)
     worker_slots: int = Field(1, ge=1, le=64, description="Jobs this orchestrator runs at once.")

@@ -7,6 +7,7 @@ consumes the same records with kafka-python (the ceiling set by client and broke
 Latency: requests produced at a steady rate; time from the producer's send to the job's
 commit in the store (state `validating`, status event in the outbox), p50 and p99.
 Targets (issue 3): >= 500 events/s; p99 < 1 s at 50 events/s.
+Every request is signed by tenant `bench`, so the figures include verifying the signatures.
 """
 
 from __future__ import annotations
@@ -22,20 +23,34 @@ from pathlib import Path
 from sqlalchemy import select
 
 from aif.broker import EmbeddedBroker
-from aif.db.models import Job
+from aif.db.models import Job, Tenant
 from aif.db.session import session_factory
 from aif.orchestrator.intake import Intake
+from aif.tenants import add_signing_key, create_tenant
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
+from events.signing import SigningKey, sign
 from events.topics import Topics
 from tests.conftest import free_port
 
 GROUP = {"max_poll_interval_ms": 3000, "session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
 
-def _produce(cfg: KafkaConfig, topic: str, n: int, rate: float | None = None,
+def _bench_key(db_url: str) -> SigningKey:
+    """A signing key of tenant `bench` in the job store, creating the tenant if missing."""
+    with session_factory(db_url)() as s:
+        if s.get(Tenant, "bench") is None:
+            created = create_tenant(s, "bench")
+            key = SigningKey(created.signing_key_id, created.signing_secret)
+        else:
+            key = SigningKey(*add_signing_key(s, "bench"))
+        s.commit()
+    return key
+
+
+def _produce(cfg: KafkaConfig, topic: str, n: int, key: SigningKey, rate: float | None = None,
              source: str = "urn:bench") -> dict[str, float]:
-    """Send n requests (at `rate`/s if given); returns event id -> send time (epoch s)."""
+    """Send n signed requests (at `rate`/s if given); returns event id -> send time (epoch s)."""
     producer = make_producer(cfg)
     data = FineTuneRequested(recipe="grid-ticket-routing")
     sent: dict[str, float] = {}
@@ -45,7 +60,9 @@ def _produce(cfg: KafkaConfig, topic: str, n: int, rate: float | None = None,
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
         event = envelope(data, source=source, tenant="bench")
         sent[event.id] = time.time()
-        producer.send(topic, key=event.id.encode(), value=event.to_bytes())
+        value = event.to_bytes()
+        producer.send(topic, key=event.id.encode(), value=value,
+                      headers=sign(value, key.id, key.secret))
     producer.flush()
     producer.close()
     return sent
@@ -91,7 +108,8 @@ def intake_latency(cfg: KafkaConfig, topics: Topics, db_url: str, rate: float,
     thread.start()
     while not intake.consumer.assignment():  # let the group settle before the clock starts
         time.sleep(0.1)
-    sent = _produce(cfg, topics.requests, int(rate * seconds), rate, "urn:bench-latency")
+    sent = _produce(cfg, topics.requests, int(rate * seconds), _bench_key(db_url), rate,
+                    "urn:bench-latency")
     sessions = session_factory(db_url)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -124,7 +142,7 @@ def main() -> None:
         db_url = args.db_url or f"sqlite:///{tmp / 'bench.db'}"
         topics = Topics("bench")
         ensure_topics(cfg, topics.all())
-        _produce(cfg, topics.requests, args.events)
+        _produce(cfg, topics.requests, args.events, _bench_key(db_url))
         base = baseline_consume(cfg, topics.requests, args.events)
         ours = intake_throughput(cfg, topics, db_url, args.events)
         print(f"throughput: intake {ours:.0f} events/s; kafka-python consume-only baseline "

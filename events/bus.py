@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from events.envelope import CloudEvent
 from events.messages import EventData
+from events.signing import SigningKey, sign
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,13 @@ def envelope(
     )
 
 
-def publish(producer: KafkaProducer, topic: str, event: CloudEvent, key: str | None) -> None:
-    """Send and wait for the broker's ack, so callers may record the event as published."""
-    producer.send(topic, key=key.encode() if key else None, value=event.to_bytes()).get(
-        timeout=ACK_WAIT_S)
+def publish(producer: KafkaProducer, topic: str, event: CloudEvent, key: str | None,
+            signing_key: SigningKey | None = None) -> None:
+    """Send and wait for the broker's ack, so callers may record the event as published.
+
+    With `signing_key` the record carries the `events.signing` headers over its value bytes.
+    """
+    value = event.to_bytes()
+    headers = sign(value, signing_key.id, signing_key.secret) if signing_key else None
+    producer.send(topic, key=key.encode() if key else None, value=value,
+                  headers=headers).get(timeout=ACK_WAIT_S)

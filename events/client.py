@@ -2,13 +2,15 @@
 
     from events.bus import KafkaConfig
     from events.client import follow_request, request_finetune
+    from events.signing import SigningKey
     cfg = KafkaConfig(bootstrap_servers="kafka:9092")
     request = request_finetune(cfg, tenant="acme", recipe="grid-ticket-routing",
-                               source="urn:acme:mlops")
+                               source="urn:acme:mlops",
+                               signing_key=SigningKey(key_id, secret))  # aif tenants create
     for event in follow_request(cfg, request):  # JobStatusChanged, JobProgress, ... or None
         ...
 
-The service's job id is not the request's id (it is derived from source and id by
+The service's job id is not the request's id (it is derived from tenant, source and id by
 `events.envelope.job_id_for`); every status and model event names the request instead, in its
 data (`request_source`, `request_id`) and as the CloudEvents extension attributes
 `requestsource` and `requestid`, so any client matches it without this module.
@@ -25,12 +27,13 @@ from events.bus import KafkaConfig, envelope, make_consumer, make_producer, publ
 from events.envelope import CloudEvent, EnvelopeError
 from events.messages import EVENT_TYPES, REQUEST_EXTENSIONS, EventData, FineTuneRequested
 from events.recipe import HyperparameterOverrides
+from events.signing import SigningKey
 from events.topics import Topics
 
 
 def finetune_request(
     *,
-    tenant: str,
+    tenant: str | None,
     source: str,
     recipe: str,
     train_file: str | None = None,
@@ -49,13 +52,19 @@ def finetune_request(
 
 
 def request_finetune(
-    cfg: KafkaConfig, *, topics: Topics | None = None, **kwargs: object
+    cfg: KafkaConfig, *, topics: Topics | None = None, signing_key: SigningKey | None = None,
+    **kwargs: object,
 ) -> CloudEvent:
-    """Publish a request and return it: its `source` and `id` are what to follow it by."""
+    """Publish a request and return it: its `source` and `id` are what to follow it by.
+
+    `signing_key` signs the record (see `events.signing`); a service requiring signed events
+    (the default) dead-letters an unsigned one. With it, `tenant=None` means the key's tenant.
+    """
     event = finetune_request(**kwargs)  # type: ignore[arg-type]
     producer = make_producer(cfg)
     try:
-        publish(producer, (topics or Topics()).requests, event, key=event.id)
+        publish(producer, (topics or Topics()).requests, event, key=event.id,
+                signing_key=signing_key)
     finally:
         producer.close()
     return event

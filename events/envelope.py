@@ -115,9 +115,14 @@ def check_json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
             depth -= 1
 
 
-def job_id_for(source: str, event_id: str) -> str:
-    """Deterministic job id for a request, so a partner can follow it without a reply channel."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}#{event_id}"))
+def job_id_for(tenant: str, source: str, event_id: str) -> str:
+    """Deterministic job id for a request, so a partner can follow it without a reply channel.
+
+    The tenant is part of it, as of the de-duplication: another tenant sending the same
+    `source` and `id` gets a job of its own. A tenant name has no `#`, so no two tenants'
+    inputs are the same text.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}#{source}#{event_id}"))
 
 
 def describe_validation_error(

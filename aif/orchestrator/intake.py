@@ -1,9 +1,14 @@
-"""Kafka intake: validate, de-duplicate and store requests; commit offsets only afterwards.
+"""Kafka intake: verify, validate, de-duplicate and store requests; commit offsets afterwards.
 
 A record is either stored as a job, recognised as a duplicate, or dead-lettered with the
 reason, whatever its bytes. Any of the three lets the offset advance, so one poison message
 never blocks a partition, and nothing is committed to Kafka before the database has it.
 Reasons name the field, the rule and at most a position: never what the record says.
+
+Who sent a record is what its signature proves (`events.signing`): the tenant of the signing
+key, checked before the value is even parsed. The event's `tenant` attribute may only repeat
+it. Without a signature the attribute is believed only where the service is told its network
+is trusted (`require_signed=False`); a signed record is verified either way.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,9 +40,11 @@ from aif.db.models import DeadLetter, Job
 from aif.failpoints import failpoint
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.states import ALLOWED, transition
+from aif.tenants import signing_secret
 from events.bus import ACK_WAIT_S
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
 from events.messages import CancelRequested, FineTuneRequested
+from events.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, signing_headers, verify
 from events.states import JobState
 from events.topics import Topics
 
@@ -62,46 +69,92 @@ def _request_digest(event: CloudEvent) -> str:
     return hashlib.sha256(json.dumps(event.data, sort_keys=True).encode()).hexdigest()
 
 
+Headers = Iterable[tuple[str, bytes | None]]
+"""A record's headers as kafka-python gives them."""
+
+
+def signer(session: Session, raw: bytes | None, headers: Headers) -> str | None:
+    """The tenant whose signing key signed `raw`, or None for a record without signing headers.
+
+    Raises SignatureError for a malformed signature, an unknown or revoked key, or an HMAC
+    that does not match the value.
+    """
+    signed = signing_headers(headers)
+    if signed is None:
+        return None
+    key_id, signature = signed
+    with session.no_autoflush:
+        key = signing_secret(session, key_id)
+    if key is None:
+        raise SignatureError(f"signature: {KEY_ID_HEADER} names no active signing key "
+                             "(unknown or revoked)")
+    tenant, secret = key
+    if not verify(raw or b"", signature, secret):
+        raise SignatureError(f"signature: {SIGNATURE_HEADER} is not the HMAC-SHA256 of the "
+                             "record value under the key's secret")
+    return tenant
+
+
 def accept(session: Session, raw: bytes | None, topics: Topics,
-           admission: Admission | None = None) -> IntakeResult:
-    """Turn one record value into a stored job, in one transaction that the caller commits.
+           admission: Admission | None = None, *, headers: Headers = (),
+           require_signed: bool = True) -> IntakeResult:
+    """Turn one record (value and headers) into a stored job, in one transaction that the
+    caller commits.
 
     `admission` refuses requests whose effective recipe cannot train; without it (callers
     that store requests directly) the worker's validation is the only check.
+    `require_signed=False` believes an unsigned event's `tenant` attribute (a trusted network).
     """
+    try:
+        signed_by = signer(session, raw, headers)
+    except SignatureError as exc:
+        return IntakeResult(Outcome.dead_letter, reason=str(exc))
+    if signed_by is None and require_signed:
+        return IntakeResult(Outcome.dead_letter, reason=(
+            f"signature: unsigned record; this service requires the {KEY_ID_HEADER} and "
+            f"{SIGNATURE_HEADER} headers"))
     try:
         event = CloudEvent.from_bytes(raw)
     except EnvelopeError as exc:
         return IntakeResult(Outcome.dead_letter, reason=str(exc))
     if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
         return IntakeResult(Outcome.dead_letter, reason="type: unknown event type")
-    if not event.tenant:
-        return IntakeResult(Outcome.dead_letter, reason="tenant: every request needs a tenant")
+    if signed_by is not None and event.tenant not in (None, signed_by):
+        return IntakeResult(Outcome.dead_letter, reason=(
+            "tenant-mismatch: the tenant attribute names another tenant than the signing "
+            "key's"))
+    tenant = signed_by or event.tenant
+    if not tenant:
+        return IntakeResult(Outcome.dead_letter, reason=(
+            "tenant: every request needs a tenant (the tenant attribute or a signature)"))
+    if event.tenant is None:
+        event = event.model_copy(update={"tenant": tenant})  # stored as the key proved it
     if event.type == CancelRequested.TYPE:
-        return _cancel(session, event, topics)
+        return _cancel(session, event, tenant, topics)
     try:
         request = FineTuneRequested.model_validate(event.data)
     except ValidationError as exc:
         return IntakeResult(Outcome.dead_letter,
                             reason=describe_validation_error(exc, "data", FineTuneRequested))
 
-    job_id = job_id_for(event.source, event.id)
+    job_id = job_id_for(tenant, event.source, event.id)
     digest = _request_digest(event)
-    existing = _stored(session, event.source, event.id)
+    request_key = (tenant, event.source, event.id)
+    existing = _stored(session, *request_key)
     if existing is not None:
         if existing.request_sha256 != digest:
             return IntakeResult(
                 Outcome.dead_letter,
                 existing.id,
-                "id: an event with this source and id was already accepted with a different "
-                "payload",
+                "id: an event of this tenant with this source and id was already accepted "
+                "with a different payload",
             )
         return IntakeResult(Outcome.duplicate, existing.id)
     if admission is not None and (refusal := admission.refusal(request)):
         return IntakeResult(Outcome.dead_letter, reason=refusal)
     job = Job(
         id=job_id,
-        tenant=event.tenant,
+        tenant=tenant,
         request_source=event.source,
         request_id=event.id,
         request_sha256=digest,
@@ -111,7 +164,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         reason="",
     )
     session.add(job)
-    session.info.setdefault(_PENDING, {})[(event.source, event.id)] = job
+    session.info.setdefault(_PENDING, {})[request_key] = job
     transition(session, job, JobState.validating, topics, reason="request accepted")
     return IntakeResult(Outcome.accepted, job_id)
 
@@ -119,22 +172,21 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
 _PENDING = "aif.intake.pending_jobs"
 
 
-def _stored(session: Session, source: str, event_id: str) -> Job | None:
-    """The job for (source, id): added earlier in this transaction, or already committed.
+def _stored(session: Session, tenant: str, source: str, event_id: str) -> Job | None:
+    """The job for (tenant, source, id): added earlier in this transaction, or committed.
 
     Without autoflush, a batch's inserts go to the database together at commit instead of
     one round trip per record before each lookup.
     """
-    pending = session.info.get(_PENDING, {}).get((source, event_id))
+    pending = session.info.get(_PENDING, {}).get((tenant, source, event_id))
     if pending is not None and pending in session:  # a rollback expunges it
         return pending
     with session.no_autoflush:
-        return session.scalar(
-            select(Job).where(Job.request_source == source, Job.request_id == event_id)
-        )
+        return session.scalar(select(Job).where(
+            Job.tenant == tenant, Job.request_source == source, Job.request_id == event_id))
 
 
-def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult:
+def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics) -> IntakeResult:
     """Cancel in the store; a worker running the job sees the state change at its next
     heartbeat and stops the stage process."""
     try:
@@ -143,7 +195,7 @@ def _cancel(session: Session, event: CloudEvent, topics: Topics) -> IntakeResult
         return IntakeResult(Outcome.dead_letter,
                             reason=describe_validation_error(exc, "data", CancelRequested))
     job = session.get(Job, request.job_id)
-    if job is None or job.tenant != event.tenant:  # another tenant's job does not exist for you
+    if job is None or job.tenant != tenant:  # another tenant's job does not exist for you
         return IntakeResult(Outcome.dead_letter, request.job_id,
                             "data.job_id: no such job for this tenant")
     state = JobState(job.state)
@@ -224,24 +276,28 @@ class StoredBatch:
     forward: dict[int, tuple[ConsumerRecord, str]]
 
 
-def _isolated(session: Session, raw: bytes | None, topics: Topics,
-              admission: Admission | None) -> IntakeResult:
+def _isolated(session: Session, record: ConsumerRecord, topics: Topics,
+              admission: Admission | None, require_signed: bool) -> IntakeResult:
     """`accept` in a savepoint: a bug with one record dead-letters it, not its neighbours."""
+    def once() -> IntakeResult:
+        with session.begin_nested():
+            return accept(session, record.value, topics, admission,
+                          headers=record.headers or (), require_signed=require_signed)
+
     try:
         try:
-            with session.begin_nested():
-                return accept(session, raw, topics, admission)
+            return once()
         except IntegrityError:
             # Another orchestrator stored this request since our check; now it is a duplicate.
-            with session.begin_nested():
-                return accept(session, raw, topics, admission)
+            return once()
     except Exception as exc:
         log.exception("intake: a record failed unexpectedly")
         return IntakeResult(Outcome.dead_letter, reason=f"internal-error: {type(exc).__name__}")
 
 
 def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,
-                admission: Admission | None = None) -> StoredBatch:
+                admission: Admission | None = None, *, require_signed: bool = True
+                ) -> StoredBatch:
     """The whole batch in one transaction, one savepoint per record: one commit per poll, and
     each record ends as a job, a duplicate or a dead letter, whatever its bytes."""
     results: list[IntakeResult] = []
@@ -255,7 +311,7 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
             # wait (busy timeout) instead of failing the batch when its reads turn into writes.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         for record in records:
-            result = _isolated(session, record.value, topics, admission)
+            result = _isolated(session, record, topics, admission, require_signed)
             results.append(result)
             if result.outcome is Outcome.dead_letter:
                 with session.begin_nested():
@@ -308,10 +364,13 @@ class Intake:
         topics: Topics,
         ensure_topics: Callable[[], None] = lambda: None,
         max_processes: int | None = None,
+        require_signed_events: bool = True,
     ) -> None:
-        """`max_processes`: the most train/eval processes a request may ask for (None: any)."""
+        """`max_processes`: the most train/eval processes a request may ask for (None: any).
+        `require_signed_events`: dead-letter unsigned records (False: a trusted network)."""
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
+        self.require_signed_events = require_signed_events
         self.admission = Admission(max_processes)
         self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
         self._last_repair = 0.0
@@ -336,7 +395,7 @@ class Intake:
                     self.consumer.seek(tp, rs[0].offset)
             raise
         # Only now does Kafka learn we are done. A crash before this line re-delivers the
-        # batch: the unique (source, id) constraint turns each request into a duplicate, and
+        # batch: the unique (tenant, source, id) constraint makes each request a duplicate, and
         # each dead letter already forwarded is not sent again.
         self.consumer.commit({
             TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rs[-1].offset + 1, "", -1)
@@ -347,7 +406,8 @@ class Intake:
 
     def _handle(self, records: list[ConsumerRecord]) -> StoredBatch:
         """Store the batch, then forward its new dead letters and mark them published."""
-        stored = store_batch(self.sessions, records, self.topics, self.admission)
+        stored = store_batch(self.sessions, records, self.topics, self.admission,
+                             require_signed=self.require_signed_events)
         failpoint("intake.after_store")
         for r, res in zip(records, stored.results, strict=True):
             if res.outcome is Outcome.dead_letter:

@@ -8,14 +8,34 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job
+from aif.db.models import Job, Tenant
 from aif.service import Service
 from aif.settings import Settings
+from aif.tenants import add_signing_key, create_tenant
 from events.bus import envelope, make_producer, publish
 from events.envelope import job_id_for
 from events.messages import FineTuneRequested
+from events.signing import SigningKey
 from events.states import JobState
 from recipes import load_recipe
+
+
+def signing_key(sessions: sessionmaker[Session], tenant: str = "acme") -> SigningKey:
+    """A new signing key of `tenant` in the job store, creating the tenant if it is missing."""
+    with sessions() as s:
+        if s.get(Tenant, tenant) is None:
+            credentials = create_tenant(s, tenant)
+            key = SigningKey(credentials.signing_key_id, credentials.signing_secret)
+        else:
+            key = SigningKey(*add_signing_key(s, tenant))
+        s.commit()
+    return key
+
+
+@pytest.fixture
+def acme_key(sessions: sessionmaker[Session]) -> SigningKey:
+    """Tenant `acme` in the test's job store, and its signing key."""
+    return signing_key(sessions, "acme")
 
 
 @pytest.fixture
@@ -37,12 +57,14 @@ def tiny_request(tiny_model_dir: Path) -> FineTuneRequested:
 
 def run_to_the_end(settings: Settings, sessions: sessionmaker[Session],
                    request: FineTuneRequested, timeout: float = 600) -> Job:
-    """Serve with `settings`, publish the request, return the job row once it is terminal."""
+    """Serve with `settings`, publish the request signed by tenant acme, return the job row
+    once it is terminal."""
+    key = signing_key(sessions, "acme")
     event = envelope(request, source="urn:test:jobs", tenant="acme")
-    job_id = job_id_for(event.source, event.id)
+    job_id = job_id_for("acme", event.source, event.id)
     with Service(settings, web=False):
         producer = make_producer(settings.kafka)
-        publish(producer, settings.topics.requests, event, key=job_id)
+        publish(producer, settings.topics.requests, event, key=job_id, signing_key=key)
         producer.close()
         deadline = time.monotonic() + timeout
         while True:

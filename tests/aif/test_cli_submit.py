@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aif.cli import app
+from aif.cli import _demo_signing_key, app
 from aif.db.models import Job
+from aif.db.session import session_factory
 from aif.orchestrator.states import job_envelope
+from aif.settings import Settings
+from aif.tenants import signing_secret
 from events.bus import KafkaConfig, ensure_topics, make_consumer, make_producer, publish
 from events.envelope import CloudEvent, job_id_for
 from events.messages import (
@@ -24,6 +27,7 @@ from events.messages import (
     MetricScore,
     ModelReady,
 )
+from events.signing import SIGNATURE_HEADER, signing_headers, verify
 from events.states import JobState
 from events.topics import Topics
 
@@ -57,7 +61,7 @@ def _fake_orchestrator(cfg: KafkaConfig, topics: Topics, states: list[JobState],
         record = next(iter(consumer))
         consumer.close()
         request = CloudEvent.from_bytes(record.value)
-        job = Job(id=job_id_for(request.source, request.id), tenant=request.tenant,
+        job = Job(id=job_id_for(request.tenant, request.source, request.id), tenant=request.tenant,
                   request_source=request.source, request_id=request.id)
         producer = make_producer(cfg)
         for topic, data in _script(job, states, evaluated=evaluated):
@@ -95,3 +99,33 @@ def test_submit_wait_exits_with_the_outcome_as_soon_as_the_job_is_over(
     assert says in result.output
     assert ("base vs tuned" in result.output) == evaluated
     assert done and returned - done[0] < 5.0, "the command lingered after the job was over"
+
+
+def test_submit_signs_with_the_key_it_is_given(broker: str, topics: Topics,
+                                               tmp_path: Path) -> None:
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, topics.all())
+    env = {"AIF_KAFKA__BOOTSTRAP_SERVERS": broker, "AIF_TOPIC_PREFIX": topics.prefix,
+           "AIF_HOME": str(tmp_path), "AIF_SIGNING_SECRET": "s3cret"}
+    half = CliRunner().invoke(app, ["submit", "grid-ticket-routing"], env=env)
+    assert half.exit_code == 2
+    assert "--signing-key-id and --signing-secret" in half.output
+    result = CliRunner().invoke(app, ["submit", "grid-ticket-routing", "--tenant", "acme",
+                                      "--signing-key-id", "k1"], env=env)
+    assert result.exit_code == 0, result.output
+    consumer = make_consumer(cfg, topics.requests, group_id=None, consumer_timeout_ms=10_000)
+    record = next(iter(consumer))
+    consumer.close()
+    assert signing_headers(record.headers) == (
+        "k1", dict(record.headers)[SIGNATURE_HEADER])
+    assert verify(record.value, dict(record.headers)[SIGNATURE_HEADER], "s3cret")
+    event = CloudEvent.from_bytes(record.value)
+    assert f"submitted job {job_id_for('acme', event.source, event.id)}" in result.output
+
+
+def test_the_demo_signs_with_a_key_of_its_own_job_store(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    first = _demo_signing_key(settings, "demo")
+    assert _demo_signing_key(settings, "demo") == first  # the tenant is made once
+    with session_factory(settings.db_url)() as s:
+        assert signing_secret(s, first.id) == ("demo", first.secret)

@@ -26,6 +26,7 @@ from events.envelope import job_id_for
 from events.messages import FineTuneRequested, JobProgress, JobStatusChanged, ModelReady
 from events.states import JobState
 from events.topics import Topics
+from tests.aif.conftest import signing_key
 from tests.conftest import free_port
 
 AIF = str(Path(sys.executable).with_name("aif"))
@@ -78,11 +79,13 @@ def orchestrators(broker: str, db_url: str, topics: Topics,
         orchestrator.stop()
 
 
-def _publish(broker: str, topics: Topics, data: FineTuneRequested, tenant: str = "acme") -> str:
-    event = envelope(data, source="urn:test:faults", tenant=tenant)
-    job_id = job_id_for(event.source, event.id)
+def _publish(broker: str, topics: Topics, data: FineTuneRequested,
+             sessions: sessionmaker[Session]) -> str:
+    """Publish the request signed by tenant acme, with a key added to the job store."""
+    event = envelope(data, source="urn:test:faults", tenant="acme")
+    job_id = job_id_for("acme", event.source, event.id)
     producer = make_producer(KafkaConfig(bootstrap_servers=broker))
-    publish(producer, topics.requests, event, key=job_id)
+    publish(producer, topics.requests, event, key=job_id, signing_key=signing_key(sessions))
     producer.close()
     return job_id
 
@@ -111,7 +114,7 @@ def test_kill_between_store_and_offset_commit_gives_exactly_one_job(
     env, started = orchestrators
     first = Orchestrator(env, tmp_path / "first.log", failpoints="intake.after_store")
     started.append(first)
-    job_id = _publish(broker, topics, UNRUNNABLE)
+    job_id = _publish(broker, topics, UNRUNNABLE, sessions)
     first.proc.wait(120)
     assert first.proc.returncode == -signal.SIGKILL
     assert _job_count(sessions) == 1  # stored, but Kafka never heard of it
@@ -139,7 +142,7 @@ def test_job_of_a_killed_orchestrator_is_re_adopted_and_trained_once(
     first = Orchestrator(env, tmp_path / "first.log")
     started.append(first)
     cfg = KafkaConfig(bootstrap_servers=broker)
-    job_id = _publish(broker, topics, tiny_request)
+    job_id = _publish(broker, topics, tiny_request, sessions)
     for ev in follow_job(cfg, topics, job_id, timeout_s=300):
         if isinstance(ev, JobProgress) and ev.stage == "training":
             break
@@ -196,7 +199,7 @@ def test_broker_restart_loses_no_status_event_and_sends_none_twice(
     )
     service = Service(settings, web=False).start()
     try:
-        job_id = _publish(bootstrap, topics, tiny_request)
+        job_id = _publish(bootstrap, topics, tiny_request, sessions)
         _until(lambda: _state(sessions, job_id) == JobState.training, 120, "training")
         broker.stop()  # memory-only: every topic, offset and group is gone
         _until(lambda: _state(sessions, job_id) == JobState.succeeded, 600,
@@ -206,7 +209,7 @@ def test_broker_restart_loses_no_status_event_and_sends_none_twice(
 
         broker.start()
         _until(lambda: _unpublished(sessions) == 0, 120, "the outbox to drain")
-        second = _publish(bootstrap, topics, UNRUNNABLE)
+        second = _publish(bootstrap, topics, UNRUNNABLE, sessions)
         _until(lambda: _state(sessions, second) == JobState.rejected, 120,
                "a request sent after the restart to be served")
         _until(lambda: _unpublished(sessions) == 0, 60, "the outbox to drain again")
@@ -269,7 +272,7 @@ def test_two_orchestrators_on_postgres_run_each_job_exactly_once(
     started = [Orchestrator({**env, "AIF_WEB_PORT": str(free_port())}, tmp_path / f"o{i}.log")
                for i in range(2)]
     try:
-        jobs = [_publish(broker, topics, tiny_request) for _ in range(3)]
+        jobs = [_publish(broker, topics, tiny_request, sessions) for _ in range(3)]
         _until(lambda: all(_state(sessions, j) in ("succeeded", "rejected", "failed")
                            for j in jobs), 600, "all jobs to finish")
         with sessions() as s:

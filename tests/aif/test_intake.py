@@ -1,4 +1,8 @@
-"""Intake decisions against a real database (SQLite and PostgreSQL)."""
+"""Intake decisions against a real database (SQLite and PostgreSQL).
+
+Every record is signed by tenant acme (the `acme_key` fixture); the signature and tenant rules
+themselves are tested in test_intake_identity.py.
+"""
 
 import json
 
@@ -20,6 +24,7 @@ from aif.orchestrator.intake import (
 from events.bus import envelope
 from events.envelope import job_id_for
 from events.messages import CancelRequested, FineTuneRequested
+from events.signing import SigningKey, sign
 from events.states import JobState
 from events.topics import Topics
 
@@ -33,9 +38,13 @@ def _request(**data: object) -> bytes:
     return ev.to_bytes()
 
 
-def _accept(sessions: sessionmaker[Session], raw: bytes | None):
+def _signed(raw: bytes | None, key: SigningKey) -> list[tuple[str, bytes]]:
+    return sign(raw or b"", key.id, key.secret)
+
+
+def _accept(sessions: sessionmaker[Session], raw: bytes | None, key: SigningKey):
     with sessions() as s:
-        result = accept(s, raw, TOPICS)
+        result = accept(s, raw, TOPICS, headers=_signed(raw, key))
         s.commit()
     return result
 
@@ -46,11 +55,11 @@ def _jobs(sessions: sessionmaker[Session]) -> int:
 
 
 def test_valid_request_becomes_a_validating_job_with_a_status_event(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
-    result = _accept(sessions, _request())
+    result = _accept(sessions, _request(), acme_key)
     assert result.outcome is Outcome.accepted
-    assert result.job_id == job_id_for("urn:test", "req-1")
+    assert result.job_id == job_id_for("acme", "urn:test", "req-1")
     with sessions() as s:
         job = s.get_one(Job, result.job_id)
         assert (job.state, job.tenant, job.recipe_name) == (
@@ -59,39 +68,47 @@ def test_valid_request_becomes_a_validating_job_with_a_status_event(
         assert row.topic == TOPICS.status and row.key == job.id
 
 
-def test_same_event_a_hundred_times_is_one_job(sessions: sessionmaker[Session]) -> None:
+def test_same_event_a_hundred_times_is_one_job(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
     raw = _request()
-    outcomes = [_accept(sessions, raw).outcome for _ in range(100)]
+    outcomes = [_accept(sessions, raw, acme_key).outcome for _ in range(100)]
     assert outcomes[0] is Outcome.accepted
     assert set(outcomes[1:]) == {Outcome.duplicate}
     assert _jobs(sessions) == 1
 
 
-def test_same_id_with_other_payload_is_a_conflict(sessions: sessionmaker[Session]) -> None:
-    _accept(sessions, _request())
-    result = _accept(sessions, _request(labels={"team": "b"}))
+def test_same_id_with_other_payload_is_a_conflict(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
+    _accept(sessions, _request(), acme_key)
+    result = _accept(sessions, _request(labels={"team": "b"}), acme_key)
     assert result.outcome is Outcome.dead_letter
     assert "different payload" in result.reason
     assert _jobs(sessions) == 1
 
 
 def test_repeats_within_one_batch_transaction_are_recognised(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     """A poll's records share one transaction: the second copy must see the first, unflushed."""
     with sessions() as s:
-        outcomes = [accept(s, raw, TOPICS).outcome
+        outcomes = [accept(s, raw, TOPICS, headers=_signed(raw, acme_key)).outcome
                     for raw in (_request(), _request(), _request(labels={"team": "b"}))]
         s.commit()
     assert outcomes == [Outcome.accepted, Outcome.duplicate, Outcome.dead_letter]
     assert _jobs(sessions) == 1
 
 
-def test_a_rolled_back_request_is_accepted_again(sessions: sessionmaker[Session]) -> None:
+def test_a_rolled_back_request_is_accepted_again(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
+    raw = _request()
+    headers = _signed(raw, acme_key)
     with sessions() as s:
-        assert accept(s, _request(), TOPICS).outcome is Outcome.accepted
+        assert accept(s, raw, TOPICS, headers=headers).outcome is Outcome.accepted
         s.rollback()
-        assert accept(s, _request(), TOPICS).outcome is Outcome.accepted
+        assert accept(s, raw, TOPICS, headers=headers).outcome is Outcome.accepted
         s.commit()
     assert _jobs(sessions) == 1
 
@@ -103,11 +120,13 @@ def _event(**fields: object) -> bytes:
     return json.dumps(base).encode()
 
 
-def test_bad_requests_are_dead_lettered_with_the_field(sessions: sessionmaker[Session]) -> None:
+def test_bad_requests_are_dead_lettered_with_the_field(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
     cases = {
         b"\xff\xfe": "not JSON",
         _event(type="com.example.other"): "unknown event type",
-        _event(tenant=None): "tenant",
+        _event(tenant="Not A Tenant"): "tenant: String should match pattern",
         _event(data={"recipe": "grid-ticket-routing", "overrides": {"max_steps": 0}}):
             "data.overrides.max_steps",
         _event(data={"recipe": "grid-ticket-routing", "surprise": 1}): "data.<key>",
@@ -119,7 +138,7 @@ def test_bad_requests_are_dead_lettered_with_the_field(sessions: sessionmaker[Se
         b"[" * 10_000: "deeper than 32 levels",
     }
     for raw, fragment in cases.items():
-        result = _accept(sessions, raw)
+        result = _accept(sessions, raw, acme_key)
         assert result.outcome is Outcome.dead_letter
         assert fragment in result.reason
     assert _jobs(sessions) == 0
@@ -130,35 +149,40 @@ def _cancel(job_id: str, tenant: str = "acme") -> bytes:
                     source="urn:test", tenant=tenant).to_bytes()
 
 
-def test_cancel_moves_a_waiting_job_to_cancelled(sessions: sessionmaker[Session]) -> None:
-    job_id = _accept(sessions, _request()).job_id
-    result = _accept(sessions, _cancel(job_id))
+def test_cancel_moves_a_waiting_job_to_cancelled(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
+    job_id = _accept(sessions, _request(), acme_key).job_id
+    result = _accept(sessions, _cancel(job_id), acme_key)
     assert (result.outcome, result.reason) == (Outcome.cancel, "cancelled")
     with sessions() as s:
         job = s.get_one(Job, job_id)
         assert (job.state, job.reason) == (JobState.cancelled, "changed my mind")
-    again = _accept(sessions, _cancel(job_id))
+    again = _accept(sessions, _cancel(job_id), acme_key)
     assert again.reason == "not cancelled: job is cancelled"
 
 
-def test_cancel_of_another_tenants_or_unknown_job_is_dead_lettered(
-    sessions: sessionmaker[Session],
+def test_cancel_of_an_unknown_job_is_dead_lettered(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
-    job_id = _accept(sessions, _request()).job_id
-    for raw in (_cancel(job_id, tenant="intruder"), _cancel("no-such-job")):
-        result = _accept(sessions, raw)
-        assert result.outcome is Outcome.dead_letter and "data.job_id" in result.reason
+    """Another tenant's cancel: see test_intake_identity.py."""
+    job_id = _accept(sessions, _request(), acme_key).job_id
+    result = _accept(sessions, _cancel("no-such-job"), acme_key)
+    assert (result.outcome, result.reason) == (
+        Outcome.dead_letter, "data.job_id: no such job for this tenant")
     with sessions() as s:
         assert s.get_one(Job, job_id).state == JobState.validating
 
 
-def record(value: bytes | None, offset: int, timestamp: int = 1) -> ConsumerRecord:
-    return ConsumerRecord(TOPICS.requests, 0, -1, offset, timestamp, 0, b"k", value, [], None,
-                          1, len(value or b""), 0)
+def record(value: bytes | None, offset: int, timestamp: int = 1,
+           headers: list[tuple[str, bytes]] | None = None) -> ConsumerRecord:
+    """A fetched record; unsigned unless `headers` are given."""
+    return ConsumerRecord(TOPICS.requests, 0, -1, offset, timestamp, 0, b"k", value,
+                          headers or [], None, 1, len(value or b""), 0)
 
 
 def test_an_unexpected_error_dead_letters_that_record_and_spares_its_neighbours(
-    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+    sessions: sessionmaker[Session], acme_key: SigningKey, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The job half-added by the failing record is rolled back with its savepoint only."""
     real = intake.transition
@@ -170,7 +194,8 @@ def test_an_unexpected_error_dead_letters_that_record_and_spares_its_neighbours(
 
     monkeypatch.setattr(intake, "transition", transition)
     values = [_event(id="a"), _event(id="boom"), _event(id="c")]
-    stored = store_batch(sessions, [record(v, i) for i, v in enumerate(values)], TOPICS)
+    stored = store_batch(sessions, [record(v, i, headers=_signed(v, acme_key))
+                                    for i, v in enumerate(values)], TOPICS)
     assert [r.outcome for r in stored.results] == [
         Outcome.accepted, Outcome.dead_letter, Outcome.accepted]
     assert stored.results[1].reason == "internal-error: RuntimeError"
@@ -200,9 +225,10 @@ def test_a_dead_letter_is_forwarded_once_per_record(sessions: sessionmaker[Sessi
 
 
 def test_a_record_too_large_to_forward_goes_as_its_first_bytes(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
-    huge = record(b"{" + b" " * (2 * 1024 * 1024), 7)
+    value = b"{" + b" " * (2 * 1024 * 1024)
+    huge = record(value, 7, headers=_signed(value, acme_key))
     stored = store_batch(sessions, [huge], TOPICS)
     (reason,) = [r.reason for r in stored.results]
     assert reason == f"event is {2 * 1024 * 1024 + 1} bytes, over the 65536 limit"
@@ -223,7 +249,9 @@ def test_a_record_too_large_to_forward_goes_as_its_first_bytes(
 MARKER = "S3CR3T-MARKER"
 
 
-def test_reasons_quote_nothing_the_record_says(sessions: sessionmaker[Session]) -> None:
+def test_reasons_quote_nothing_the_record_says(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
     """Reasons reach logs and headers; a partner's data must not."""
     ok = {"recipe": "grid-ticket-routing"}
     values = [
@@ -241,10 +269,10 @@ def test_reasons_quote_nothing_the_record_says(sessions: sessionmaker[Session]) 
         _event(data=MARKER), f'{{"{MARKER}": \\{MARKER}}}'.encode(),
         f'{{"id": "{MARKER}\\udcff", {MARKER}}}'.encode(), MARKER.encode() + b"\xff",
     ]
-    _accept(sessions, _request())  # so that a conflicting payload for it is refused
+    _accept(sessions, _request(), acme_key)  # so that a conflicting payload for it is refused
     values.append(_request(labels={"x": MARKER}))
-    stored = store_batch(sessions, [record(v, i) for i, v in enumerate(values)], TOPICS,
-                         intake.Admission())
+    stored = store_batch(sessions, [record(v, i, headers=_signed(v, acme_key))
+                                    for i, v in enumerate(values)], TOPICS, intake.Admission())
     assert all(r.outcome is Outcome.dead_letter for r in stored.results)
     for (rec, reason) in stored.forward.values():
         _, _, headers = dead_letter_copy(rec, reason)

@@ -12,6 +12,7 @@ from aif.orchestrator.intake import Outcome, accept
 from events.bus import envelope
 from events.messages import FineTuneRequested
 from events.recipe import HyperparameterOverrides
+from events.signing import SigningKey, sign
 from events.topics import Topics
 from recipes import RECIPES_DIR, load_recipe
 
@@ -76,17 +77,21 @@ def test_shipped_recipes_are_read_again_when_a_file_changes(tmp_path: Path) -> N
         load_recipe("grid-ticket-routing", tmp_path)
 
 
-def test_accept_dead_letters_what_admission_refuses(sessions: sessionmaker[Session]) -> None:
+def test_accept_dead_letters_what_admission_refuses(
+    sessions: sessionmaker[Session], acme_key: SigningKey,
+) -> None:
     topics = Topics("t")
     raw = envelope(FineTuneRequested(recipe="grid-ticket-routing",
                                      overrides=HyperparameterOverrides(num_processes=16)),
                    source="urn:t", tenant="acme", event_id="e").to_bytes()
+    headers = sign(raw, acme_key.id, acme_key.secret)
     with sessions() as s:
-        result = accept(s, raw, topics, Admission(max_processes=8))
+        result = accept(s, raw, topics, Admission(max_processes=8), headers=headers)
         s.commit()
     assert (result.outcome, result.reason) == (
         Outcome.dead_letter, "train.num_processes: at most 8 on this service")
     with sessions() as s:  # an already stored request stays a duplicate whatever the rules
-        assert accept(s, raw, topics).outcome is Outcome.accepted
+        assert accept(s, raw, topics, headers=headers).outcome is Outcome.accepted
         s.commit()
-        assert accept(s, raw, topics, Admission(max_processes=8)).outcome is Outcome.duplicate
+        assert accept(s, raw, topics, Admission(max_processes=8),
+                      headers=headers).outcome is Outcome.duplicate

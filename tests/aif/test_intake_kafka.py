@@ -1,4 +1,8 @@
-"""Intake on the real embedded broker: offsets, dead letters, duplicates, ordering."""
+"""Intake on the real embedded broker: offsets, dead letters, duplicates, ordering.
+
+Records are signed by tenant acme unless a test is about unsigned ones; the identity rules on
+the broker are in test_intake_identity.py.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +21,18 @@ from aif.db.models import DeadLetter, Job
 from aif.orchestrator.intake import DLQ_EXCERPT_BYTES, Intake, Outcome
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
+from events.signing import SigningKey, sign
 from events.topics import Topics
 
 FAST_GROUP = {"max_poll_interval_ms": 3000, "session_timeout_ms": 3000,
               "heartbeat_interval_ms": 500}
 
 
-def _intake(cfg: KafkaConfig, topics: Topics, sessions: sessionmaker[Session]) -> Intake:
+def _intake(cfg: KafkaConfig, topics: Topics, sessions: sessionmaker[Session],
+            require_signed_events: bool = True) -> Intake:
     consumer = make_consumer(cfg, group_id=f"{topics.prefix}-g", **FAST_GROUP)
-    return Intake(consumer, make_producer(cfg), sessions, topics)
+    return Intake(consumer, make_producer(cfg), sessions, topics,
+                  require_signed_events=require_signed_events)
 
 
 def _drain(intake: Intake, expected: int, timeout: float = 60) -> list:
@@ -37,16 +44,18 @@ def _drain(intake: Intake, expected: int, timeout: float = 60) -> list:
 
 
 def test_poison_is_dead_lettered_and_the_partition_moves_on(
-    broker: str, topics: Topics, sessions: sessionmaker[Session]
+    broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
     ensure_topics(cfg, topics.all(), partitions=1)
     producer = make_producer(cfg)
     good = envelope(FineTuneRequested(recipe="grid-ticket-routing"), source="urn:t",
-                    tenant="acme", event_id="ok-1")
-    producer.send(topics.requests, key=b"k", value=b"\x00poison")
+                    tenant="acme", event_id="ok-1").to_bytes()
+    producer.send(topics.requests, key=b"k", value=b"\x00poison",
+                  headers=sign(b"\x00poison", acme_key.id, acme_key.secret))
     for _ in range(100):
-        producer.send(topics.requests, key=b"k", value=good.to_bytes())
+        producer.send(topics.requests, key=b"k", value=good,
+                      headers=sign(good, acme_key.id, acme_key.secret))
     producer.flush()
 
     intake = _intake(cfg, topics, sessions)
@@ -91,7 +100,7 @@ def _event(event_id: str | None, data: bytes = b'{"recipe": "grid-ticket-routing
 
 
 def test_hostile_records_cost_no_neighbour(
-    broker: str, topics: Topics, sessions: sessionmaker[Session]
+    broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     """The issue's cases in one batch: each hostile record is one dead letter, each
     well-formed request one job."""
@@ -104,7 +113,8 @@ def test_hostile_records_cost_no_neighbour(
               _event("ok-4")]
     producer = KafkaProducer(max_request_size=4 * 1024 * 1024, **cfg.client_kwargs())
     for value in values:
-        producer.send(topics.requests, key=b"k", value=value)
+        producer.send(topics.requests, key=b"k", value=value,
+                      headers=sign(value, acme_key.id, acme_key.secret))
     producer.flush()
     producer.close()
 

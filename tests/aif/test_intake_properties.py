@@ -21,7 +21,9 @@ from aif.db.session import session_factory
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.intake import Outcome, store_batch
 from events.messages import CancelRequested, FineTuneRequested
+from events.signing import SigningKey, sign
 from events.topics import Topics
+from tests.aif.conftest import signing_key
 
 TOPICS = Topics("prop")
 ADMISSION = Admission()
@@ -74,14 +76,21 @@ def sqlite_sessions(tmp_path_factory: pytest.TempPathFactory) -> sessionmaker[Se
     return session_factory(f"sqlite:///{Path(tmp_path_factory.mktemp('prop')) / 'aif.db'}")
 
 
+@pytest.fixture(scope="module")
+def acme(sqlite_sessions: sessionmaker[Session]) -> SigningKey:
+    """Every record is signed by acme: the bytes, not the signature, are what varies here."""
+    return signing_key(sqlite_sessions, "acme")
+
+
 @settings(max_examples=150, derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batch=batches)
 def test_every_record_is_accounted_for_exactly_once(
-    sqlite_sessions: sessionmaker[Session], batch: list[tuple[bool, bytes]]
+    sqlite_sessions: sessionmaker[Session], acme: SigningKey, batch: list[tuple[bool, bytes]]
 ) -> None:
-    records = [ConsumerRecord(TOPICS.requests, 0, -1, next(OFFSETS), 0, 0, None, raw, [],
-                              None, -1, len(raw), 0) for _, raw in batch]
+    records = [ConsumerRecord(TOPICS.requests, 0, -1, next(OFFSETS), 0, 0, None, raw,
+                              sign(raw, acme.id, acme.secret), None, -1, len(raw), 0)
+               for _, raw in batch]
     stored = store_batch(sqlite_sessions, records, TOPICS, ADMISSION)
     assert len(stored.results) == len(records)
     with sqlite_sessions() as s:

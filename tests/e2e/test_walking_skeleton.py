@@ -31,6 +31,7 @@ from events.messages import JobStatusChanged, ModelReady
 from events.recipe import HyperparameterOverrides
 from events.states import JobState
 from events.topics import Topics
+from tests.aif.conftest import signing_key
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -46,12 +47,14 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         home=home, kafka=KafkaConfig(bootstrap_servers=broker), topic_prefix=topics.prefix,
         max_poll_interval_ms=3000, session_timeout_ms=3000, web_port=free_port(),
     )
+    key = signing_key(session_factory(settings.db_url), "e2e")
     with Service(settings) as service:
         event = request_finetune(
             settings.kafka, topics=topics, tenant="e2e", source="urn:test:e2e",
             recipe="grid-ticket-routing", overrides=HyperparameterOverrides(max_steps=MAX_STEPS),
+            signing_key=key,
         )
-        job_id = job_id_for(event.source, event.id)
+        job_id = job_id_for("e2e", event.source, event.id)
         events = []
         for ev in follow_job(settings.kafka, topics, job_id, timeout_s=1500):
             if ev is not None:

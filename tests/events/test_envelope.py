@@ -47,9 +47,10 @@ def test_bad_bytes_name_the_problem(raw: bytes | None, fragment: str) -> None:
         CloudEvent.from_bytes(raw)
 
 
-def test_job_id_is_stable_per_source_and_id() -> None:
-    assert job_id_for("urn:a", "1") == job_id_for("urn:a", "1")
-    assert job_id_for("urn:a", "1") != job_id_for("urn:b", "1")
+def test_job_id_is_stable_per_tenant_source_and_id() -> None:
+    assert job_id_for("acme", "urn:a", "1") == job_id_for("acme", "urn:a", "1")
+    assert job_id_for("acme", "urn:a", "1") != job_id_for("acme", "urn:b", "1")
+    assert job_id_for("acme", "urn:a", "1") != job_id_for("evil", "urn:a", "1")
 
 
 def test_request_needs_exactly_one_recipe() -> None:
