@@ -1,3 +1,5 @@
+"""The gate's arithmetic on reported scores: gain, noise and guard tasks."""
+
 from __future__ import annotations
 
 import pytest
@@ -5,8 +7,15 @@ import pytest
 from aif.orchestrator.gate import decide
 from events.jobspec import EvaluationResult, TaskMetric
 from events.recipe import GuardTask, Recipe
+from recipes import load_recipe
 
 TASK = "grid_ticket_routing"
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Recipe:
+    """The shipped recipe whose gate names TASK; each test sets the gate's numbers."""
+    return load_recipe("grid-ticket-routing")
 
 
 def _metric(value: float, stderr: float | None, metric: str = "acc",
