@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,12 +19,14 @@ from rich.table import Table
 from aif.follow import wait_for_job
 from aif.settings import Settings, get_settings
 from aif.tenants_cli import tenants_app
+from aif.web import client as api_client
 from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import job_id_for
 from events.messages import (
     EvaluationCompleted,
     EventData,
+    FineTuneRequested,
     JobProgress,
     JobStatusChanged,
     ModelReady,
@@ -78,6 +81,27 @@ def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
     return job_id
 
 
+def _api_key() -> str:
+    key = os.environ.get("AIF_API_KEY")
+    if not key:
+        console.print("[red]--api needs the tenant's API key in AIF_API_KEY[/red]")
+        raise typer.Exit(2)
+    return key
+
+
+def _submit_http(api: str, recipe: str, max_steps: int | None, eval_limit: int | None,
+                 train_file: str | None, dataset: str | None) -> str:
+    """The same request as `_submit`, through POST /v1/jobs (which signs and publishes it)."""
+    request = FineTuneRequested(
+        recipe=recipe, train_file=train_file, dataset=dataset,
+        overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit))
+    try:
+        return api_client.submit(api, _api_key(), request)
+    except (api_client.ApiError, httpx.HTTPError) as exc:
+        console.print(f"{api}: {exc}", style="red", markup=False)
+        raise typer.Exit(2) from exc
+
+
 def _signing_key(key_id: str | None, secret: str | None) -> SigningKey | None:
     """The key to sign with, from both options or neither.
 
@@ -119,8 +143,10 @@ def _demo_signing_key(settings: Settings, tenant: str) -> SigningKey:
     return key
 
 
-def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]:
-    """Show transitions as lines and training as a bar; return the final state and events."""
+def _follow(settings: Settings, job_id: str, api: str | None = None
+            ) -> tuple[JobState, list[EventData]]:
+    """Show transitions as lines and training as a bar; return the final state and events.
+    From the bus, or with `api` from the job's HTTP event stream."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("waiting for the orchestrator", total=None, info="")
@@ -133,7 +159,8 @@ def _follow(settings: Settings, job_id: str) -> tuple[JobState, list[EventData]]
                 progress.update(bar, description=ev.stage, total=ev.total_steps,
                                 completed=ev.step, info=_progress_info(ev))
 
-        watch = wait_for_job(settings.kafka, settings.topics, job_id, show)
+        watch = (api_client.follow(api, _api_key(), job_id, show) if api else
+                 wait_for_job(settings.kafka, settings.topics, job_id, show))
     assert watch.final is not None  # wait_for_job returns only after the final status
     return watch.final, watch.events
 
@@ -194,6 +221,10 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
     signing_key_id: SigningKeyId = None,
     signing_secret: SigningSecret = None,
+    api: Annotated[str | None, typer.Option(
+        help="Base URL of the HTTP API (e.g. http://127.0.0.1:8000) to submit and follow "
+             "through, with the key in AIF_API_KEY, instead of Kafka; the tenant is the "
+             "key's.")] = None,
 ) -> None:
     """Publish a fine-tuning request to the running service.
 
@@ -201,12 +232,15 @@ def submit(
     a service requiring signed events (the default) dead-letters an unsigned request.
     """
     settings = _setup()
-    key = _signing_key(signing_key_id, signing_secret)
-    job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset,
-                     signing_key=key)
+    if api:
+        job_id = _submit_http(api, recipe, max_steps, eval_limit, train_file, dataset)
+    else:
+        key = _signing_key(signing_key_id, signing_secret)
+        job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset,
+                         signing_key=key)
     console.print(f"submitted job {job_id}")
     if wait:
-        final, events = _follow(settings, job_id)
+        final, events = _follow(settings, job_id, api)
         _print_outcome(final, events)
         raise typer.Exit(0 if final is JobState.succeeded else 1)
 

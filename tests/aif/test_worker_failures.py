@@ -18,11 +18,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job, Outbox, utcnow
+from aif.db.models import Job, Outbox, Tenant, utcnow
 from aif.launchers import get_launcher
 from aif.orchestrator.intake import accept
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
+from aif.tenants import add_api_key, create_tenant
 from aif.web.app import create_app
 from events.bus import envelope
 from events.envelope import CloudEvent
@@ -59,10 +60,16 @@ def _everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
         job = s.get_one(Job, job_id)
         said = [job.reason, json.dumps(job.preflight), *(t.reason for t in job.transitions),
                 *s.scalars(select(Outbox.payload)).all()]
-    client = TestClient(create_app(sessions))
-    said += [client.get(f"/api/jobs/{job_id}").text,
-             client.get(f"/api/jobs/{job_id}/preflight").text]
-    said += [p.read_text(errors="replace") for p in Path(job.work_dir or "/nonexistent").glob(
+        work_dir, tenant = job.work_dir, job.tenant
+        if s.get(Tenant, tenant) is None:
+            create_tenant(s, tenant)
+        auth = {"Authorization": f"Bearer {add_api_key(s, tenant)[1]}"}
+        s.commit()
+    client = TestClient(create_app(sessions, Settings()))
+    answers = [client.get(f"/v1/jobs/{job_id}{tail}", headers=auth) for tail in ("", "/preflight")]
+    assert answers[0].status_code == 200, answers[0].text
+    said += [a.text for a in answers]
+    said += [p.read_text(errors="replace") for p in Path(work_dir or "/nonexistent").glob(
         "*") if p.suffix in (".log", ".json")]  # the stage's own log, report and failure
     return "\n".join(said)
 
