@@ -20,6 +20,8 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from events.failpoints import failpoint
+
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE = "COMPLETE"
 KEEP = 2
@@ -46,6 +48,7 @@ def save(root: Path, model: PeftModel, optimizer: torch.optim.Optimizer,
     (tmp / "counters.json").write_text(json.dumps(asdict(counters)))
     (tmp / COMPLETE).touch()
     _fsync_dir(tmp)
+    failpoint("checkpoint.before_rename")  # complete but not yet visible: must be ignored
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in completed(root)[:-KEEP]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Outbox, utcnow
 from events.bus import ACK_WAIT_S
+from events.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class OutboxRelay:
                     row.published_at = utcnow()
                 except Exception as exc:
                     failed.append(exc)
+            if len(failed) < len(rows):  # the broker has some: a kill here re-sends them
+                failpoint("relay.after_send")
             session.commit()
             if failed:
                 raise failed[0]
