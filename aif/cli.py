@@ -24,6 +24,7 @@ from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import job_id_for
 from events.messages import (
+    PUBLIC_LABEL,
     EvaluationCompleted,
     EventData,
     FineTuneRequested,
@@ -66,11 +67,12 @@ def _setup() -> Settings:
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
             eval_limit: int | None, train_file: str | None, dataset: str | None = None,
-            signing_key: SigningKey | None = None) -> str:
+            signing_key: SigningKey | None = None, labels: dict[str, str] | None = None) -> str:
     event = finetune_request(
         tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
         dataset=dataset,
         overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
+        labels=labels,
     )
     job_id = job_id_for(tenant, event.source, event.id)
     producer = make_producer(settings.kafka)
@@ -261,7 +263,8 @@ def demo(
         console.print(f"services up (broker {settings.kafka.bootstrap_servers}, "
                       f"database {settings.db_url}, web {service.url})")
         job_id = _submit(settings, recipe, "demo", max_steps, eval_limit, None,
-                         signing_key=_demo_signing_key(settings, "demo"))
+                         signing_key=_demo_signing_key(settings, "demo"),
+                         labels={PUBLIC_LABEL: "true"})  # shown on the open leaderboard page
         console.print(f"published a fine-tuning request for [bold]{recipe}[/bold]: job {job_id}")
         final, events = _follow(settings, job_id)
         _print_outcome(final, events)

@@ -19,6 +19,8 @@ from events.recipe import HyperparameterOverrides, Recipe
 from events.states import JobState
 
 TYPE_PREFIX = "eu.aifactory.tuning"
+PUBLIC_LABEL = "public"
+"""A request label `public: "true"` publishes the job's scores to every tenant's leaderboard."""
 
 
 class EventData(BaseModel):
@@ -76,7 +78,10 @@ class FineTuneRequested(EventData):
         default_factory=list, max_length=16,
         description="Built-in lm-eval tasks scored besides the recipe's (needs hub access).",
     )
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=32,
+        description=f'Free-form tags to filter jobs by; "{PUBLIC_LABEL}": "true" shows the '
+                    "job's scores (never its data) on every tenant's leaderboard.")
 
     @model_validator(mode="before")
     @classmethod

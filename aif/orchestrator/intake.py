@@ -43,7 +43,7 @@ from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
 from events.bus import ACK_WAIT_S
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
-from events.messages import CancelRequested, FineTuneRequested
+from events.messages import PUBLIC_LABEL, CancelRequested, FineTuneRequested
 from events.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, signing_headers, verify
 from events.states import JobState
 from events.topics import Topics
@@ -162,6 +162,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         recipe_name=request.recipe or (request.recipe_inline and request.recipe_inline.name),
         state=None,
         reason="",
+        public=request.labels.get(PUBLIC_LABEL) == "true",
     )
     session.add(job)
     session.info.setdefault(_PENDING, {})[request_key] = job

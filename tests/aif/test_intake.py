@@ -68,6 +68,16 @@ def test_valid_request_becomes_a_validating_job_with_a_status_event(
         assert row.topic == TOPICS.status and row.key == job.id
 
 
+@pytest.mark.parametrize(("labels", "public"), [({"public": "true"}, True),
+                                               ({"public": "yes"}, False), ({}, False)])
+def test_the_public_label_publishes_the_job(
+    sessions: sessionmaker[Session], acme_key: SigningKey, labels: dict, public: bool,
+) -> None:
+    result = _accept(sessions, _request(labels=labels), acme_key)
+    with sessions() as s:
+        assert s.get_one(Job, result.job_id).public is public
+
+
 def test_same_event_a_hundred_times_is_one_job(
     sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
