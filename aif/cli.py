@@ -370,10 +370,13 @@ def preflight(
 
 
 def _recipe(recipe: str) -> Recipe:
-    """A recipe by name, or from a YAML file."""
+    """A recipe by name, or from a YAML file; the name is the user's own, so it is shown."""
     if recipe.endswith((".yaml", ".yml")):
         return load_recipe_file(Path(recipe))
-    return load_recipe(recipe)
+    try:
+        return load_recipe(recipe)
+    except RecipeError as exc:
+        raise RecipeError(f"{recipe}: {exc}") from exc
 
 
 @recipes_app.command("list")
@@ -393,7 +396,7 @@ def recipes_list() -> None:
 def recipes_show(name: str) -> None:
     """The recipe as the service will run it (paths resolved)."""
     try:
-        console.print_json(load_recipe(name).model_dump_json())
+        console.print_json(_recipe(name).model_dump_json())
     except RecipeError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
