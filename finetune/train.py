@@ -451,6 +451,9 @@ def _cli(argv: list[str]) -> int:
         print("usage: python -m finetune.train TRAINING_SPEC_JSON", file=sys.stderr)
         return EXIT_BAD_INPUT
     spec_path = Path(argv[0])
+    if not spec_path.is_file():  # a wrong argument; any OSError below is the node's
+        print(f"finetune: no training spec at {spec_path}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     kind, code = FailureKind.final, EXIT_BAD_INPUT
     try:
         code = main(argv[0])
