@@ -46,6 +46,10 @@ class Principal:
     def staff(self) -> bool:
         return self.role is Role.staff
 
+    def may_read(self, tenant: str) -> bool:
+        """A tenant reads its own resources; staff read every tenant's."""
+        return self.staff or tenant == self.tenant
+
 
 @dataclass(frozen=True)
 class Credentials:

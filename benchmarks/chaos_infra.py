@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from aif.broker import EmbeddedBroker
+from aif.launchers.local import LocalLauncher
 from events.bus import KafkaConfig, make_consumer
 from events.topics import Topics
 
@@ -68,22 +69,9 @@ class Deadline:
             time.sleep(tick)
 
 
-def start_time(pid: int) -> str | None:
-    """Kernel start time of a live process (as `aif.launchers.local` records it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def run_alive(ref: dict[str, Any] | None) -> bool:
-    """The local stage run of a job's `run_ref` is still the process it names."""
-    if not ref or not ref.get("pid"):
-        return False
-    now = start_time(int(ref["pid"]))
-    return now is not None and (ref.get("started") is None or now == ref["started"])
+    """The local stage run of a job's `run_ref` is still running, by the launcher's own test."""
+    return bool(ref and ref.get("pid")) and LocalLauncher().attach(ref).poll() is None
 
 
 def kill_run(ref: dict[str, Any]) -> bool:

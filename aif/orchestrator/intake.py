@@ -37,12 +37,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
-from aif.failpoints import failpoint
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
 from events.bus import ACK_WAIT_S
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
+from events.failpoints import failpoint
 from events.messages import PUBLIC_LABEL, CancelRequested, FineTuneRequested
 from events.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, signing_headers, verify
 from events.states import JobState

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from kafka import KafkaProducer
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Outbox, utcnow
@@ -21,6 +21,20 @@ from events.bus import ACK_WAIT_S
 from events.failpoints import failpoint
 
 log = logging.getLogger(__name__)
+
+
+RELAY_LOCK = 0x61696672  # "aifr": the advisory lock that makes one relay the active one
+
+
+def _sole_relay(session: Session) -> bool:
+    """Whether this relay may publish now. Orchestrators sharing a PostgreSQL store take turns
+    under a transaction-scoped advisory lock: two relays sending the same rows would publish
+    each event twice, and splitting the rows between them would reorder a job's events. (On
+    SQLite one orchestrator owns the file.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                               {"key": RELAY_LOCK}))
 
 
 class OutboxRelay:
@@ -35,6 +49,8 @@ class OutboxRelay:
 
     def publish_pending(self, limit: int = 200) -> int:
         with self.sessions() as session:
+            if not _sole_relay(session):
+                return 0
             rows = session.scalars(
                 select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
             ).all()

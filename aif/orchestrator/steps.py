@@ -22,7 +22,6 @@ from typing import TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
-from aif.failpoints import failpoint
 from aif.launchers import StageCommand
 from aif.orchestrator import specs
 from aif.orchestrator.errors import RetryableError, StageRunFailed
@@ -32,6 +31,7 @@ from aif.orchestrator.scores import record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.states import enqueue_event, transition
 from aif.settings import Settings
+from events.failpoints import failpoint
 from events.jobspec import (
     EVALUATION_RESULT,
     EVALUATION_SPEC,

@@ -154,7 +154,7 @@ def get_job(job_id: str, principal: CurrentTenant, session: SessionDep) -> Job:
     """The caller's job; another tenant's is as absent as one that never existed (staff
     see every tenant's)."""
     job = session.get(Job, job_id)
-    if job is None or not (principal.staff or job.tenant == principal.tenant):
+    if job is None or not principal.may_read(job.tenant):
         raise Problem(404, "Not found", f"no job {job_id}", field="job_id")
     return job
 

@@ -257,7 +257,7 @@ def get_file(file_id: str, principal: CurrentTenant, session: SessionDep) -> Dat
     """The caller's file; another tenant's is as absent as one that never existed (staff
     see every tenant's)."""
     row = session.get(DataFile, file_id)
-    if row is None or not (principal.staff or row.tenant == principal.tenant):
+    if row is None or not principal.may_read(row.tenant):
         raise Problem(404, "Not found", f"no file {file_id}", field="file_id")
     return row
 
