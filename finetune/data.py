@@ -27,6 +27,10 @@ from finetune.rows import DataValidationError, HubSplit, RowError, check_counts,
 
 IGNORE_INDEX = -100
 
+
+class TokenizerUnfitError(ValueError):
+    """The base model's tokenizer cannot encode this data format (the recipe must change)."""
+
 Example = dict[str, list[int]]
 Encoder = Callable[[dict[str, Any]], tuple[list[int], list[int]]]
 
@@ -80,7 +84,8 @@ def read_examples(
     """Read, validate and tokenise the training and validation rows; bad rows are listed in
     each split's `skipped`, not raised (see `load_examples`)."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token, so the model could not learn to stop")
+        raise TokenizerUnfitError(
+            "the tokenizer has no EOS token, so the model could not learn to stop")
     encode = _encoder(data, tokenizer)
     train_source, validation_source = _sources(data)
     train = _read_split(train_source, encode, max_seq_len)
@@ -269,7 +274,7 @@ class _Chat:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if not tokenizer.chat_template:
-            raise ValueError("format 'chat' needs a tokenizer with a chat template")
+            raise TokenizerUnfitError("format 'chat' needs a tokenizer with a chat template")
         self.tokenizer = tokenizer
 
     def _ids(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:

@@ -35,7 +35,14 @@ from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample,
 from events.recipe import EvalSection, Recipe
 from events.tasks import TaskConfigError, eval_data_files
 from finetune.base_model import BaseModelError, load_tokenizer
-from finetune.data import IGNORE_INDEX, DataValidationError, Example, Split, read_examples
+from finetune.data import (
+    IGNORE_INDEX,
+    DataValidationError,
+    Example,
+    Split,
+    TokenizerUnfitError,
+    read_examples,
+)
 
 EXIT_UNUSABLE = 2
 
@@ -149,7 +156,7 @@ def _cli(argv: list[str]) -> int:
     spec_path = Path(argv[0])
     try:
         return main(spec_path)
-    except (DataValidationError, BaseModelError, TaskConfigError) as exc:
+    except (DataValidationError, TokenizerUnfitError, BaseModelError, TaskConfigError) as exc:
         kind, reason, code = FailureKind.final, str(exc), EXIT_UNUSABLE
     except (ValidationError, UnicodeError, ValueError) as exc:
         # A parser refused the spec, the data or a task file. Its message may quote the

@@ -52,6 +52,7 @@ from finetune.base_model import BaseModelError, resolve_base_model
 from finetune.data import (
     IGNORE_INDEX,
     DataValidationError,
+    TokenizerUnfitError,
     collator,
     load_examples,
     real_tokens,
@@ -459,7 +460,8 @@ def _cli(argv: list[str]) -> int:
         code = main(argv[0])
     except ValidationError as exc:
         reason = f"unusable training spec {spec_path.name} ({exc.error_count()} errors)"
-    except (DataValidationError, BaseModelError, QLoRAUnavailableError) as exc:
+    except (DataValidationError, TokenizerUnfitError, BaseModelError,
+            QLoRAUnavailableError) as exc:
         reason = str(exc)
     except OSError as exc:  # a full disk, a lost mount: the next attempt resumes
         kind, code = FailureKind.retryable, 1
