@@ -111,7 +111,7 @@ class Outbox(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(250))
-    key: Mapped[str | None] = mapped_column(String(250))
+    key: Mapped[str | None] = mapped_column(String(250), index=True)  # the job id
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
