@@ -35,7 +35,8 @@ def test_a_key_authenticates_its_tenant_until_revoked(sessions: sessionmaker[Ses
         # Only a hash is stored: the key itself is nowhere in the row.
         row = s.get_one(ApiKey, acme.api_key_id)
         assert acme.api_key.rsplit("_", 1)[1] not in (row.secret_sha256, row.id)
-        for wrong in ("", "Bearer x", acme.api_key + "x", acme.api_key[:-1] + "A",
+        flipped = acme.api_key[:-1] + ("A" if acme.api_key[-1] != "A" else "B")
+        for wrong in ("", "Bearer x", acme.api_key + "x", flipped,
                       staff.api_key.replace(staff.api_key_id, acme.api_key_id)):
             assert authenticate(s, wrong) is None
         assert signing_secret(s, acme.signing_key_id) == ("acme", acme.signing_secret)

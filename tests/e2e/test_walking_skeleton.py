@@ -27,7 +27,7 @@ from events.bus import KafkaConfig
 from events.client import request_finetune
 from events.envelope import job_id_for
 from events.jobspec import EvaluationSpec, TrainingResult
-from events.messages import JobStatusChanged, ModelReady
+from events.messages import PUBLIC_LABEL, JobStatusChanged, ModelReady
 from events.recipe import HyperparameterOverrides
 from events.states import JobState
 from events.topics import Topics
@@ -52,7 +52,7 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         event = request_finetune(
             settings.kafka, topics=topics, tenant="e2e", source="urn:test:e2e",
             recipe="grid-ticket-routing", overrides=HyperparameterOverrides(max_steps=MAX_STEPS),
-            signing_key=key,
+            signing_key=key, labels={PUBLIC_LABEL: "true"},  # so the open page lists it
         )
         job_id = job_id_for("e2e", event.source, event.id)
         events = []
