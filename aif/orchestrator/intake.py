@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.orchestrator.admission import Admission
+from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
 from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
 from events.bus import ACK_WAIT_S
@@ -206,69 +207,6 @@ def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics) ->
     return IntakeResult(Outcome.cancel, job.id, "cancelled")
 
 
-DLQ_MAX_COPY_BYTES = 256 * 1024
-"""A refused value up to this size is forwarded whole; Kafka's default limits are 1 MiB."""
-DLQ_EXCERPT_BYTES = 16 * 1024
-"""A larger one is forwarded as its first bytes, and only these are kept in the database."""
-
-
-def _fingerprint(record: ConsumerRecord) -> str:
-    digest = hashlib.sha256(str(record.timestamp).encode())
-    for part in (record.key, record.value):
-        digest.update(b"-" if part is None else b"+%d:%s" % (len(part), part))
-    return digest.hexdigest()
-
-
-def _dlq_id(record: ConsumerRecord) -> str:
-    return f"{record.topic}/{record.partition}/{record.offset}"
-
-
-def _note_dead_letter(session: Session, record: ConsumerRecord, reason: str) -> int | None:
-    """Write or find the record's dead letter; its id if it still has to be forwarded."""
-    fingerprint = _fingerprint(record)
-    with session.no_autoflush:
-        row = session.scalar(select(DeadLetter).where(
-            DeadLetter.source_topic == record.topic,
-            DeadLetter.source_partition == record.partition,
-            DeadLetter.source_offset == record.offset))
-    if row is not None and row.fingerprint == fingerprint:
-        return None if row.published_at is not None else row.id
-    value = record.value
-    fields = {"fingerprint": fingerprint, "reason": reason, "created_at": datetime.now(UTC),
-              "size": 0 if value is None else len(value), "published_at": None,
-              "value": None if value is None else value[:DLQ_EXCERPT_BYTES]}
-    if row is None:  # else an older record at this offset, before the broker lost its log
-        row = DeadLetter(source_topic=record.topic, source_partition=record.partition,
-                         source_offset=record.offset)
-        session.add(row)
-    for name, field_value in fields.items():
-        setattr(row, name, field_value)
-    session.flush()
-    return row.id
-
-
-def dead_letter_copy(record: ConsumerRecord, reason: str
-                     ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """Key, value and headers forwarded to the dead-letter topic: the original bytes, or
-    their first `DLQ_EXCERPT_BYTES` when the record is too large to send again."""
-    key, value = record.key, record.value
-    size = len(value or b"")
-    headers = [
-        ("aif.dlq.id", _dlq_id(record).encode()),
-        ("aif.dlq.reason", reason.encode()),
-        ("aif.dlq.topic", record.topic.encode()),
-        ("aif.dlq.partition", str(record.partition).encode()),
-        ("aif.dlq.offset", str(record.offset).encode()),
-        ("aif.dlq.size", str(size).encode()),
-        ("aif.dlq.at", datetime.now(UTC).isoformat().encode()),
-    ]
-    if size + len(key or b"") > DLQ_MAX_COPY_BYTES:
-        key = key and key[:DLQ_EXCERPT_BYTES]
-        value = value and value[:DLQ_EXCERPT_BYTES]
-        headers.append(("aif.dlq.truncated", str(len(value or b"")).encode()))
-    return key, value, headers
-
-
 @dataclass
 class StoredBatch:
     """Each record's result, and the dead letters still to forward: id -> (record, reason)."""
@@ -316,7 +254,7 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
             results.append(result)
             if result.outcome is Outcome.dead_letter:
                 with session.begin_nested():
-                    dead_letter_id = _note_dead_letter(session, record, result.reason)
+                    dead_letter_id = note_dead_letter(session, record, result.reason)
                 if dead_letter_id is not None:
                     forward[dead_letter_id] = (record, result.reason)
         session.commit()
@@ -412,7 +350,7 @@ class Intake:
         failpoint("intake.after_store")
         for r, res in zip(records, stored.results, strict=True):
             if res.outcome is Outcome.dead_letter:
-                log.warning("dead-lettered %s: %s", _dlq_id(r), res.reason)
+                log.warning("dead-lettered %s: %s", dlq_id(r), res.reason)
         if not stored.forward:
             return stored
         self.ensure_topics()

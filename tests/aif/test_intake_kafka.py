@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
-from aif.orchestrator.intake import DLQ_EXCERPT_BYTES, Intake, Outcome
+from aif.orchestrator.dead_letters import DLQ_EXCERPT_BYTES
+from aif.orchestrator.intake import Intake, Outcome
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign

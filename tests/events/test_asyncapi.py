@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kafka.consumer.fetcher import ConsumerRecord
 
-from aif.orchestrator.intake import DLQ_MAX_COPY_BYTES, dead_letter_copy
+from aif.orchestrator.dead_letters import DLQ_MAX_COPY_BYTES, dead_letter_copy
 from events.envelope import CloudEvent
 from events.messages import EVENT_TYPES, TYPE_PREFIX, CancelRequested, FineTuneRequested
 from events.signing import KEY_ID_HEADER, SIGNATURE_HEADER
