@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -237,8 +238,24 @@ def _isolated(session: Session, record: ConsumerRecord, topics: Topics,
 def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,
                 admission: Admission | None = None, *, require_signed: bool = True
                 ) -> StoredBatch:
-    """The whole batch in one transaction, one savepoint per record: one commit per poll, and
-    each record ends as a job, a duplicate or a dead letter, whatever its bytes."""
+    """The whole batch in one transaction: one commit per poll, and each record ends as a
+    job, a duplicate or a dead letter, whatever its bytes.
+
+    First as one unit, so the inserts go to the database together at commit. Should that
+    raise (a bug with one record, another orchestrator storing the same request first), the
+    batch is stored again with one savepoint per record, which confines the failure to its
+    record at the cost of a flush per record.
+    """
+    try:
+        return _store(sessions, records, topics, admission, require_signed, isolate=False)
+    except Exception as exc:
+        log.warning("intake: batch of %d failed as a whole (%s); storing record by record",
+                    len(records), type(exc).__name__)
+        return _store(sessions, records, topics, admission, require_signed, isolate=True)
+
+
+def _store(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,
+           admission: Admission | None, require_signed: bool, *, isolate: bool) -> StoredBatch:
     results: list[IntakeResult] = []
     forward: dict[int, tuple[ConsumerRecord, str]] = {}
     with sessions() as session:
@@ -250,10 +267,14 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
             # wait (busy timeout) instead of failing the batch when its reads turn into writes.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         for record in records:
-            result = _isolated(session, record, topics, admission, require_signed)
+            if isolate:
+                result = _isolated(session, record, topics, admission, require_signed)
+            else:
+                result = accept(session, record.value, topics, admission,
+                                headers=record.headers or (), require_signed=require_signed)
             results.append(result)
             if result.outcome is Outcome.dead_letter:
-                with session.begin_nested():
+                with session.begin_nested() if isolate else nullcontext():
                     dead_letter_id = note_dead_letter(session, record, result.reason)
                 if dead_letter_id is not None:
                     forward[dead_letter_id] = (record, result.reason)
