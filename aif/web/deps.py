@@ -10,17 +10,18 @@ or revoked key gets 401 without a word about the resource.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aif.db.models import Job
+from aif.db.models import DataFile, Job
 from aif.settings import Settings
 from aif.tenants import Principal, authenticate
 from aif.web.kafka import RequestBus
@@ -150,25 +151,43 @@ def current_principal(
 CurrentTenant = Annotated[Principal, Depends(current_principal)]
 
 
+Owned = TypeVar("Owned", Job, DataFile)
+"""A row that belongs to one tenant."""
+
+
+def tenant_scope(principal: Principal, tenant: ColumnElement[str]) -> ColumnElement[bool]:
+    """The rows a caller may list: its own tenant's (staff: every tenant's)."""
+    return true() if principal.staff else tenant == principal.tenant
+
+
+def readable(session: Session, model: type[Owned], ident: str, principal: Principal,
+             field: str) -> Owned:
+    """The row the caller names; another tenant's is as absent as one that never existed
+    (staff see every tenant's)."""
+    row = session.get(model, ident)
+    if row is None or not principal.may_read(row.tenant):
+        raise Problem(404, "Not found", f"no {field.removesuffix('_id')} {ident}", field=field)
+    return row
+
+
+def changeable(row: Owned, principal: Principal, field: str) -> Owned:
+    """A row the caller may change: staff read every tenant's but change only their own
+    tenant's, so an operator's key cannot cancel, publish or delete a customer's work."""
+    if row.tenant != principal.tenant:
+        raise Problem(403, "Forbidden", "staff keys change only their own tenant's "
+                      f"{field.removesuffix('_id')}s", field=field)
+    return row
+
+
 def get_job(job_id: str, principal: CurrentTenant, session: SessionDep) -> Job:
-    """The caller's job; another tenant's is as absent as one that never existed (staff
-    see every tenant's)."""
-    job = session.get(Job, job_id)
-    if job is None or not principal.may_read(job.tenant):
-        raise Problem(404, "Not found", f"no job {job_id}", field="job_id")
-    return job
+    return readable(session, Job, job_id, principal, "job_id")
 
 
 JobDep = Annotated[Job, Depends(get_job)]
 
 
 def get_own_job(job: JobDep, principal: CurrentTenant) -> Job:
-    """A job the caller may change: staff read every tenant's jobs but change only their
-    own tenant's, so an operator's key cannot cancel or publish a customer's work."""
-    if job.tenant != principal.tenant:
-        raise Problem(403, "Forbidden", "staff keys change only their own tenant's jobs",
-                      field="job_id")
-    return job
+    return changeable(job, principal, "job_id")
 
 
 OwnJobDep = Annotated[Job, Depends(get_own_job)]

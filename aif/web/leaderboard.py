@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, or_, select, true
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Score
 from aif.tenants import Principal
+from aif.web.deps import tenant_scope
 
 
 class LeaderboardRowPublic(BaseModel):
@@ -54,7 +55,7 @@ PUBLIC_ONLY: ColumnElement[bool] = Job.public.is_(True)
 
 def visible_to(principal: Principal) -> ColumnElement[bool]:
     """Staff see every job; a tenant its own and the public ones."""
-    return true() if principal.staff else or_(Job.tenant == principal.tenant, PUBLIC_ONLY)
+    return or_(tenant_scope(principal, Job.tenant), PUBLIC_ONLY)
 
 
 def _base_model(job: Job) -> str:

@@ -31,7 +31,16 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from aif.db.models import DataFile
-from aif.web.deps import CurrentTenant, Problem, SessionDep, SettingsDep, problems
+from aif.web.deps import (
+    CurrentTenant,
+    Problem,
+    SessionDep,
+    SettingsDep,
+    changeable,
+    problems,
+    readable,
+    tenant_scope,
+)
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=problems(401))
 
@@ -247,19 +256,13 @@ async def upload_file(
 @router.get("")
 def list_files(principal: CurrentTenant, session: SessionDep) -> FilesPublic:
     """The caller's files, newest first (staff: every tenant's)."""
-    query = select(DataFile).order_by(DataFile.created_at.desc(), DataFile.id)
-    if not principal.staff:
-        query = query.where(DataFile.tenant == principal.tenant)
+    query = (select(DataFile).where(tenant_scope(principal, DataFile.tenant))
+             .order_by(DataFile.created_at.desc(), DataFile.id))
     return FilesPublic(data=[FilePublic.model_validate(f) for f in session.scalars(query)])
 
 
 def get_file(file_id: str, principal: CurrentTenant, session: SessionDep) -> DataFile:
-    """The caller's file; another tenant's is as absent as one that never existed (staff
-    see every tenant's)."""
-    row = session.get(DataFile, file_id)
-    if row is None or not principal.may_read(row.tenant):
-        raise Problem(404, "Not found", f"no file {file_id}", field="file_id")
-    return row
+    return readable(session, DataFile, file_id, principal, "file_id")
 
 
 FileDep = Annotated[DataFile, Depends(get_file)]
@@ -275,9 +278,7 @@ def delete_file(file: FileDep, principal: CurrentTenant, session: SessionDep) ->
     """Remove the stored bytes, then the record (bytes that cannot be removed keep the
     record, so the delete can be retried). Jobs that named the file, and what was trained
     on it, are left as they are."""
-    if file.tenant != principal.tenant:
-        raise Problem(403, "Forbidden", "staff keys delete only their own tenant's files",
-                      field="file_id")
+    changeable(file, principal, "file_id")
     folder = Path(file.path).parent
     if folder.name == file.id:  # the file's own folder, never one above it
         with contextlib.suppress(FileNotFoundError):

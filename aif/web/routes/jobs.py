@@ -21,12 +21,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Outbox, SigningKey
 from aif.orchestrator.states import ALLOWED, transition
-from aif.tenants import Principal
 from aif.web.deps import (
     BusDep,
     CurrentTenant,
@@ -36,6 +35,7 @@ from aif.web.deps import (
     SessionDep,
     SettingsDep,
     problems,
+    tenant_scope,
 )
 from events.bus import envelope
 from events.envelope import job_id_for
@@ -174,10 +174,6 @@ def create_job(
     return accepted
 
 
-def _scope(principal: Principal) -> ColumnElement[bool]:
-    return true() if principal.staff else Job.tenant == principal.tenant
-
-
 def _encode_cursor(job: Job) -> str:
     at = job.created_at
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at  # SQLite reads back naive UTC
@@ -215,7 +211,7 @@ def list_jobs(
                                         "previous page.")] = None,
 ) -> JobsPublic:
     """The caller's jobs (staff: every tenant's), newest first."""
-    query = select(Job).where(_scope(principal))
+    query = select(Job).where(tenant_scope(principal, Job.tenant))
     if state is not None:
         query = query.where(Job.state == state.value)
     if recipe is not None:
