@@ -145,10 +145,10 @@ def _demo_signing_key(settings: Settings, tenant: str) -> SigningKey:
     return key
 
 
-def _follow(settings: Settings, job_id: str, api: str | None = None
+def _follow(settings: Settings, tenant: str, job_id: str, api: str | None = None
             ) -> tuple[JobState, list[EventData]]:
     """Show transitions as lines and training as a bar; return the final state and events.
-    From the bus, or with `api` from the job's HTTP event stream."""
+    From the tenant's topics on the bus, or with `api` from the job's HTTP event stream."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("waiting for the orchestrator", total=None, info="")
@@ -162,7 +162,7 @@ def _follow(settings: Settings, job_id: str, api: str | None = None
                                 completed=ev.step, info=_progress_info(ev))
 
         watch = (api_client.follow(api, _api_key(), job_id, show) if api else
-                 wait_for_job(settings.kafka, settings.topics, job_id, show))
+                 wait_for_job(settings.kafka, settings.topics, tenant, job_id, show))
     assert watch.final is not None  # wait_for_job returns only after the final status
     return watch.final, watch.events
 
@@ -242,7 +242,7 @@ def submit(
                          signing_key=key)
     console.print(f"submitted job {job_id}")
     if wait:
-        final, events = _follow(settings, job_id, api)
+        final, events = _follow(settings, tenant, job_id, api)
         _print_outcome(final, events)
         raise typer.Exit(0 if final is JobState.succeeded else 1)
 
@@ -266,7 +266,7 @@ def demo(
                          signing_key=_demo_signing_key(settings, "demo"),
                          labels={PUBLIC_LABEL: "true"})  # shown on the open leaderboard page
         console.print(f"published a fine-tuning request for [bold]{recipe}[/bold]: job {job_id}")
-        final, events = _follow(settings, job_id)
+        final, events = _follow(settings, "demo", job_id)
         _print_outcome(final, events)
         console.print(f"wall time {time.monotonic() - started:.0f}s")
         console.print(f"leaderboard: {service.url}"

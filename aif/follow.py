@@ -23,16 +23,16 @@ it. The outbox publishes the outcome first, so it is normally read within a poll
 
 
 def follow_job(
-    cfg: KafkaConfig, topics: Topics, job_id: str | None = None, *,
+    cfg: KafkaConfig, topics: Topics, tenant: str, job_id: str | None = None, *,
     request: CloudEvent | None = None, timeout_s: float = 3600,
 ) -> Generator[EventData | None, None, None]:
-    """The events of one job, by our job id (the envelope's `subject`) or by the request it
-    serves; see `events.client.follow` for what is yielded."""
+    """The events of one of `tenant`'s jobs, by our job id (the envelope's `subject`) or by
+    the request it serves; see `events.client.follow` for what is yielded."""
     if (job_id is None) == (request is None):
         raise ValueError("give exactly one of job_id or request")
     if request is not None:
-        return follow(cfg, topics, lambda ev: answers(ev, request), timeout_s)
-    return follow(cfg, topics, lambda ev: ev.subject == job_id, timeout_s)
+        return follow(cfg, topics, tenant, lambda ev: answers(ev, request), timeout_s)
+    return follow(cfg, topics, tenant, lambda ev: ev.subject == job_id, timeout_s)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class JobWatch:
 
 
 def wait_for_job(
-    cfg: KafkaConfig, topics: Topics, job_id: str,
+    cfg: KafkaConfig, topics: Topics, tenant: str, job_id: str,
     on_event: Callable[[EventData], None] = lambda _: None,
     timeout_s: float = 3600, grace_s: float = OUTCOME_GRACE_S,
 ) -> JobWatch:
@@ -83,7 +83,7 @@ def wait_for_job(
     """
     watch = JobWatch()
     give_up_at: float | None = None
-    with contextlib.closing(follow_job(cfg, topics, job_id, timeout_s=timeout_s)) as events:
+    with contextlib.closing(follow_job(cfg, topics, tenant, job_id, timeout_s=timeout_s)) as events:
         for event in events:
             if event is not None:
                 watch.add(event)

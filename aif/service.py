@@ -40,7 +40,7 @@ class Service(AbstractContextManager["Service"]):
         s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")
-        keepers = [TopicKeeper(s.kafka, s.topics.all()) for _ in range(2)]  # one per thread
+        keepers = [TopicKeeper(s.kafka, s.topics.shared()) for _ in range(2)]  # one per thread
         self._topics(keepers[0])
         sessions = session_factory(s.db_url)
         producer = make_producer(s.kafka)

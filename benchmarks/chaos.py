@@ -48,6 +48,7 @@ from events.recipe import Recipe
 from events.topics import Topics
 from recipes import load_recipe
 
+TENANT = "chaos"  # every request of the run is signed as this tenant
 TERMINAL = {"succeeded", "failed", "cancelled", "rejected"}
 ORDER = ["validating", "queued", "training", "evaluating", "handing_off"]
 GOOD = "good"
@@ -175,7 +176,7 @@ class Chaos:
         self.sign = self._signer()
         self.has_attempts = self.store.has_column("jobs", "attempts")
         self.has_dead_letters = self.store.has_column("dead_letters", "value")
-        self.collector = Collector(self.broker, self.topics)
+        self.collector = Collector(self.broker, self.topics, TENANT)
         self.producer = make_producer(self.broker.cfg)
 
     def _signer(self) -> Callable[[bytes], list[tuple[str, bytes]] | None]:
@@ -190,7 +191,7 @@ class Chaos:
         from aif.db.session import session_factory
 
         with session_factory(self.db_url)() as session:
-            credentials = create_tenant(session, "chaos")
+            credentials = create_tenant(session, TENANT)
             session.commit()
         key_id, secret = credentials.signing_key_id, credentials.signing_secret
         self.say(f"requests are signed by tenant chaos, key {key_id}")
@@ -212,7 +213,7 @@ class Chaos:
 
     # -- requests --------------------------------------------------------------------------
     def _event_bytes(self, data: FineTuneRequested, source: str) -> bytes:
-        return envelope(data, source=source, tenant="chaos").to_bytes()
+        return envelope(data, source=source, tenant=TENANT).to_bytes()
 
     def request(self, kind: str, partition: int | None = None) -> Sent:
         n = len(self.sent) + len(self.unsent) + 1
@@ -607,7 +608,7 @@ class Chaos:
         self.broker.start()
         self.producer.close()
         self.producer = make_producer(self.broker.cfg)
-        if not self.wait(lambda: self.broker.topics_exist(self.topics.all()), 90):
+        if not self.wait(lambda: self.broker.topics_exist(self.topics.shared()), 90):
             self.violations.append("the orchestrators did not recreate their topics within 90s "
                                    "of the broker restart")
         self.broker_down = False

@@ -242,14 +242,15 @@ class Record:
 
 
 class Collector:
-    """Reads the status, models and dead-letter topics from the start, in every broker life.
+    """Reads the tenant's status and models topics and the dead-letter topic from the start,
+    in every broker life.
 
     A memory-only broker forgets what it had when it dies, so the run catches up with every
     partition's end (producers frozen) just before it kills the broker.
     """
 
-    def __init__(self, broker: Broker, topics: Topics) -> None:
-        self.broker, self.names = broker, [topics.status, topics.models, topics.dead_letter]
+    def __init__(self, broker: Broker, topics: Topics, tenant: str) -> None:
+        self.broker, self.names = broker, [*topics.of_tenant(tenant), topics.dead_letter]
         self.records: list[Record] = []
         self.seen: set[tuple[int, str, int, int]] = set()  # a reconnect reads from the start
         self.consumer: KafkaConsumer | None = None

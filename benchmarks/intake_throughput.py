@@ -141,7 +141,7 @@ def main() -> None:
         cfg = KafkaConfig(bootstrap_servers=bootstrap)
         db_url = args.db_url or f"sqlite:///{tmp / 'bench.db'}"
         topics = Topics("bench")
-        ensure_topics(cfg, topics.all())
+        ensure_topics(cfg, topics.shared())
         _produce(cfg, topics.requests, args.events, _bench_key(db_url))
         base = baseline_consume(cfg, topics.requests, args.events)
         ours = intake_throughput(cfg, topics, db_url, args.events)
@@ -149,7 +149,7 @@ def main() -> None:
               f"{base:.0f} events/s; ratio {ours / base:.2f} (target >= 500 events/s)")
 
         latency_topics = Topics("lat")
-        ensure_topics(cfg, latency_topics.all())
+        ensure_topics(cfg, latency_topics.shared())
         lat_db = args.db_url or f"sqlite:///{tmp / 'latency.db'}"
         lat = intake_latency(cfg, latency_topics, lat_db, args.rate, args.seconds)
         p50 = statistics.median(lat)

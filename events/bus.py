@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -92,12 +93,14 @@ class TopicKeeper:
         self.cfg, self.topics, self.partitions = cfg, topics, partitions
         self._admin: KafkaAdminClient | None = None
 
-    def ensure(self) -> None:
+    def ensure(self, also: Iterable[str] = ()) -> None:
+        """Create whichever of the kept topics, and of `also`, the broker lacks."""
         try:
             if self._admin is None:
                 self._admin = KafkaAdminClient(**self.cfg.client_kwargs())
             existing = set(self._admin.list_topics())
-            missing = [NewTopic(t, self.partitions, 1) for t in self.topics if t not in existing]
+            missing = [NewTopic(t, self.partitions, 1)
+                       for t in dict.fromkeys([*self.topics, *also]) if t not in existing]
             if missing:
                 log.info("creating missing topics %s", [t.name for t in missing])
                 with contextlib.suppress(TopicAlreadyExistsError):

@@ -7,7 +7,7 @@
     request = request_finetune(cfg, tenant="acme", recipe="grid-ticket-routing",
                                source="urn:acme:mlops",
                                signing_key=SigningKey(key_id, secret))  # aif tenants create
-    for event in follow_request(cfg, request):  # JobStatusChanged, JobProgress, ... or None
+    for event in follow_request(cfg, request, tenant="acme"):  # JobStatusChanged, ... or None
         ...
 
 The service's job id is not the request's id (it is derived from tenant, source and id by
@@ -78,18 +78,24 @@ def answers(event: CloudEvent, request: CloudEvent) -> bool:
 
 
 def follow_request(
-    cfg: KafkaConfig, request: CloudEvent, *, topics: Topics | None = None,
-    timeout_s: float = 3600,
+    cfg: KafkaConfig, request: CloudEvent, *, tenant: str | None = None,
+    topics: Topics | None = None, timeout_s: float = 3600,
 ) -> Generator[EventData | None, None, None]:
-    """The events of the job serving `request`, as `follow` yields them."""
-    return follow(cfg, topics or Topics(), lambda ev: answers(ev, request), timeout_s)
+    """The events of the job serving `request`, as `follow` yields them. `tenant`: whose
+    topics to read, by default the request's `tenant` attribute (give it when the request
+    left the tenant to its signing key)."""
+    tenant = tenant or request.tenant
+    if tenant is None:
+        raise ValueError("the request names no tenant: give follow_request(tenant=...)")
+    return follow(cfg, topics or Topics(), tenant, lambda ev: answers(ev, request), timeout_s)
 
 
 def follow(
-    cfg: KafkaConfig, topics: Topics, matches: Callable[[CloudEvent], bool],
+    cfg: KafkaConfig, topics: Topics, tenant: str, matches: Callable[[CloudEvent], bool],
     timeout_s: float = 3600,
 ) -> Generator[EventData | None, None, None]:
-    """Yield the data of every matching event from the start of the status and models topics.
+    """Yield the data of every matching event from the start of the tenant's status and models
+    topics (`Topics.of_tenant`: the only ones its broker ACL lets it read).
 
     Yields None after each poll that brought nothing matching, so a caller can stop on its own
     deadline even while other jobs keep the topics busy; raises TimeoutError after
@@ -99,15 +105,17 @@ def follow(
     consumer = make_consumer(cfg)
     deadline = time.monotonic() + timeout_s
     try:
-        # The service creates the topics; a follower may well be up before it.
-        while not all(consumer.partitions_for_topic(t) for t in (topics.status, topics.models)):
+        # The service creates a tenant's topics with its first event; a follower may well be
+        # up before that.
+        names = topics.of_tenant(tenant)
+        while not all(consumer.partitions_for_topic(t) for t in names):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {topics.status} and {topics.models} do not exist")
+                raise TimeoutError(f"topics {' and '.join(names)} do not exist")
             yield None
             time.sleep(0.5)
         parts = [
             TopicPartition(topic, p)
-            for topic in (topics.status, topics.models)
+            for topic in names
             for p in sorted(consumer.partitions_for_topic(topic) or [])
         ]
         consumer.assign(parts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from kafka import KafkaProducer
 from sqlalchemy import select, text
@@ -42,7 +42,7 @@ class OutboxRelay:
         self,
         sessions: sessionmaker[Session],
         producer: KafkaProducer,
-        ensure_topics: Callable[[], None] = lambda: None,
+        ensure_topics: Callable[[Iterable[str]], None] = lambda topics: None,
     ) -> None:
         self.sessions, self.producer, self.ensure_topics = sessions, producer, ensure_topics
         self.stopping = threading.Event()
@@ -54,8 +54,8 @@ class OutboxRelay:
             rows = session.scalars(
                 select(Outbox).where(Outbox.published_at.is_(None)).order_by(Outbox.id).limit(limit)
             ).all()
-            if rows:
-                self.ensure_topics()
+            if rows:  # tenants' topics appear with their first event
+                self.ensure_topics({row.topic for row in rows})
             sent = [
                 (row, self.producer.send(row.topic, key=row.key.encode() if row.key else None,
                                          value=row.payload.encode()))

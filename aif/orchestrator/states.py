@@ -17,6 +17,8 @@ Every event about a job names the job's request (see `job_envelope`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Outbox, Transition, utcnow
@@ -58,10 +60,14 @@ def job_envelope(data: JobEvent, job: Job, event_id: str | None = None) -> Cloud
 
 
 def enqueue_event(
-    session: Session, topic: str, data: JobEvent, *, job: Job, event_id: str | None = None
+    session: Session, topic_of: Callable[[str], str], data: JobEvent, *, job: Job,
+    event_id: str | None = None,
 ) -> None:
+    """Queue an event about `job` on its tenant's topic (`topic_of`: `Topics.status` or
+    `Topics.models`), so no call site can send one tenant's news to another's readers."""
     event = job_envelope(data, job, event_id)
-    session.add(Outbox(topic=topic, key=job.id, payload=event.to_bytes().decode()))
+    session.add(Outbox(topic=topic_of(job.tenant), key=job.id,
+                       payload=event.to_bytes().decode()))
 
 
 def transition(

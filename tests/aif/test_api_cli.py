@@ -27,7 +27,7 @@ from tests.conftest import free_port
 def test_submit_over_http_and_wait(tmp_path: Path, broker: str, topics: Topics) -> None:
     settings = Settings(home=tmp_path, topic_prefix=topics.prefix,
                         kafka=KafkaConfig(bootstrap_servers=broker))
-    ensure_topics(settings.kafka, settings.topics.all())
+    ensure_topics(settings.kafka, settings.topics.shared())
     sessions = session_factory(f"sqlite:///{tmp_path / 'aif.db'}")
     with sessions() as s:
         key = create_tenant(s, "acme").api_key

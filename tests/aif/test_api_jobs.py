@@ -102,7 +102,8 @@ DOC = json.loads(openapi.OPENAPI_FILE.read_text())
 
 
 def _url(path: str, job_id: str = "x") -> str:
-    return path.replace("{job_id}", job_id).replace("{name}", "grid-ticket-routing")
+    return (path.replace("{job_id}", job_id).replace("{name}", "grid-ticket-routing")
+            .replace("{path}", "adapter/adapter_model.safetensors"))
 
 
 def test_the_committed_openapi_document_is_the_apps() -> None:

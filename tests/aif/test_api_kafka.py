@@ -29,7 +29,7 @@ def api(sessions: sessionmaker[Session], tmp_path: Path, broker: str,
         topics_prefix: str) -> Iterator[Api]:
     settings = Settings(home=tmp_path, topic_prefix=topics_prefix,
                         kafka=KafkaConfig(bootstrap_servers=broker))
-    ensure_topics(settings.kafka, settings.topics.all())
+    ensure_topics(settings.kafka, settings.topics.shared())
     yield from make_api(sessions, settings)
 
 
@@ -97,7 +97,7 @@ def fuzzed(tmp_path: Path, broker: str, topics_prefix: str) -> Iterator[Api]:
     """SQLite only: the fuzzer exercises the routes, the database tests are above."""
     settings = Settings(home=tmp_path, topic_prefix=topics_prefix,
                         kafka=KafkaConfig(bootstrap_servers=broker))
-    ensure_topics(settings.kafka, settings.topics.all())
+    ensure_topics(settings.kafka, settings.topics.shared())
     yield from make_api(session_factory(f"sqlite:///{tmp_path / 'aif.db'}"), settings)
 
 

@@ -86,7 +86,7 @@ def test_submit_wait_exits_with_the_outcome_as_soon_as_the_job_is_over(
     exit_code: int, says: str,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all())
+    ensure_topics(cfg, topics.shared())
     done: list[float] = []
     thread = _fake_orchestrator(cfg, topics, states, evaluated, done)
     result = CliRunner().invoke(app, ["submit", "grid-ticket-routing", "--wait"], env={
@@ -104,7 +104,7 @@ def test_submit_wait_exits_with_the_outcome_as_soon_as_the_job_is_over(
 def test_submit_signs_with_the_key_it_is_given(broker: str, topics: Topics,
                                                tmp_path: Path) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all())
+    ensure_topics(cfg, topics.shared())
     env = {"AIF_KAFKA__BOOTSTRAP_SERVERS": broker, "AIF_TOPIC_PREFIX": topics.prefix,
            "AIF_HOME": str(tmp_path), "AIF_SIGNING_SECRET": "s3cret"}
     half = CliRunner().invoke(app, ["submit", "grid-ticket-routing"], env=env)

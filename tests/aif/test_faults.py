@@ -143,7 +143,7 @@ def test_job_of_a_killed_orchestrator_is_re_adopted_and_trained_once(
     started.append(first)
     cfg = KafkaConfig(bootstrap_servers=broker)
     job_id = _publish(broker, topics, tiny_request, sessions)
-    for ev in follow_job(cfg, topics, job_id, timeout_s=300):
+    for ev in follow_job(cfg, topics, "acme", job_id, timeout_s=300):
         if isinstance(ev, JobProgress) and ev.stage == "training":
             break
     first.kill9()  # training goes on, orphaned
@@ -173,7 +173,7 @@ def _read_all(cfg: KafkaConfig, topics: Topics, job_id: str) -> list:
     """Everything on the status and models topics for the job, read to the current end."""
     events: list = []
     try:
-        for ev in follow_job(cfg, topics, job_id, timeout_s=5):
+        for ev in follow_job(cfg, topics, "acme", job_id, timeout_s=5):
             if ev is not None:
                 events.append(ev)
     except TimeoutError:
@@ -240,7 +240,7 @@ def _raw_events(bootstrap: str, topics: Topics) -> list:
 
     def known() -> bool:
         consumer.topics()  # a metadata round trip: a new client may not know the topics yet
-        parts[:] = [TopicPartition(t, p) for t in (topics.status, topics.models)
+        parts[:] = [TopicPartition(t, p) for t in topics.of_tenant("acme")
                     for p in consumer.partitions_for_topic(t) or []]
         return bool(parts)
 

@@ -39,10 +39,10 @@ PROMPT_S = 5.0
 never come fails, one that returns before the last event it needs fails too."""
 
 
-def _job() -> Job:
-    request_id = str(uuid.uuid4())
-    return Job(id=f"job-{request_id}", tenant="acme", request_source="urn:test:partner",
-               request_id=request_id)
+def _job(tenant: str = "acme", request_id: str | None = None) -> Job:
+    request_id = request_id or str(uuid.uuid4())
+    return Job(id=f"job-{tenant}-{request_id}", tenant=tenant,
+               request_source="urn:test:partner", request_id=request_id)
 
 
 def _status(job: Job, previous: JobState | None, state: JobState) -> JobStatusChanged:
@@ -102,8 +102,8 @@ def _publish_later(cfg: KafkaConfig, topics: Topics, events: list[JobEvent],
             for data in events:
                 time.sleep(GAP_S)
                 on_status = isinstance(data, JobStatusChanged | JobProgress)
-                topic = topics.status if on_status else topics.models
                 job = jobs[data.job_id]
+                topic = (topics.status if on_status else topics.models)(job.tenant)
                 publish(producer, topic, job_envelope(data, job), key=job.id)
                 acked.append(time.monotonic())
         finally:
@@ -117,7 +117,7 @@ def _publish_later(cfg: KafkaConfig, topics: Topics, events: list[JobEvent],
 @pytest.fixture
 def cfg(broker: str, topics: Topics) -> KafkaConfig:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, [topics.status, topics.models])
+    ensure_topics(cfg, topics.of_tenant("acme"))
     return cfg
 
 
@@ -130,7 +130,7 @@ def test_wait_returns_right_after_the_last_event_the_job_promises(
     noise = _path(other, S.validating, S.rejected)  # another job ends first: not this one
     thread, acked = _publish_later(cfg, topics, [*noise, *events], {job.id: job, other.id: other})
 
-    watch = wait_for_job(cfg, topics, job.id, timeout_s=60, grace_s=60)
+    watch = wait_for_job(cfg, topics, "acme", job.id, timeout_s=60, grace_s=60)
     returned = time.monotonic()
     thread.join(10)
 
@@ -152,7 +152,7 @@ def test_a_missing_outcome_event_is_given_up_after_the_grace(
     events = _path(job, S.validating, S.queued, S.training, S.evaluating, S.handing_off,
                    S.succeeded)  # no model.ready ever comes
     thread, acked = _publish_later(cfg, topics, events, {job.id: job})
-    watch = wait_for_job(cfg, topics, job.id, timeout_s=60, grace_s=1)
+    watch = wait_for_job(cfg, topics, "acme", job.id, timeout_s=60, grace_s=1)
     thread.join(10)
     assert watch.final is S.succeeded and watch.missing() == [EvaluationCompleted, ModelReady]
     assert time.monotonic() - acked[-1] < PROMPT_S
@@ -161,22 +161,27 @@ def test_a_missing_outcome_event_is_given_up_after_the_grace(
 def test_transitions_carry_the_request_and_a_partner_follows_by_it(
     cfg: KafkaConfig, topics: Topics
 ) -> None:
-    """The orchestrator's own path: transition -> outbox row -> bus -> follow by request."""
-    mine, other = _job(), _job()
+    """The orchestrator's own path: transition -> outbox row -> bus -> follow by request.
+    Another tenant's job for a request of the same source and id goes to that tenant's
+    topics, so acme's follower never reads it."""
+    mine = _job()
+    other = _job("globex", mine.request_id)
     session = Session()  # never flushed: the outbox rows are read back from session.new
     for job in (mine, other):
         for state in (S.validating, S.queued):
             transition(session, job, state, topics)
     rows = [o for o in session.new if isinstance(o, Outbox)]
+    assert {(r.key, r.topic) for r in rows} == {(mine.id, topics.status("acme")),
+                                                (other.id, topics.status("globex"))}
     producer = make_producer(cfg)
     for row in rows:
         producer.send(row.topic, key=row.key.encode(), value=row.payload.encode()).get(30)
     progress = JobProgress(job_id=mine.id, stage="training", step=1, total_steps=2)
-    publish(producer, topics.status, job_envelope(progress, mine), key=mine.id)
+    publish(producer, topics.status("acme"), job_envelope(progress, mine), key=mine.id)
     # An event from before the request fields existed: matched by job id, not by request.
     old = envelope(_status(mine, S.queued, S.training), source="urn:aif-tuning:orchestrator",
                    tenant="acme", subject=mine.id)
-    publish(producer, topics.status, old, key=mine.id)
+    publish(producer, topics.status("acme"), old, key=mine.id)
     producer.close()
 
     sent = [CloudEvent.model_validate_json(r.payload) for r in rows if r.key == mine.id]
@@ -185,12 +190,12 @@ def test_transitions_carry_the_request_and_a_partner_follows_by_it(
     assert all(e.data["request_id"] == mine.request_id for e in sent)
 
     request = CloudEvent(id=mine.request_id, source=mine.request_source, type="x")
-    by_request = _read(follow_request(cfg, request, topics=topics, timeout_s=20), 3)
+    by_request = _read(follow_request(cfg, request, tenant="acme", topics=topics, timeout_s=20), 3)
     assert [type(e).__name__ for e in by_request] == ["JobStatusChanged"] * 2 + ["JobProgress"]
     assert {(e.request_source, e.request_id) for e in by_request} == {
         (mine.request_source, mine.request_id)}
-    assert _read(follow_job(cfg, topics, request=request, timeout_s=20), 3) == by_request
-    assert len(_read(follow_job(cfg, topics, mine.id, timeout_s=20), 4)) == 4
+    assert _read(follow_job(cfg, topics, "acme", request=request, timeout_s=20), 3) == by_request
+    assert len(_read(follow_job(cfg, topics, "acme", mine.id, timeout_s=20), 4)) == 4
 
 
 def _read(events, n: int) -> list:

@@ -59,7 +59,7 @@ def test_valid_request_becomes_a_validating_job_with_a_status_event(
         assert (job.state, job.tenant, job.recipe_name) == (
             JobState.validating, "acme", "grid-ticket-routing")
         (row,) = s.scalars(select(Outbox)).all()
-        assert row.topic == TOPICS.status and row.key == job.id
+        assert row.topic == TOPICS.status("acme") == "t.tenant.acme.status" and row.key == job.id
 
 
 @pytest.mark.parametrize(("labels", "public"), [({"public": "true"}, True),

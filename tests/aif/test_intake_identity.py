@@ -247,7 +247,7 @@ def test_on_the_broker_only_a_valid_signature_makes_a_job(
     evil_key: SigningKey,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     forged, bad, unknown, unsigned = (_request(event_id=f"r{i}") for i in range(4))
     _send(cfg, topics.requests, [
         (forged, sign(forged, evil_key.id, evil_key.secret)),
@@ -277,7 +277,7 @@ def test_on_a_trusted_broker_unsigned_requests_are_accepted(
     broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     unsigned, badly_signed = _request(event_id="u1"), _request(event_id="u2")
     _send(cfg, topics.requests, [(unsigned, []),
                                  (badly_signed, sign(badly_signed, acme_key.id, "wrong"))])

@@ -48,7 +48,7 @@ def test_poison_is_dead_lettered_and_the_partition_moves_on(
     broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     producer = make_producer(cfg)
     good = envelope(FineTuneRequested(recipe="grid-ticket-routing"), source="urn:t",
                     tenant="acme", event_id="ok-1").to_bytes()
@@ -106,7 +106,7 @@ def test_hostile_records_cost_no_neighbour(
     """The issue's cases in one batch: each hostile record is one dead letter, each
     well-formed request one job."""
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     deep = _event("deep", b'{"a": ' + b"[" * 10_000 + b"]" * 10_000 + b"}")
     huge = _event("huge", b'{"recipe": "grid-ticket-routing", "labels": {"a": "'
                   + b"x" * (2 * 1024 * 1024) + b'"}}')
@@ -160,7 +160,7 @@ def test_kill_after_the_dead_letter_is_sent_gives_exactly_one_dead_letter(
     """kill -9 between the DLQ send and the offset commit: the record comes again, its
     dead letter is recognised and not sent a second time."""
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     producer = make_producer(cfg)
     producer.send(topics.requests, key=b"k", value=b"\x00poison")
     producer.flush()

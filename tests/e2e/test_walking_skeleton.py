@@ -56,13 +56,13 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         )
         job_id = job_id_for("e2e", event.source, event.id)
         events = []
-        for ev in follow_job(settings.kafka, topics, job_id, timeout_s=1500):
+        for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=1500):
             if ev is not None:
                 events.append(ev)
             if isinstance(ev, JobStatusChanged) and ev.state.terminal:
                 break
         # Wait for the outbox to deliver the model-ready event written with the last state.
-        for ev in follow_job(settings.kafka, topics, job_id, timeout_s=60):
+        for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=60):
             if isinstance(ev, ModelReady):
                 events.append(ev)
                 break
