@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -356,9 +357,11 @@ def preflight(
 
     settings = _setup()
     try:
-        r = _recipe(recipe)
+        r = _recipe(recipe).with_pii_at_least(settings.pii_policy)
         r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
-        report = build_report(r, load_tokenizer(r.model.base, settings.models_dir))
+        with tempfile.TemporaryDirectory() as work:  # redacted copies, if the policy asks
+            report = build_report(r, load_tokenizer(r.model.base, settings.models_dir),
+                                  Path(work))
     except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc

@@ -3,24 +3,15 @@ frozen spec, the loss curve, a model card and a sha256 manifest of every file.""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 from pathlib import Path
 
+from events.checksums import MANIFEST, sha256_file, write_manifest
 from events.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
 from events.recipe import DataSection
 
-MANIFEST = "SHA256SUMS"
 LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def loss_curve(work_dir: Path) -> list[dict[str, float]]:
@@ -43,14 +34,6 @@ def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: 
     (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens,
                                                    validation_loss))
     return write_manifest(adapter_dir)
-
-
-def write_manifest(directory: Path) -> dict[str, str]:
-    """`sha256sum -c`-compatible SHA256SUMS of every file; return name -> sha256, itself too."""
-    sums = {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (directory / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
-    return {**sums, MANIFEST: sha256_file(directory / MANIFEST)}
 
 
 def _data_line(data: DataSection) -> str:

@@ -92,7 +92,8 @@ class Steps:
         request = FineTuneRequested.model_validate(job.request["data"])
         with self.sessions() as session:
             uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
-        recipe = specs.effective_recipe(request, uploaded)
+        recipe = specs.effective_recipe(request, uploaded).with_pii_at_least(
+            self.settings.pii_policy)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
             self.leases.owned(session, job.id).work_dir = str(work)
@@ -104,6 +105,8 @@ class Steps:
                         work / "preflight.log", work / "preflight_progress.jsonl",
                         time_limit_s=self.settings.preflight_timeout_s)
         report = _read(PreflightReport, work / PREFLIGHT)
+        if report.pii is not None:  # training reads the redacted copies, if any
+            recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
         frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:
