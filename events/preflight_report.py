@@ -64,6 +64,7 @@ class RedactedCopy(_Frozen):
 
 class PiiReport(_Frozen):
     policy: PiiPolicy = Field(description="The policy applied: the stricter of site and recipe.")
+    looked_for: list[str] = Field(description="Every kind the scan looks for.")
     kinds: list[PiiKind] = Field(description="Only kinds found, in detector order.")
     redacted: list[RedactedCopy] = Field(default_factory=list)
 

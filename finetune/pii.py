@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import nullcontext
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ import phonenumbers
 from stdnum import iban, luhn
 from stdnum.eu import vat
 
+from events.checksums import sha256_file
 from events.preflight_report import PiiKind, PiiReport, RedactedCopy
 from events.recipe import DataSection, PiiPolicy
-from events.checksums import sha256_file
 from finetune.data import sources
 from finetune.rows import RowError, read_rows, record
 
@@ -190,6 +190,7 @@ def scan(data: DataSection, language: str, policy: PiiPolicy,
                 tally.add(f"{label}{where}", kinds)
                 if fh is not None:
                     fh.write(json.dumps(redacted, ensure_ascii=False, default=str) + "\n")
-    return PiiReport(policy=policy, kinds=tally.kinds(), redacted=copies)
+    return PiiReport(policy=policy, looked_for=list(DETECTORS), kinds=tally.kinds(),
+                     redacted=copies)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import Job
 from aif.launchers import StageCommand
 from aif.orchestrator import specs
+from aif.orchestrator.ai_act_pack import write_pack
 from aif.orchestrator.errors import RetryableError, StageRunFailed
 from aif.orchestrator.handoff import notify_inference
 from aif.orchestrator.leases import Leases
@@ -160,9 +161,11 @@ class Steps:
             scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
                                   base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
                       for s in row.scores]
+            lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
+            files_sha256 = write_pack(row, recipe, trained, scores, lm_eval_version)
         ready = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
                            adapter_uri=Path(trained.adapter_dir).as_uri(),
-                           files_sha256=trained.files_sha256, scores=scores,
+                           files_sha256=files_sha256, scores=scores,
                            merged_uri=(Path(trained.merged_dir).as_uri() if trained.merged_dir
                                        else None),
                            merged_files_sha256=trained.merged_files_sha256)
