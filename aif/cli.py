@@ -21,6 +21,7 @@ from aif.follow import wait_for_job
 from aif.settings import Settings, get_settings
 from aif.tenants_cli import tenants_app
 from aif.web import client as api_client
+from events import redaction
 from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import job_id_for
@@ -63,7 +64,9 @@ def _setup() -> Settings:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    return get_settings()
+    settings = get_settings()
+    redaction.install(settings)
+    return settings
 
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
