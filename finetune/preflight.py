@@ -11,6 +11,11 @@ counts, token counts, truncation and the rendered examples are those of the real
 orchestrator stores it with the job and rejects the job when the data is unusable; `aif
 preflight` prints it without submitting anything.
 
+Personal data (`finetune.pii`): with `data.pii` other than `off` every string of every row is
+scanned; the report counts each kind with its rows, never the values. `redact` writes copies
+with placeholders under `work_dir/redacted/` and describes those (the orchestrator then
+freezes the recipe onto them, so training reads them); `reject` makes any match unusable.
+
 Overlap with the evaluation data: a training row overlaps when any of its string values
 (nested ones included, e.g. chat message contents) of at least `MIN_OVERLAP_CHARS`
 characters equals a string value of a document in one of the recipe's task data files
