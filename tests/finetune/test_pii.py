@@ -8,8 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import PreTrainedTokenizerBase
+from typer.testing import CliRunner
 
+from aif.cli import app
 from events.recipe import PiiPolicy
 from finetune import pii
 from finetune.data import load_examples
@@ -163,3 +166,23 @@ def test_off_scans_nothing(
     path = write_jsonl(tmp_path / "t.jsonl", [SECRET_ROW])
     report = build_report(make_recipe(path), tokenizer, tmp_path)
     assert report.pii is None and "personal data" not in report.summary()
+
+
+def test_aif_preflight_applies_the_site_minimum(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIF_HOME", str(tmp_path / "home"))
+    path = write_jsonl(tmp_path / "t.jsonl", [PLAIN_ROW, SECRET_ROW])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(make_recipe(path, train=LONG).model_dump(mode="json")))
+    runner = CliRunner()
+    monkeypatch.setenv("AIF_PII_POLICY", "redact")
+    shown = runner.invoke(app, ["preflight", str(recipe), "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert report["pii"]["policy"] == "redact" and "<EMAIL>" in json.dumps(report["train"])
+    assert not any(v in shown.output for v in VALUES)
+    monkeypatch.setenv("AIF_PII_POLICY", "reject")
+    rejected = runner.invoke(app, ["preflight", str(recipe)])
+    assert rejected.exit_code == 1 and "data.pii is reject" in rejected.output
