@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from aif.follow import wait_for_job
 from aif.settings import Settings, get_settings
 from aif.tenants_cli import tenants_app
 from aif.web import client as api_client
+from events import redaction
 from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import job_id_for
@@ -62,7 +64,9 @@ def _setup() -> Settings:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    return get_settings()
+    settings = get_settings()
+    redaction.install(settings)
+    return settings
 
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
@@ -356,9 +360,11 @@ def preflight(
 
     settings = _setup()
     try:
-        r = _recipe(recipe)
+        r = _recipe(recipe).with_pii_at_least(settings.pii_policy)
         r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
-        report = build_report(r, load_tokenizer(r.model.base, settings.models_dir))
+        with tempfile.TemporaryDirectory() as work:  # redacted copies, if the policy asks
+            report = build_report(r, load_tokenizer(r.model.base, settings.models_dir),
+                                  Path(work))
     except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc

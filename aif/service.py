@@ -18,6 +18,7 @@ from aif.orchestrator.relay import OutboxRelay
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.web.app import create_app
+from events import redaction
 from events.bus import TopicKeeper, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Service(AbstractContextManager["Service"]):
 
     def start(self) -> Service:
         s = self.settings
+        redaction.install(s)  # before any client is built: kafka-python logs its settings
         s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")

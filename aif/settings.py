@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers.slurm import SlurmConfig
 from events.bus import KafkaConfig
+from events.recipe import PiiPolicy
 from events.topics import Topics
 
 
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(600.0, ge=0.0, description="Longest wait between tries.")
     preflight_timeout_s: float = Field(
         1800.0, gt=0.0, description="A pre-flight stage running longer is stopped; job rejected."
+    )
+    pii_policy: PiiPolicy = Field(
+        PiiPolicy.report, description="The site's minimum personal-data policy (off, report, "
+        "redact, reject); a recipe's data.pii may be stricter, never laxer.",
     )
     launcher: Literal["local", "slurm"] = Field(
         "local", description="Where stage processes run: this machine, or Slurm via sbatch."

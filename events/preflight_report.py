@@ -7,9 +7,11 @@ job and served only to the job's tenant. Reasons in it name lines and rules, nev
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.recipe import DataSection, PiiPolicy
 
 PREFLIGHT = "preflight.json"
 
@@ -42,6 +44,42 @@ class SplitReport(_Frozen):
     eval_overlap_rows: list[str]
 
 
+class PiiKind(_Frozen):
+    """One kind of personal data found: how often and where, never what."""
+
+    kind: str = Field(description="email, phone, iban, card or vat (finetune.pii.DETECTORS).")
+    matches: int
+    rows: int
+    where: list[str] = Field(description="The first rows holding it, e.g. 'line 7'.")
+
+
+class RedactedCopy(_Frozen):
+    """A source rewritten with placeholders in the job directory; training reads `path`."""
+
+    role: Literal["train", "validation"]
+    source: str
+    source_sha256: str | None = Field(description="Of the original file; None for hub data.")
+    path: str = Field(description="The redacted JSONL copy in the job directory.")
+
+
+class PiiReport(_Frozen):
+    policy: PiiPolicy = Field(description="The policy applied: the stricter of site and recipe.")
+    looked_for: list[str] = Field(description="Every kind the scan looks for.")
+    kinds: list[PiiKind] = Field(description="Only kinds found, in detector order.")
+    redacted: list[RedactedCopy] = Field(default_factory=list)
+
+    def describe(self) -> str:
+        """'2 email in 2 rows, 1 iban in 1 row', or 'none found'."""
+        return ", ".join(f"{k.matches} {k.kind} in {k.rows} row{'s' * (k.rows != 1)}"
+                         for k in self.kinds) or "none found"
+
+    def applied_to(self, data: DataSection) -> DataSection:
+        """The data section with each redacted source replaced by its copy (a local train
+        file wins over a hub dataset, so hub data is replaced too)."""
+        files = {f"{c.role}_file": c.path for c in self.redacted}
+        return data.model_copy(update=files) if files else data
+
+
 class PreflightReport(_Frozen):
     recipe: str
     base_model: str
@@ -51,6 +89,7 @@ class PreflightReport(_Frozen):
     validation: SplitReport | None
     usable: bool
     reason: str = ""
+    pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
@@ -67,6 +106,8 @@ class PreflightReport(_Frozen):
                 f"{t.eval_overlap} overlapping evaluation data")
         if self.validation is not None:
             line += f"; {self.validation.rows_usable} validation rows"
+        if self.pii is not None:
+            line += f"; personal data ({self.pii.policy.value}): {self.pii.describe()}"
         return line
 
     def to_text(self) -> str:
@@ -76,6 +117,10 @@ class PreflightReport(_Frozen):
         for name, split in (("train", self.train), ("validation", self.validation)):
             if split is not None:
                 lines += _split_lines(name, split)
+        if self.pii is not None:
+            lines.append(f"personal data (policy {self.pii.policy.value}): {self.pii.describe()}")
+            lines += [f"  {k.kind}:{_listed(k.where, k.rows)}" for k in self.pii.kinds]
+            lines += [f"  {c.role} data redacted into {c.path}" for c in self.pii.redacted]
         lines.append("verdict: usable" if self.usable else f"verdict: REJECTED\n{self.reason}")
         return "\n".join(lines)
 

@@ -32,11 +32,53 @@ class DataFormat(StrEnum):
     text = "text"
 
 
+class PublishedFigures(_Strict):
+    """What the base model's provider published about its training; the AI-Act pack sets the
+    fine-tune's compute against it (`events.compute.share_of_base`)."""
+
+    parameters: int = Field(ge=1, description="Parameters of the base model.")
+    training_tokens: int = Field(ge=1, description="Tokens the base model was trained on.")
+    source: str = Field(description="Where the figures are published (model card URL).")
+
+
+PUBLISHED_FIGURES: dict[str, PublishedFigures] = {
+    "smollm2-135m-instruct": PublishedFigures(
+        parameters=135_000_000, training_tokens=2_000_000_000_000,
+        source="https://huggingface.co/HuggingFaceTB/SmolLM2-135M (model card: 135M "
+        "parameters, 2 trillion training tokens)",
+    ),
+}
+"""The registered base models' published figures, by the name `finetune.base_model`
+registers them under."""
+
+
 class ModelSection(_Strict):
     base: str = Field(
         "smollm2-135m-instruct",
         description="Registered model name, hub id, local HF directory or path to a .gguf file.",
     )
+    published: PublishedFigures | None = Field(
+        None, description="The base model's published parameters and training tokens; "
+        "registered base models have theirs built in.",
+    )
+
+    def published_figures(self) -> PublishedFigures | None:
+        """The recipe's own figures, else the registered model's, else None (unknown)."""
+        return self.published or PUBLISHED_FIGURES.get(self.base)
+
+
+class PiiPolicy(StrEnum):
+    """What the pre-flight does with personal data it finds, from least to most strict."""
+
+    off = "off"  # no scan
+    report = "report"  # counts and row numbers in the pre-flight report
+    redact = "redact"  # ... and training reads a copy with each match replaced
+    reject = "reject"  # ... and any match rejects the job
+
+    def at_least(self, floor: PiiPolicy) -> PiiPolicy:
+        """The stricter of this policy and `floor` (a site's minimum)."""
+        order = list(PiiPolicy)
+        return max(self, floor, key=order.index)
 
 
 class DataSection(_Strict):
@@ -79,6 +121,11 @@ class DataSection(_Strict):
         default_factory=dict,
         description="The format's column name -> the file's, e.g. {output: answer}, for data "
         "whose columns are named otherwise (such as a hub data set's).",
+    )
+    pii: PiiPolicy = Field(
+        PiiPolicy.off, description="Personal-data scan in the pre-flight (e-mail, phone, IBAN, "
+        "card and VAT numbers): off, report, redact (train on a copy with placeholders) or "
+        "reject; the site's AIF_PII_POLICY is a minimum.",
     )
 
     @model_validator(mode="after")
@@ -220,7 +267,10 @@ class Recipe(_Strict):
         "health", "energy", "climate", "education", "media", "public_sector", "finance", "general"
     ]
     description: str
-    intended_use: str = ""
+    intended_use: str = Field(
+        "", description="What the tuned model is for and who checks its output; shown in the "
+        "model card and the AI-Act pack.",
+    )
     language: str = "en"
     model: ModelSection = ModelSection()
     data: DataSection
@@ -241,6 +291,11 @@ class Recipe(_Strict):
                     f"gate.guards.{i}.task {guard.task!r} is not one of eval.tasks {names}"
                 )
         return self
+
+    def with_pii_at_least(self, floor: PiiPolicy) -> Recipe:
+        """The recipe with `data.pii` raised to a site's minimum (never lowered)."""
+        data = self.data.model_copy(update={"pii": self.data.pii.at_least(floor)})
+        return self.model_copy(update={"data": data})
 
     def resolve_paths(self, base_dir: Path) -> Recipe:
         """Make every recipe-relative file path absolute, so the frozen copy runs anywhere."""

@@ -87,7 +87,7 @@ def read_examples(
         raise TokenizerUnfitError(
             "the tokenizer has no EOS token, so the model could not learn to stop")
     encode = _encoder(data, tokenizer)
-    train_source, validation_source = _sources(data)
+    train_source, validation_source = sources(data)
     train = _read_split(train_source, encode, max_seq_len)
     if validation_source is not None:
         return TokenizedData(train, _read_split(validation_source, encode, max_seq_len))
@@ -134,7 +134,7 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
 
 
-def _sources(data: DataSection) -> tuple[Path | HubSplit, Path | HubSplit | None]:
+def sources(data: DataSection) -> tuple[Path | HubSplit, Path | HubSplit | None]:
     """Training and validation source: a local train file wins over the hub dataset."""
     if data.train_file is not None:
         train: Path | HubSplit = Path(data.train_file)

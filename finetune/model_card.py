@@ -3,24 +3,18 @@ frozen spec, the loss curve, a model card and a sha256 manifest of every file.""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 from pathlib import Path
 
+from events.ai_act import AI_ACT_PACK, PROVENANCE, DataFile, TrainingProvenance
+from events.checksums import MANIFEST, sha256_file, write_manifest
 from events.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
 from events.recipe import DataSection
+from finetune.data import sources
 
-MANIFEST = "SHA256SUMS"
-LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate", "datasets")
+BASE_MODEL_FILES = ("*.safetensors", "config.json")
 
 
 def loss_curve(work_dir: Path) -> list[dict[str, float]]:
@@ -34,10 +28,12 @@ def loss_curve(work_dir: Path) -> list[dict[str, float]]:
     return [{"step": step, "loss": by_step[step]} for step in sorted(by_step)]
 
 
-def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: float,
-                 train_tokens: int, validation_loss: float | None = None) -> dict[str, str]:
-    """Spec, loss curve, model card, then the manifest; return file name -> sha256."""
+def write_extras(adapter_dir: Path, spec: TrainingSpec, base_model_dir: Path, steps: int,
+                 final_loss: float, train_tokens: int,
+                 validation_loss: float | None = None) -> dict[str, str]:
+    """Spec, loss curve, provenance, model card, then the manifest; return name -> sha256."""
     spec.write(adapter_dir / "training_spec.json")
+    provenance(spec, base_model_dir).write(adapter_dir / PROVENANCE)
     curve = loss_curve(Path(spec.work_dir))
     (adapter_dir / "loss_curve.json").write_text(json.dumps(curve, indent=1))
     (adapter_dir / "README.md").write_text(_card(spec, steps, final_loss, train_tokens,
@@ -45,12 +41,30 @@ def write_extras(adapter_dir: Path, spec: TrainingSpec, steps: int, final_loss: 
     return write_manifest(adapter_dir)
 
 
-def write_manifest(directory: Path) -> dict[str, str]:
-    """`sha256sum -c`-compatible SHA256SUMS of every file; return name -> sha256, itself too."""
-    sums = {str(p.relative_to(directory)): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (directory / MANIFEST).write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
-    return {**sums, MANIFEST: sha256_file(directory / MANIFEST)}
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def provenance(spec: TrainingSpec, base_model_dir: Path) -> TrainingProvenance:
+    """The files this run read, by sha256 and size, and the libraries it ran with."""
+    files = []
+    for role, source in zip(("train", "validation"), sources(spec.recipe.data), strict=True):
+        if isinstance(source, Path):
+            files.append(DataFile(role=role, name=source.name, sha256=sha256_file(source),
+                                  bytes=source.stat().st_size))
+        elif source is not None:
+            files.append(DataFile(role=role, name=str(source), sha256=None, bytes=None))
+    weights = sorted({p for pattern in BASE_MODEL_FILES for p in base_model_dir.glob(pattern)})
+    return TrainingProvenance(
+        data_files=files, base_model=spec.recipe.model.base,
+        base_model_sha256={p.name: sha256_file(p) for p in weights},
+        libraries=library_versions())
 
 
 def _data_line(data: DataSection) -> str:
@@ -67,12 +81,7 @@ def _data_line(data: DataSection) -> str:
 def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int,
           validation_loss: float | None) -> str:
     recipe = spec.recipe
-    versions = []
-    for name in LIBRARIES:
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    versions = [f"{name} {version}" for name, version in library_versions().items()]
     hyper = {**recipe.lora.model_dump(mode="json"), **recipe.train.model_dump(mode="json")}
     rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
     validation = "" if validation_loss is None else f", validation loss {validation_loss:.4f}"
@@ -102,5 +111,7 @@ Intended use: {recipe.intended_use or "not stated"}
 |---|---|
 {rows}
 
-Files and their sha256 are listed in `{MANIFEST}` (`sha256sum -c {MANIFEST}`).
+Files and their sha256 are listed in `{MANIFEST}` (`sha256sum -c {MANIFEST}`). The EU AI Act
+/ GDPR documentation (`{AI_ACT_PACK}`, and a section below) is added when the model passes
+its gate and is handed off; `{PROVENANCE}` holds the data and base model hashes it cites.
 """

@@ -11,6 +11,11 @@ counts, token counts, truncation and the rendered examples are those of the real
 orchestrator stores it with the job and rejects the job when the data is unusable; `aif
 preflight` prints it without submitting anything.
 
+Personal data (`finetune.pii`): with `data.pii` other than `off` every string of every row is
+scanned; the report counts each kind with its rows, never the values. `redact` writes copies
+with placeholders under `work_dir/redacted/` and describes those (the orchestrator then
+freezes the recipe onto them, so training reads them); `reject` makes any match unusable.
+
 Overlap with the evaluation data: a training row overlaps when any of its string values
 (nested ones included, e.g. chat message contents) of at least `MIN_OVERLAP_CHARS`
 characters equals a string value of a document in one of the recipe's task data files
@@ -32,8 +37,9 @@ from transformers import PreTrainedTokenizerBase
 
 from events.jobspec import FailureKind, PreflightSpec, record_failure
 from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
-from events.recipe import EvalSection, Recipe
+from events.recipe import EvalSection, PiiPolicy, Recipe
 from events.tasks import TaskConfigError, eval_data_files
+from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
 from finetune.data import (
     IGNORE_INDEX,
@@ -52,12 +58,24 @@ SHOWN_ROWS = 20  # bad rows listed in full; duplicates and overlaps by line
 NO_LOSS = ("[no loss]", "[/no loss]")
 
 
-def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> PreflightReport:
+def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
+                 work_dir: Path | None = None) -> PreflightReport:
     """Read both splits as training would and describe them; DataValidationError only when
-    a source cannot be read at all (missing file, unreachable hub dataset)."""
+    a source cannot be read at all (missing file, unreachable hub dataset).
+
+    With `data.pii: redact` the redacted copies are written under `work_dir` and described
+    instead of the originals, since they are what training will read.
+    """
+    scan = None
+    if recipe.data.pii is not PiiPolicy.off:
+        scan = pii.scan(recipe.data, recipe.language, recipe.data.pii, work_dir)
+        recipe = recipe.model_copy(update={"data": scan.applied_to(recipe.data)})
     data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed)
     eval_strings = _eval_strings(recipe.eval)
     reasons = []
+    if scan is not None and scan.policy is PiiPolicy.reject and scan.kinds:
+        reasons.append(f"data.pii is reject and the data holds personal data: "
+                       f"{scan.describe()}")
     for split in (data.train, data.validation):
         try:
             if split is not None:
@@ -73,6 +91,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Prefligh
         validation=data.validation and _split_report(data.validation, tokenizer, eval_strings),
         usable=not reasons,
         reason="\n".join(reasons),
+        pii=scan,
     )
 
 
@@ -145,7 +164,8 @@ def _strings(value: Any) -> Iterator[str]:
 def main(spec_path: Path) -> int:
     spec = PreflightSpec.read(spec_path)
     tokenizer = load_tokenizer(spec.recipe.model.base, Path(spec.model_cache_dir))
-    build_report(spec.recipe, tokenizer).write(Path(spec.work_dir) / PREFLIGHT)
+    work_dir = Path(spec.work_dir)
+    build_report(spec.recipe, tokenizer, work_dir).write(work_dir / PREFLIGHT)
     return 0
 
 

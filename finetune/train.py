@@ -337,8 +337,9 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
         model: PeftModel = acc.unwrap_model(setup.model)
         model.save_pretrained(adapter_dir, safe_serialization=True)
         setup.tokenizer.save_pretrained(adapter_dir)
-        checksums = write_extras(adapter_dir, setup.spec, outcome.steps, outcome.final_loss,
-                                 outcome.train_tokens, outcome.validation_loss)
+        checksums = write_extras(adapter_dir, setup.spec, setup.base_model_dir, outcome.steps,
+                                 outcome.final_loss, outcome.train_tokens,
+                                 outcome.validation_loss)
         peak_memory_mb = peak_memory()  # of training, before a merge loads another copy
         merged_dir = work_dir / MERGED_DIR
         merged = (_save_merged(setup, adapter_dir, merged_dir)

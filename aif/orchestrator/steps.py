@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import Job
 from aif.launchers import StageCommand
 from aif.orchestrator import specs
+from aif.orchestrator.ai_act_pack import write_pack
 from aif.orchestrator.errors import RetryableError, StageRunFailed
 from aif.orchestrator.handoff import notify_inference
 from aif.orchestrator.leases import Leases
@@ -92,7 +93,8 @@ class Steps:
         request = FineTuneRequested.model_validate(job.request["data"])
         with self.sessions() as session:
             uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
-        recipe = specs.effective_recipe(request, uploaded)
+        recipe = specs.effective_recipe(request, uploaded).with_pii_at_least(
+            self.settings.pii_policy)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
             self.leases.owned(session, job.id).work_dir = str(work)
@@ -104,6 +106,8 @@ class Steps:
                         work / "preflight.log", work / "preflight_progress.jsonl",
                         time_limit_s=self.settings.preflight_timeout_s)
         report = _read(PreflightReport, work / PREFLIGHT)
+        if report.pii is not None:  # training reads the redacted copies, if any
+            recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
         frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:
@@ -157,9 +161,11 @@ class Steps:
             scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
                                   base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
                       for s in row.scores]
+            lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
+            files_sha256 = write_pack(row, recipe, trained, scores, lm_eval_version)
         ready = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
                            adapter_uri=Path(trained.adapter_dir).as_uri(),
-                           files_sha256=trained.files_sha256, scores=scores,
+                           files_sha256=files_sha256, scores=scores,
                            merged_uri=(Path(trained.merged_dir).as_uri() if trained.merged_dir
                                        else None),
                            merged_files_sha256=trained.merged_files_sha256)
