@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aif.follow import wait_for_job
+from aif.orchestrator.throughput import throughput
 from aif.settings import Settings, get_settings
 from aif.tenants_cli import tenants_app
 from aif.web import client as api_client
@@ -356,15 +357,18 @@ def preflight(
     from events.tasks import TaskConfigError
     from finetune.base_model import BaseModelError, load_tokenizer
     from finetune.data import DataValidationError
+    from finetune.estimate import Estimator
     from finetune.preflight import build_report
 
     settings = _setup()
     try:
         r = _recipe(recipe).with_pii_at_least(settings.pii_policy)
         r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
+        estimator = Estimator.on_this_node(r.model.base, settings.models_dir,
+                                           throughput(settings, r))
         with tempfile.TemporaryDirectory() as work:  # redacted copies, if the policy asks
             report = build_report(r, load_tokenizer(r.model.base, settings.models_dir),
-                                  Path(work))
+                                  Path(work), estimator)
     except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc

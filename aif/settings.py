@@ -9,13 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers.slurm import SlurmConfig
+from aif.quotas import QuotaLimits
 from events.bus import KafkaConfig
 from events.recipe import PiiPolicy
 from events.topics import Topics
+
+
+class EstimateTokensPerS(BaseModel):
+    """Training tokens/s of one device (one training process) by device kind, for the
+    pre-flight estimate until the tenant has a measured figure for the same base model and
+    launcher. Rough: measured for the shipped 135M-parameter model (CPU: about 180 tokens/s
+    on two shared cores); a larger model is proportionally slower."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(150.0, gt=0.0)
+    cuda: float = Field(20_000.0, gt=0.0)
 
 
 class Settings(BaseSettings):
@@ -66,6 +79,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest training file POST /v1/files stores; larger: 413."
     )
+    estimate_tokens_per_s: EstimateTokensPerS = EstimateTokensPerS()
+    quota_defaults: QuotaLimits = Field(
+        QuotaLimits(), description="Every tenant's limits unless `aif tenants set-quota` "
+        "gives it its own; unset: unlimited.")
     web_host: str = "127.0.0.1"
     web_port: int = 8000
 

@@ -72,6 +72,21 @@ def record_failure(spec_path: Path, kind: FailureKind, reason: str) -> None:
         StageFailure(kind=kind, reason=reason).write(StageFailure.path_for(spec_path))
 
 
+class Throughput(_Frozen):
+    """How fast the training stage is expected to run, for the pre-flight's compute estimate:
+    the orchestrator knows the launcher and the tenant's past jobs, the stage knows the
+    device kind (it runs where training will)."""
+
+    launcher: str
+    devices: int = Field(ge=1, description="Training processes the launcher will start.")
+    tokens_per_s: dict[str, float] = Field(
+        description="Site figure per device (process) by device kind ('cpu', 'cuda'): rough.")
+    measured_tokens_per_s: float | None = Field(
+        None, gt=0, description="Per device, measured by the tenant's last job on the same "
+        "base model and launcher; preferred to the site figure.")
+    measured_job: str | None = None
+
+
 class PreflightSpec(_Frozen):
     """The pre-flight stage's input; it answers with `PREFLIGHT` (the report) in work_dir."""
 
@@ -80,6 +95,7 @@ class PreflightSpec(_Frozen):
     recipe: Recipe = Field(description="The effective recipe, as training would get it.")
     work_dir: str
     model_cache_dir: str = Field(description="Where converted base models are cached.")
+    throughput: Throughput
 
 
 class TrainingSpec(_Frozen):

@@ -80,6 +80,32 @@ class PiiReport(_Frozen):
         return data.model_copy(update=files) if files else data
 
 
+class Estimate(_Frozen):
+    """What training will process and cost, counted as `finetune.train` runs (see
+    `finetune.estimate`); FLOPs by `events.compute.training_flops`. Duration and
+    device-hours rest on a throughput figure and are rough."""
+
+    steps: int
+    examples: int  # micro-batch rows trained on, repeats across epochs included
+    tokens: int  # real (non-padding) tokens through the model, prompts included
+    parameters: int  # of the base model
+    flops: float
+    data_bytes: int | None  # of the local training and validation files; None for hub data
+    launcher: str
+    device: str  # "cpu" or "cuda"
+    devices: int
+    tokens_per_s: float  # all devices together
+    throughput_from: str  # where tokens_per_s came from
+    duration_s: float
+    device_hours: float
+
+    def clause(self) -> str:
+        """The estimate in a few words, for the report's summary."""
+        return (f"estimate: {self.tokens:,} tokens in {self.steps} steps, {self.flops:.2g} "
+                f"FLOPs, ~{_duration(self.duration_s)}, {self.device_hours:.2g} device-h on "
+                f"{self.launcher} ({self.devices} {self.device}, {self.throughput_from})")
+
+
 class PreflightReport(_Frozen):
     recipe: str
     base_model: str
@@ -90,6 +116,7 @@ class PreflightReport(_Frozen):
     usable: bool
     reason: str = ""
     pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
+    estimate: Estimate | None = None
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
@@ -108,6 +135,8 @@ class PreflightReport(_Frozen):
             line += f"; {self.validation.rows_usable} validation rows"
         if self.pii is not None:
             line += f"; personal data ({self.pii.policy.value}): {self.pii.describe()}"
+        if self.estimate is not None:
+            line += f"; {self.estimate.clause()}"
         return line
 
     def to_text(self) -> str:
@@ -121,6 +150,8 @@ class PreflightReport(_Frozen):
             lines.append(f"personal data (policy {self.pii.policy.value}): {self.pii.describe()}")
             lines += [f"  {k.kind}:{_listed(k.where, k.rows)}" for k in self.pii.kinds]
             lines += [f"  {c.role} data redacted into {c.path}" for c in self.pii.redacted]
+        if self.estimate is not None:
+            lines.append(self.estimate.clause())
         lines.append("verdict: usable" if self.usable else f"verdict: REJECTED\n{self.reason}")
         return "\n".join(lines)
 
@@ -143,6 +174,12 @@ def _split_lines(name: str, s: SplitReport) -> list[str]:
         lines.append(f"  example ({example.where}{cut}):")
         lines += [f"    | {line}" for line in example.text.split("\n")]
     return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _listed(shown: list[str], count: int) -> str:

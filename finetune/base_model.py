@@ -46,7 +46,7 @@ def resolve_base_model(ref: str, cache_dir: Path) -> Path:
     """Return a local HF directory (config, safetensors weights, tokenizer) for `ref`."""
     if not ref.strip():
         raise BaseModelError(f"Base model {ref!r} is empty; expected {_ACCEPTED}")
-    gguf = _gguf_file(ref)
+    gguf = gguf_file(ref)
     if gguf is not None:
         key = ref if ref in REGISTERED_MODELS else f"{gguf.stem}-{_sha256(gguf)[:12]}"
         return _cached(cache_dir / key, lambda out: _convert_gguf(gguf, out))
@@ -67,13 +67,13 @@ def load_tokenizer(ref: str, cache_dir: Path) -> PreTrainedTokenizerBase:
     directly, so no weights are dequantised before the data has been checked."""
     from transformers import AutoTokenizer
 
-    gguf = _gguf_file(ref) if ref.strip() else None
+    gguf = gguf_file(ref) if ref.strip() else None
     if gguf is not None:
         return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     return AutoTokenizer.from_pretrained(resolve_base_model(ref, cache_dir))
 
 
-def _gguf_file(ref: str) -> Path | None:
+def gguf_file(ref: str) -> Path | None:
     """The GGUF file behind a registered name or a .gguf path; None for other references."""
     if ref in REGISTERED_MODELS:
         return _packaged_file(ref, *REGISTERED_MODELS[ref])

@@ -49,6 +49,7 @@ from finetune.data import (
     TokenizerUnfitError,
     read_examples,
 )
+from finetune.estimate import Estimator
 
 EXIT_UNUSABLE = 2
 
@@ -59,13 +60,16 @@ NO_LOSS = ("[no loss]", "[/no loss]")
 
 
 def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
-                 work_dir: Path | None = None) -> PreflightReport:
-    """Read both splits as training would and describe them; DataValidationError only when
-    a source cannot be read at all (missing file, unreachable hub dataset).
+                 work_dir: Path | None = None, estimator: Estimator | None = None
+                 ) -> PreflightReport:
+    """Read both splits as training would and describe them, with the compute estimate if
+    an `estimator` is given; DataValidationError only when a source cannot be read at all
+    (missing file, unreachable hub dataset).
 
     With `data.pii: redact` the redacted copies are written under `work_dir` and described
     instead of the originals, since they are what training will read.
     """
+    given = recipe  # the tenant's own files: what the estimate's data size counts
     scan = None
     if recipe.data.pii is not PiiPolicy.off:
         scan = pii.scan(recipe.data, recipe.language, recipe.data.pii, work_dir)
@@ -92,6 +96,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         usable=not reasons,
         reason="\n".join(reasons),
         pii=scan,
+        estimate=estimator(given, data.train) if estimator else None,
     )
 
 
@@ -163,9 +168,10 @@ def _strings(value: Any) -> Iterator[str]:
 
 def main(spec_path: Path) -> int:
     spec = PreflightSpec.read(spec_path)
-    tokenizer = load_tokenizer(spec.recipe.model.base, Path(spec.model_cache_dir))
-    work_dir = Path(spec.work_dir)
-    build_report(spec.recipe, tokenizer, work_dir).write(work_dir / PREFLIGHT)
+    cache, work_dir = Path(spec.model_cache_dir), Path(spec.work_dir)
+    tokenizer = load_tokenizer(spec.recipe.model.base, cache)
+    estimator = Estimator.on_this_node(spec.recipe.model.base, cache, spec.throughput)
+    build_report(spec.recipe, tokenizer, work_dir, estimator).write(work_dir / PREFLIGHT)
     return 0
 
 

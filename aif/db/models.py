@@ -62,6 +62,10 @@ class Job(Base):
     public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Bytes of each stage's progress file already relayed, so a re-adopted job resends none.
     progress_offsets: Mapped[dict | None] = mapped_column(JSON)
+    # Compute: the pre-flight's estimate (events.preflight_report.Estimate) and, once trained,
+    # what training measured (aif.orchestrator.throughput.Measured); quotas sum them.
+    estimate: Mapped[dict | None] = mapped_column(JSON)
+    measured: Mapped[dict | None] = mapped_column(JSON)
 
     transitions: Mapped[list[Transition]] = relationship(
         back_populates="job", order_by="Transition.id", cascade="all, delete-orphan"
@@ -147,6 +151,21 @@ class Tenant(Base):
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TenantQuota(Base):
+    """A tenant's own limits (see `aif.quotas`); a null column falls back to the site default,
+    and without one the resource is unlimited."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"),
+                                        primary_key=True)
+    concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    dataset_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_device_hours: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):

@@ -43,6 +43,11 @@ class SlurmConfig(BaseModel):
     )
     extra_args: list[str] = Field(default_factory=list, description="More sbatch options.")
 
+    def processes(self, requested: int) -> int:
+        """Processes a distributed stage run gets: on every node one per GPU, or as many as
+        requested if that is more."""
+        return self.nodes * max(self.gpus_per_node, requested)
+
 
 def _run(argv: list[str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -54,7 +59,6 @@ def _run(argv: list[str]) -> str:
 def batch_script(command: StageCommand, config: SlurmConfig, log_path: Path,
                  exit_file: Path, python: str = sys.executable) -> str:
     """The sbatch script for one stage run."""
-    per_node = max(config.gpus_per_node, command.num_processes)
     directives = [
         f"--job-name=aif-{command.module.split('.')[0]}",
         f"--output={log_path}",
@@ -74,7 +78,7 @@ def batch_script(command: StageCommand, config: SlurmConfig, log_path: Path,
             directives.append(f"--signal=TERM@{config.preempt_signal_s}")
     directives += config.extra_args
     if command.distributed:
-        argv = command.argv(python, num_processes=per_node * config.nodes,
+        argv = command.argv(python, num_processes=config.processes(command.num_processes),
                             num_machines=config.nodes, machine_rank="$SLURM_NODEID",
                             main_address="$MAIN_ADDRESS", main_port=config.main_port)
     else:

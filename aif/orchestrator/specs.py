@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
 from aif.settings import Settings
-from events.jobspec import EvaluationSpec, PreflightSpec, TrainingResult, TrainingSpec
+from events.jobspec import (
+    EvaluationSpec,
+    PreflightSpec,
+    Throughput,
+    TrainingResult,
+    TrainingSpec,
+)
 from events.messages import FineTuneRequested
 from events.recipe import EvalTask, Recipe, RecipeError
 from events.tasks import TaskConfigError, eval_data_files
@@ -58,9 +64,10 @@ def with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:
         update={"tasks": [*recipe.eval.tasks, *extra]})})
 
 
-def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> PreflightSpec:
+def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings,
+                   throughput: Throughput) -> PreflightSpec:
     return PreflightSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
-                         model_cache_dir=str(settings.models_dir))
+                         model_cache_dir=str(settings.models_dir), throughput=throughput)
 
 
 def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> TrainingSpec:

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif import quotas
 from aif.db.models import Job
 from aif.launchers import StageCommand
 from aif.orchestrator import specs
@@ -31,6 +32,7 @@ from aif.orchestrator.leases import Leases
 from aif.orchestrator.scores import record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.states import enqueue_event, transition
+from aif.orchestrator.throughput import measure, throughput
 from aif.settings import Settings
 from events.failpoints import failpoint
 from events.jobspec import (
@@ -93,14 +95,15 @@ class Steps:
         request = FineTuneRequested.model_validate(job.request["data"])
         with self.sessions() as session:
             uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
-        recipe = specs.effective_recipe(request, uploaded).with_pii_at_least(
-            self.settings.pii_policy)
+            recipe = specs.effective_recipe(request, uploaded).with_pii_at_least(
+                self.settings.pii_policy)
+            hint = throughput(self.settings, recipe, session, job.tenant)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
             self.leases.owned(session, job.id).work_dir = str(work)
             session.commit()
         spec_path = work / PREFLIGHT_SPEC
-        specs.preflight_spec(job, recipe, work, self.settings).write(spec_path)
+        specs.preflight_spec(job, recipe, work, self.settings, hint).write(spec_path)
         self.runner.run(job, JobState.validating,
                         StageCommand("finetune.preflight", spec_path, distributed=False),
                         work / "preflight.log", work / "preflight_progress.jsonl",
@@ -111,10 +114,27 @@ class Steps:
         frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:
-            self._move(job.id, JobState.queued, report.summary(), **frozen)
+            self._admit(job.id, report, frozen)
         else:
             self._move(job.id, JobState.rejected, f"{report.summary()}\n{report.reason}",
                        **frozen)
+
+    def _admit(self, job_id: str, report: PreflightReport, frozen: dict[str, object]) -> None:
+        """Queue the job unless it is over a quota of its tenant: counted and moved in one
+        transaction under the tenant's quota lock, so two jobs cannot take one free slot."""
+        with self.sessions() as session:
+            job = self.leases.owned(session, job_id)
+            refused = quotas.refusal(session, job, report.estimate, self.settings.quota_defaults)
+            for name, value in frozen.items():
+                setattr(job, name, value)
+            if refused is not None:
+                advance(session, job, JobState.rejected, self.topics,
+                        f"{report.summary()}\n{refused}")
+            else:
+                job.estimate = (report.estimate.model_dump(mode="json") if report.estimate
+                                else None)
+                advance(session, job, JobState.queued, self.topics, report.summary())
+            session.commit()
 
     def start_training(self, job: Job) -> None:
         self._move(job.id, JobState.training, "training started")
@@ -128,9 +148,11 @@ class Steps:
                         StageCommand("finetune.train", spec_path, recipe.train.num_processes),
                         work / "training.log", work / PROGRESS_LOG)
         result = _read(TrainingResult, work / TRAINING_RESULT)
+        measured = measure(result, recipe, job.estimate, self.settings.launcher)
         self._move(job.id, JobState.evaluating,
                    f"trained {result.steps} steps, final loss {result.final_loss:.4f}",
-                   adapter_uri=Path(result.adapter_dir).as_uri())
+                   adapter_uri=Path(result.adapter_dir).as_uri(),
+                   measured=measured.model_dump(mode="json"))
 
     def evaluate(self, job: Job) -> None:
         recipe = Recipe.model_validate(job.recipe)

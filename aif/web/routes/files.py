@@ -31,6 +31,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from aif.db.models import DataFile
+from aif.quotas import dataset_limit
 from aif.web.deps import (
     CurrentTenant,
     Problem,
@@ -101,8 +102,8 @@ class _FilePart:
     """Multipart parser callbacks that write the one part named `file` into `folder`, with
     a running sha256 and size; any other part, or a second file, is refused."""
 
-    def __init__(self, root: Path, folder: Path, limit: int) -> None:
-        self.root, self.folder, self.limit = root, folder, limit
+    def __init__(self, root: Path, folder: Path, limit: int, rule: str) -> None:
+        self.root, self.folder, self.limit, self.rule = root, folder, limit, rule
         self.header_name = self.header_value = self.disposition = b""
         self.out: BinaryIO | None = None
         self.path: Path | None = None
@@ -149,7 +150,7 @@ class _FilePart:
         chunk = data[start:end]
         self.size += len(chunk)
         if self.size > self.limit:
-            raise _too_large(self.limit)
+            raise _too_large(self.limit, self.rule)
         self.digest.update(chunk)
         self.out.write(chunk)
 
@@ -157,10 +158,9 @@ class _FilePart:
         self.complete = True
 
 
-def _too_large(limit: int) -> Problem:
-    return Problem(413, "Content too large",
-                   f"file: larger than the limit of {limit} bytes (AIF_MAX_UPLOAD_BYTES)",
-                   field="file")
+def _too_large(limit: int, rule: str) -> Problem:
+    return Problem(413, "Content too large", f"file: larger than the limit of {limit} bytes "
+                   f"({rule})", field="file")
 
 
 async def _receive(request: Request, part: _FilePart) -> None:
@@ -171,14 +171,14 @@ async def _receive(request: Request, part: _FilePart) -> None:
     body_limit = part.limit + _OVERHEAD_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > body_limit:
-        raise _too_large(part.limit)  # refused before a byte of it is read
+        raise _too_large(part.limit, part.rule)  # refused before a byte of it is read
     parser = MultipartParser(options[b"boundary"], part.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > body_limit:
-                raise _too_large(part.limit)
+                raise _too_large(part.limit, part.rule)
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
@@ -230,13 +230,18 @@ async def upload_file(
         "job's recipe checks its own fraction again.")] = 0.0,
 ) -> FilePublic:
     """Store a training file in the caller's data area after reading it as pre-flight does;
-    answers its id and sha256. Refused: over `max_upload_bytes` (413), another extension or
-    bad rows beyond `max_bad_fraction` (422, naming lines and rules)."""
+    answers its id and sha256. Refused: over `max_upload_bytes` or the tenant's dataset-size
+    quota (413), another extension or bad rows beyond `max_bad_fraction` (422, naming lines
+    and rules)."""
+    limit, rule = settings.max_upload_bytes, "AIF_MAX_UPLOAD_BYTES"
+    quota = dataset_limit(session, principal.tenant, settings.quota_defaults)
+    if quota is not None and quota.value < limit:
+        limit, rule = int(quota.value), f"quota: dataset size, {quota}"
     session.close()  # no database connection is held while the body streams in
     file_id = f"file-{secrets.token_hex(12)}"
     root = settings.home.resolve()
     folder = root / "data" / principal.tenant / "files" / file_id
-    part = _FilePart(root, folder, settings.max_upload_bytes)
+    part = _FilePart(root, folder, limit, rule)
     try:
         await _receive(request, part)
         assert part.path is not None

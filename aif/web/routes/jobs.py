@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Outbox, SigningKey
 from aif.orchestrator.states import ALLOWED, transition
+from aif.orchestrator.throughput import Measured
 from aif.web.deps import (
     BusDep,
     CurrentTenant,
@@ -40,7 +41,7 @@ from aif.web.deps import (
 from events.bus import envelope
 from events.envelope import job_id_for
 from events.messages import FineTuneRequested, JobStatusChanged
-from events.preflight_report import PreflightReport
+from events.preflight_report import Estimate, PreflightReport
 from events.signing import sign
 from events.states import JobState
 
@@ -97,6 +98,9 @@ class JobPublic(BaseModel):
     adapter_uri: str | None
     gate_passed: bool | None
     gate_reason: str | None
+    estimate: Estimate | None = Field(description="The pre-flight's compute estimate, kept "
+                                      "once the job was queued.")
+    measured: Measured | None = Field(description="What training measured, once trained.")
     created_at: datetime
     updated_at: datetime
 
@@ -108,6 +112,7 @@ class JobPublic(BaseModel):
             labels=job.request.get("data", {}).get("labels", {}), state=job.state,
             reason=job.reason, public=job.public, adapter_uri=job.adapter_uri,
             gate_passed=job.gate_passed, gate_reason=job.gate_reason,
+            estimate=job.estimate or None, measured=job.measured or None,
             created_at=job.created_at, updated_at=job.updated_at, **extra)
 
 

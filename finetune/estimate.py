@@ -1,0 +1,125 @@
+"""The compute estimate of the pre-flight report: what training will process, and its cost.
+
+Tokens are counted the way `finetune.train` consumes them, so the estimate can be checked
+against the TrainingResult of the run:
+
+- each rank's DataLoader yields `L` micro-batches of `batch_size` rows per epoch: one rank
+  `ceil(n / batch_size)`, the last one short; N ranks (accelerate's `even_batches`)
+  `ceil(ceil(n / batch_size) / N)` each, every one full, topped up with rows from the start;
+- an optimizer step takes `gradient_accumulation_steps` micro-batches, and one more at the end
+  of each epoch with what is left (accelerate syncs gradients at the end of the dataloader), so
+  an epoch is `ceil(L / gradient_accumulation_steps)` steps;
+- `max_steps` steps are whole epochs plus a part; a row is its tokens after truncation to
+  `max_seq_len`, padding never counted (training quotes the same real tokens). Whole epochs
+  of one rank are exact; the part epoch and N-rank top-ups use the mean row length.
+
+FLOPs are `events.compute.training_flops` over those tokens. Duration and device-hours divide
+by a throughput: the tenant's last measured figure for the same base model and launcher if the
+orchestrator passed one, else the site's rough figure for the device kind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from events.compute import training_flops
+from events.jobspec import Throughput
+from events.preflight_report import Estimate
+from events.recipe import Recipe
+from finetune.base_model import gguf_file, resolve_base_model
+from finetune.data import Split
+
+
+@dataclass(frozen=True)
+class Consumed:
+    steps: int
+    micro_batches: int  # per rank
+    examples: int  # over all ranks
+    tokens: int
+
+
+def consumed(lengths: list[int], batch_size: int, accumulation: int, ranks: int,
+             max_steps: int) -> Consumed:
+    """Rows and tokens `max_steps` optimizer steps train on (see the module docstring);
+    `lengths` are the usable rows' token counts after truncation, at least one."""
+    n = len(lengths)
+    batches = math.ceil(n / batch_size)
+    per_rank = batches if ranks == 1 else math.ceil(batches / ranks)
+    epoch_examples = n if ranks == 1 else per_rank * ranks * batch_size
+    mean = sum(lengths) / n
+    epoch_tokens = sum(lengths) if ranks == 1 else epoch_examples * mean
+    epochs, rest_steps = divmod(max_steps, math.ceil(per_rank / accumulation))
+    rest_examples = rest_steps * accumulation * ranks * batch_size
+    return Consumed(
+        steps=max_steps,
+        micro_batches=epochs * per_rank + rest_steps * accumulation,
+        examples=epochs * epoch_examples + rest_examples,
+        tokens=round(epochs * epoch_tokens + rest_examples * mean),
+    )
+
+
+def parameter_count(ref: str, cache_dir: Path) -> int:
+    """Parameters of the base model without loading its weights: a GGUF file's tensor
+    table, or the model built from its config on the meta device (tied weights once)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf = gguf_file(ref) if ref.strip() else None
+    if gguf is not None:
+        from gguf import GGUFReader
+
+        return sum(int(t.n_elements) for t in GGUFReader(gguf).tensors)
+    config = AutoConfig.from_pretrained(resolve_base_model(ref, cache_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def device_kind() -> str:
+    """What this node trains on; the pre-flight stage runs where training will."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_bytes(recipe: Recipe) -> int | None:
+    files = [Path(f) for f in (recipe.data.train_file, recipe.data.validation_file) if f]
+    if recipe.data.train_file is None:
+        return None  # a hub dataset: its size is not known before it is read
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """Everything the estimate needs besides the data: the model's size and the throughput."""
+
+    parameters: int
+    throughput: Throughput
+    device: str
+
+    def __call__(self, recipe: Recipe, train: Split) -> Estimate | None:
+        """None when no row is usable: nothing would train."""
+        if not train.encoded:
+            return None
+        t, tp = recipe.train, self.throughput
+        done = consumed([len(e.example["input_ids"]) for e in train.encoded], t.batch_size,
+                        t.gradient_accumulation_steps, tp.devices, t.max_steps)
+        if tp.measured_tokens_per_s is not None:
+            per_device, source = tp.measured_tokens_per_s, f"measured by job {tp.measured_job}"
+        else:
+            per_device = tp.tokens_per_s[self.device]
+            source = f"site figure {per_device:g} tokens/s per {self.device}"
+        total = per_device * tp.devices
+        duration_s = done.tokens / total
+        return Estimate(
+            steps=done.steps, examples=done.examples, tokens=done.tokens,
+            parameters=self.parameters, flops=training_flops(self.parameters, done.tokens),
+            data_bytes=_data_bytes(recipe), launcher=tp.launcher, device=self.device,
+            devices=tp.devices, tokens_per_s=total, throughput_from=source,
+            duration_s=duration_s, device_hours=duration_s * tp.devices / 3600,
+        )
+
+    @classmethod
+    def on_this_node(cls, base_model: str, cache_dir: Path, throughput: Throughput) -> Estimator:
+        return cls(parameter_count(base_model, cache_dir), throughput, device_kind())
