@@ -1,0 +1,119 @@
+"""The compute estimate counts what training processes: checked against the arithmetic, a
+meta-device model and a real training run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from events.compute import training_flops
+from events.jobspec import TRAINING_RESULT, Throughput, TrainingResult, TrainingSpec
+from finetune.base_model import BaseModelError
+from finetune.data import load_examples
+from finetune.estimate import Estimator, consumed, parameter_count
+from finetune.preflight import build_report
+from finetune.train import _cli
+
+ROWS = [{"text": f"ticket {i} about {topic}", "label": label}
+        for i, (topic, label) in enumerate(
+            [("sparks", "emergency"), ("a bill", "accounts"), ("a meter", "metering")] * 6)]
+SITE = Throughput(launcher="local", devices=1, tokens_per_s={"cpu": 100.0, "cuda": 1e4})
+
+
+def test_whole_epochs_of_one_rank_count_every_row_exactly() -> None:
+    lengths = [10, 20, 30, 40, 50]
+    # batch 2: 3 micro-batches an epoch (the last one short), 2 steps of accumulation 2
+    # (the second with the epoch's last micro-batch alone).
+    done = consumed(lengths, batch_size=2, accumulation=2, ranks=1, max_steps=4)
+    assert (done.micro_batches, done.examples, done.tokens) == (6, 10, 300)
+
+
+def test_a_part_epoch_counts_full_micro_batches_at_the_mean_length() -> None:
+    done = consumed([10, 20, 30, 40, 50], batch_size=2, accumulation=1, ranks=1, max_steps=5)
+    assert (done.micro_batches, done.examples, done.tokens) == (5, 9, 270)  # 5 + 2 x 2 rows
+
+
+def test_n_ranks_count_as_one_rank_accumulating_n_times() -> None:
+    lengths = list(range(10, 26))  # 16 rows: 4 full batches of 4
+    one = consumed(lengths, batch_size=4, accumulation=2, ranks=1, max_steps=3)
+    two = consumed(lengths, batch_size=4, accumulation=1, ranks=2, max_steps=3)
+    assert (one.examples, one.tokens) == (two.examples, two.tokens) == (24, 24 * 17.5)
+    # 3 batches over 2 ranks: each rank 2 micro-batches an epoch, the 4th topped up.
+    odd = consumed(lengths[:12], batch_size=4, accumulation=1, ranks=2, max_steps=1)
+    assert (odd.micro_batches, odd.examples) == (1, 8)
+
+
+def test_parameters_are_counted_without_loading_weights(tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert parameter_count(str(tiny_model_dir), tmp_path) == loaded.num_parameters()
+    # The shipped GGUF: its tensor table, no conversion (SmolLM2-135M, tied embeddings).
+    assert parameter_count("smollm2-135m-instruct", tmp_path) == 134_515_008
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(BaseModelError, match="no such GGUF file"):
+        parameter_count(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+def test_the_estimate_in_the_report_and_its_summary(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    recipe = make_recipe(data, train={"max_steps": 10, "batch_size": 3})
+    report = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu"))
+    estimate = report.estimate
+    assert estimate is not None
+    lengths = [len(e) for e in (x["input_ids"] for x in load_examples(
+        recipe.data, tokenizer, recipe.train.max_seq_len).train.examples)]
+    assert estimate.steps == 10 and estimate.tokens == round(30 * sum(lengths) / len(lengths))
+    assert estimate.flops == training_flops(1000, estimate.tokens)
+    assert estimate.data_bytes == data.stat().st_size
+    assert estimate.duration_s == pytest.approx(estimate.tokens / 100.0)
+    assert estimate.device_hours == pytest.approx(estimate.duration_s / 3600)
+    assert "site figure 100 tokens/s per cpu" in report.summary()
+    assert f"estimate: {estimate.tokens:,} tokens in 10 steps" in report.summary()
+    assert estimate.clause() in report.to_text()
+    assert build_report(recipe, tokenizer).estimate is None
+
+
+def test_a_measured_figure_wins_and_devices_multiply(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS))
+    hint = SITE.model_copy(update={"devices": 4, "measured_tokens_per_s": 50.0,
+                                   "measured_job": "job-1"})
+    estimate = build_report(recipe, tokenizer, Estimator(1000, hint, "cuda")).estimate
+    assert estimate is not None and estimate.tokens_per_s == 200.0
+    assert estimate.throughput_from == "measured by job job-1"
+    assert estimate.device_hours == pytest.approx(estimate.tokens / 200.0 * 4 / 3600)
+
+
+def test_nothing_usable_has_no_estimate(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", [{"text": "no label"}]))
+    report = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu"))
+    assert not report.usable and report.estimate is None
+
+
+def test_training_processes_the_estimated_tokens(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """18 rows in batches of 4 are 5 micro-batches an epoch; accumulating 2, an epoch is 3
+    steps, the last with one micro-batch: 6 steps are two whole epochs."""
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS),
+                         train={"max_steps": 6, "gradient_accumulation_steps": 2})
+    estimate = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu")).estimate
+    spec = tmp_path / "training_spec.json"
+    TrainingSpec(job_id="t1", tenant="dev", recipe=recipe, work_dir=str(tmp_path / "job"),
+                 model_cache_dir=str(tmp_path / "cache")).write(spec)
+    assert _cli([str(spec)]) == 0
+    result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
+    assert estimate is not None and estimate.examples == 36
+    assert (result.steps, result.train_tokens) == (estimate.steps, estimate.tokens)
