@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +35,11 @@ def test_failed_gate_rejects_the_job_and_publishes_no_model(
     assert job.state == JobState.rejected
     assert job.gate_passed is False and "failed: below min_gain" in job.gate_reason
     assert job.reason == job.gate_reason
+    # The compute it was admitted with, and what its training measured (rows at random from
+    # a part epoch: the estimate takes their mean length).
+    assert job.estimate["steps"] == job.measured["steps"] == recipe.train.max_steps
+    assert job.measured["tokens"] == pytest.approx(job.estimate["tokens"], rel=0.1)
+    assert job.measured["device_hours"] > 0 and job.measured["launcher"] == "local"
     with sessions() as s:
         assert s.scalars(select(Score).where(Score.job_id == job.id)).all()
         types = [CloudEvent.model_validate_json(r.payload).type

@@ -200,17 +200,25 @@ def test_measured_compute_of_a_training_result() -> None:
     assert measure(result, recipe, None, "local").flops is None
 
 
+def _claimed_jobs(sessions: sessionmaker[Session], tmp_path: Path,
+                  request: FineTuneRequested, count: int, **quota: float
+                  ) -> list[tuple[JobWorker, str]]:
+    """`count` stored jobs of tenant acme (with `quota`), each claimed by its own worker."""
+    _tenant(sessions, **quota)
+    assert request.recipe_inline is not None
+    data = {"recipe_inline": request.recipe_inline.model_dump(mode="json")}
+    ids = [_store(sessions, **data) for _ in range(count)]
+    workers = [_worker(sessions, tmp_path) for _ in ids]
+    assert [w.leases.claim() for w in workers] == ids
+    return list(zip(workers, ids, strict=True))
+
+
 def test_a_second_concurrent_job_over_a_limit_of_one_is_rejected(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
 ) -> None:
-    _tenant(sessions, concurrent_jobs=1)
-    assert tiny_request.recipe_inline is not None
-    data = {"recipe_inline": tiny_request.recipe_inline.model_dump(mode="json")}
-    first, second = _store(sessions, **data), _store(sessions, **data)
-    a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
-    assert a.leases.claim() == first
+    (a, first), (b, second) = _claimed_jobs(sessions, tmp_path, tiny_request, 2,
+                                            concurrent_jobs=1)
     a.steps.validate(a.load(first))
-    assert b.leases.claim() == second
     b.run_job(second)
     queued, refused = a.load(first), b.load(second)
     assert queued.state == S.queued and queued.estimate["tokens"] > 0
@@ -224,12 +232,7 @@ def test_a_second_concurrent_job_over_a_limit_of_one_is_rejected(
 def test_two_jobs_admitted_at_once_take_one_free_slot(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
 ) -> None:
-    _tenant(sessions, concurrent_jobs=1)
-    assert tiny_request.recipe_inline is not None
-    data = {"recipe_inline": tiny_request.recipe_inline.model_dump(mode="json")}
-    ids = [_store(sessions, **data) for _ in range(2)]
-    workers = [_worker(sessions, tmp_path) for _ in ids]
-    assert [w.leases.claim() for w in workers] == ids
+    claimed = _claimed_jobs(sessions, tmp_path, tiny_request, 2, concurrent_jobs=1)
     errors: list[BaseException] = []
 
     def validate(worker: JobWorker, job_id: str) -> None:
@@ -238,25 +241,20 @@ def test_two_jobs_admitted_at_once_take_one_free_slot(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=validate, args=pair)
-               for pair in zip(workers, ids, strict=True)]
+    threads = [threading.Thread(target=validate, args=pair) for pair in claimed]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
     assert not errors
-    states = {w.load(job_id).state for w, job_id in zip(workers, ids, strict=True)}
+    states = {w.load(job_id).state for w, job_id in claimed}
     assert states == {S.queued, S.rejected}
 
 
 def test_a_job_over_the_monthly_tokens_is_rejected_before_training(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
 ) -> None:
-    _tenant(sessions, monthly_tokens=10)
-    assert tiny_request.recipe_inline is not None
-    job_id = _store(sessions, recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"))
-    w = _worker(sessions, tmp_path)
-    assert w.leases.claim() == job_id
+    [(w, job_id)] = _claimed_jobs(sessions, tmp_path, tiny_request, 1, monthly_tokens=10)
     w.run_job(job_id)
     job = w.load(job_id)
     needed = job.preflight["estimate"]["tokens"]
