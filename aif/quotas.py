@@ -47,8 +47,8 @@ class Limit:
     source: str  # "tenant limit" or "site default"
 
     def __str__(self) -> str:
-        return f"{self.source} {self.value:,g}" if isinstance(self.value, float) else (
-            f"{self.source} {self.value:,}")
+        shown = f"{self.value:,g}" if isinstance(self.value, float) else f"{self.value:,}"
+        return f"{self.source} {shown}"
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,11 @@ def device_kind() -> str:
 
 
 def _data_bytes(recipe: Recipe) -> int | None:
-    files = [Path(f) for f in (recipe.data.train_file, recipe.data.validation_file) if f]
+    """Bytes of the local training (and validation) file; None for a hub dataset, whose
+    size is not known before it is read."""
     if recipe.data.train_file is None:
-        return None  # a hub dataset: its size is not known before it is read
+        return None
+    files = [Path(f) for f in (recipe.data.train_file, recipe.data.validation_file) if f]
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
