@@ -63,7 +63,7 @@ def test_the_estimate_in_the_report_and_its_summary(
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     recipe = make_recipe(data, train={"max_steps": 10, "batch_size": 3})
-    report = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu"))
+    report = build_report(recipe, tokenizer, estimator=Estimator(1000, SITE, "cpu"))
     estimate = report.estimate
     assert estimate is not None
     lengths = [len(e) for e in (x["input_ids"] for x in load_examples(
@@ -86,7 +86,7 @@ def test_a_measured_figure_wins_and_devices_multiply(
     recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS))
     hint = SITE.model_copy(update={"devices": 4, "measured_tokens_per_s": 50.0,
                                    "measured_job": "job-1"})
-    estimate = build_report(recipe, tokenizer, Estimator(1000, hint, "cuda")).estimate
+    estimate = build_report(recipe, tokenizer, estimator=Estimator(1000, hint, "cuda")).estimate
     assert estimate is not None and estimate.tokens_per_s == 200.0
     assert estimate.throughput_from == "measured by job job-1"
     assert estimate.device_hours == pytest.approx(estimate.tokens / 200.0 * 4 / 3600)
@@ -97,7 +97,7 @@ def test_nothing_usable_has_no_estimate(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", [{"text": "no label"}]))
-    report = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu"))
+    report = build_report(recipe, tokenizer, estimator=Estimator(1000, SITE, "cpu"))
     assert not report.usable and report.estimate is None
 
 
@@ -109,7 +109,7 @@ def test_training_processes_the_estimated_tokens(
     steps, the last with one micro-batch: 6 steps are two whole epochs."""
     recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS),
                          train={"max_steps": 6, "gradient_accumulation_steps": 2})
-    estimate = build_report(recipe, tokenizer, Estimator(1000, SITE, "cpu")).estimate
+    estimate = build_report(recipe, tokenizer, estimator=Estimator(1000, SITE, "cpu")).estimate
     spec = tmp_path / "training_spec.json"
     TrainingSpec(job_id="t1", tenant="dev", recipe=recipe, work_dir=str(tmp_path / "job"),
                  model_cache_dir=str(tmp_path / "cache")).write(spec)
