@@ -3,12 +3,16 @@ meta-device model and a real training run."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from typer.testing import CliRunner
 
+from aif.cli import app
 from events.compute import training_flops
 from events.jobspec import TRAINING_RESULT, Throughput, TrainingResult, TrainingSpec
 from finetune.base_model import BaseModelError
@@ -117,3 +121,35 @@ def test_training_processes_the_estimated_tokens(
     result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
     assert estimate is not None and estimate.examples == 36
     assert (result.steps, result.train_tokens) == (estimate.steps, estimate.tokens)
+
+
+def test_aif_preflight_shows_the_estimate_on_the_configured_launcher(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIF_ESTIMATE_TOKENS_PER_S__CPU", "7")
+    recipe = make_recipe(write_jsonl(tmp_path / "train.jsonl", ROWS),
+                         train={"num_processes": 2})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    shown = CliRunner().invoke(app, ["preflight", str(path), "--json"])
+    assert shown.exit_code == 0, shown.output
+    estimate = json.loads(shown.output)["estimate"]
+    assert (estimate["devices"], estimate["tokens_per_s"]) == (2, 14.0)
+    assert estimate["throughput_from"] == "site figure 7 tokens/s per cpu"
+
+
+def test_the_data_size_is_of_the_tenants_file_not_its_redacted_copy(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    rows = [*ROWS, {"text": "write to someone.long.name@example.org", "label": "accounts"}]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    recipe = make_recipe(data, data={"pii": "redact"})
+    report = build_report(recipe, tokenizer, tmp_path / "work",
+                          estimator=Estimator(1000, SITE, "cpu"))
+    assert report.pii is not None and report.pii.redacted and report.estimate is not None
+    copy = Path(report.pii.redacted[0].path)
+    assert copy.stat().st_size != data.stat().st_size
+    assert report.estimate.data_bytes == data.stat().st_size
