@@ -6,10 +6,11 @@ without any service configuration.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers.slurm import SlurmConfig
@@ -35,6 +36,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIF_", env_nested_delimiter="__", extra="forbid")
 
     home: Path = Field(Path(".aif"), description="Jobs, converted models and the SQLite file.")
+    data_root: Path = Field(
+        None, validate_default=False,  # type: ignore[arg-type]  # filled in from home below
+        description="Tenants' training data: `<data_root>/<tenant>/` is the only place a "
+        "request's data paths may point to; default `<home>/data`.",
+    )
+    allow_hub_datasets: bool = Field(
+        False, description="Requests may read a hub dataset (`dataset`, `data.dataset`)."
+    )
+    allow_remote_data: bool = Field(
+        False, description="Requests may name http(s) URLs as data files; only public "
+        "addresses (or remote_data_allow_networks) are fetched, by the pre-flight stage.",
+    )
+    remote_data_allow_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list, description="Networks that remote data may come from although "
+        "they are not public, e.g. an internal mirror; a JSON list of CIDRs.",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite.")
     kafka: KafkaConfig = KafkaConfig()
     topic_prefix: str = Field("aif", pattern=r"^[A-Za-z0-9._-]+$")
@@ -85,6 +102,12 @@ class Settings(BaseSettings):
         "gives it its own; unset: unlimited.")
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+
+    @model_validator(mode="after")
+    def default_data_root(self) -> Settings:
+        if self.data_root is None:
+            self.data_root = self.home / "data"
+        return self
 
     def retry_delay_s(self, attempts: int) -> float:
         """Back-off before the next try, after `attempts` failed ones (exponential, capped)."""
