@@ -14,6 +14,7 @@ from aif.broker import EmbeddedBroker, ensure_broker
 from aif.db.session import session_factory
 from aif.launchers import get_launcher
 from aif.orchestrator.intake import Intake
+from aif.orchestrator.references import References
 from aif.orchestrator.relay import OutboxRelay
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
@@ -57,7 +58,8 @@ class Service(AbstractContextManager["Service"]):
         launcher = get_launcher(s.launcher, s.slurm)
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure,
                         max_processes=launcher.max_processes,
-                        require_signed_events=s.require_signed_events)
+                        require_signed_events=s.require_signed_events,
+                        references=References.of(s))
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]

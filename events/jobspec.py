@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Self
 
@@ -96,6 +97,10 @@ class PreflightSpec(_Frozen):
     work_dir: str
     model_cache_dir: str = Field(description="Where converted base models are cached.")
     throughput: Throughput
+    remote_data_allow_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list, description="Non-public networks that URL data may come from.")
+    max_download_bytes: int = Field(
+        512 * 2**20, ge=1, description="Largest file a data URL may answer with.")
 
 
 class TrainingSpec(_Frozen):

@@ -148,8 +148,7 @@ def local_copy(work_dir: Path, field: str, url: str) -> Path:
     """Where the pre-flight stage keeps the download of `field`, which training then reads."""
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
     if suffix not in SUFFIXES:
-        raise RemoteDataError(f"data.{field}: the URL's path must end in .jsonl, .csv or "
-                              ".parquet")
+        raise RemoteDataError("the URL's path must end in .jsonl, .csv or .parquet")
     return work_dir / "remote" / f"{field}{suffix}"
 
 

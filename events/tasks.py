@@ -9,6 +9,7 @@ YAML is rewritten with absolute data paths.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,15 +22,21 @@ class TaskConfigError(ValueError):
 
 def local_data_files(path: Path, name: str) -> list[Path]:
     """The local files a recipe's task YAML reads its documents from (URLs left out)."""
-    kwargs = yaml.safe_load(materialise_one(path, name)).get("dataset_kwargs") or {}
-    files = kwargs.get("data_files") or []
+    files = data_file_names(yaml.safe_load(materialise_one(path, name)))
+    return [Path(f) for f in files if "://" not in f]
+
+
+def data_file_names(config: dict[str, Any]) -> list[object]:
+    """Every `dataset_kwargs.data_files` entry of a task config as written: paths and URLs
+    (anything else, for the caller to refuse)."""
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or []
     groups = files.values() if isinstance(files, dict) else [files]
-    flat = [f for group in groups for f in ([group] if isinstance(group, str) else group)]
-    return [Path(f) for f in flat if "://" not in f]
+    return [f for group in groups
+            for f in (group if isinstance(group, list) else [group])]
 
 
-def materialise_one(path: Path, name: str) -> str:
-    """The task YAML as lm-eval should read it: checked, with absolute data paths."""
+def task_config(path: Path, name: str) -> dict[str, Any]:
+    """The task YAML parsed and checked: a mapping that defines task `name`, no include."""
     try:
         config = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
@@ -47,6 +54,14 @@ def materialise_one(path: Path, name: str) -> str:
         )
     if "include" in config:
         raise TaskConfigError(f"{path}: 'include' is not supported; inline the base config")
+    if not isinstance(config.get("dataset_kwargs") or {}, dict):
+        raise TaskConfigError(f"{path}: dataset_kwargs must be a mapping")
+    return config
+
+
+def materialise_one(path: Path, name: str) -> str:
+    """The task YAML as lm-eval should read it: checked, with absolute data paths."""
+    config = task_config(path, name)
     kwargs = config.get("dataset_kwargs") or {}
     if "data_files" in kwargs:
         kwargs["data_files"] = _absolute(kwargs["data_files"], path)

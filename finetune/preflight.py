@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from events.jobspec import FailureKind, PreflightSpec, record_failure
 from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
 from events.recipe import EvalSection, PiiPolicy, Recipe
+from events.remote_data import RemoteDataError, fetch_all
 from events.tasks import TaskConfigError, eval_data_files
 from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
@@ -169,9 +170,13 @@ def _strings(value: Any) -> Iterator[str]:
 def main(spec_path: Path) -> int:
     spec = PreflightSpec.read(spec_path)
     cache, work_dir = Path(spec.model_cache_dir), Path(spec.work_dir)
+    # URL data is fetched into the job directory first: the report and training read the copy.
+    data = fetch_all(spec.recipe.data, work_dir, spec.remote_data_allow_networks,
+                     spec.max_download_bytes)
     tokenizer = load_tokenizer(spec.recipe.model.base, cache)
     estimator = Estimator.on_this_node(spec.recipe.model.base, cache, spec.throughput)
-    build_report(spec.recipe, tokenizer, work_dir, estimator).write(work_dir / PREFLIGHT)
+    build_report(spec.recipe.model_copy(update={"data": data}), tokenizer, work_dir,
+                 estimator).write(work_dir / PREFLIGHT)
     return 0
 
 
@@ -182,7 +187,8 @@ def _cli(argv: list[str]) -> int:
     spec_path = Path(argv[0])
     try:
         return main(spec_path)
-    except (DataValidationError, TokenizerUnfitError, BaseModelError, TaskConfigError) as exc:
+    except (DataValidationError, TokenizerUnfitError, BaseModelError, TaskConfigError,
+            RemoteDataError) as exc:
         kind, reason, code = FailureKind.final, str(exc), EXIT_UNUSABLE
     except (ValidationError, UnicodeError, ValueError) as exc:
         # A parser refused the spec, the data or a task file. Its message may quote the

@@ -1,7 +1,8 @@
 """Admission at intake: refuse a request whose effective recipe can never train.
 
 The worker's validation (data, tokenizer, pre-flight report) needs files and models; these
-checks need only the recipe, so a partner hears at once, on the dead-letter topic, instead
+checks need only the recipe and the request's data references (their spelling: nothing is
+resolved, see `references`), so a partner hears at once, on the dead-letter topic, instead
 of after a job was created. Reasons name the field and the rule, never the request's values.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from aif.orchestrator.references import References
 from events.messages import FineTuneRequested
 from events.recipe import Recipe, RecipeError
 from recipes import load_recipe
@@ -37,16 +39,23 @@ def trainability_problems(recipe: Recipe, max_processes: int | None = None) -> l
 
 
 class Admission:
-    """The intake's checks of a request's effective recipe; `max_processes` None: no limit."""
+    """The intake's checks of a request's effective recipe; `max_processes` None: no limit;
+    `references` None: data references are left to the worker's validation."""
 
-    def __init__(self, max_processes: int | None = None) -> None:
-        self.max_processes = max_processes
+    def __init__(self, max_processes: int | None = None,
+                 references: References | None = None) -> None:
+        self.max_processes, self.references = max_processes, references
 
-    def refusal(self, request: FineTuneRequested) -> str | None:
-        """Why the request cannot train, or None if it may be stored."""
+    def refusal(self, request: FineTuneRequested, tenant: str) -> str | None:
+        """Why the request of `tenant` cannot train, or None if it may be stored."""
         try:
             recipe = request.recipe_inline or load_recipe(request.recipe or "")
             recipe = request.overrides.apply(recipe)
         except RecipeError as exc:
             return str(exc)
-        return "; ".join(trainability_problems(recipe, self.max_processes)) or None
+        problems = trainability_problems(recipe, self.max_processes)
+        if self.references is not None:
+            data = recipe.data.with_source(request.train_file, request.dataset)
+            problems += self.references.refusals(
+                request, recipe.model_copy(update={"data": data}), tenant)
+        return "; ".join(problems) or None

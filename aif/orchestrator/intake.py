@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import DeadLetter, Job
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
+from aif.orchestrator.references import References
 from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
 from events.bus import ACK_WAIT_S
@@ -152,7 +153,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
                 "with a different payload",
             )
         return IntakeResult(Outcome.duplicate, existing.id)
-    if admission is not None and (refusal := admission.refusal(request)):
+    if admission is not None and (refusal := admission.refusal(request, tenant)):
         return IntakeResult(Outcome.dead_letter, reason=refusal)
     job = Job(
         id=job_id,
@@ -325,13 +326,15 @@ class Intake:
         ensure_topics: Callable[[], None] = lambda: None,
         max_processes: int | None = None,
         require_signed_events: bool = True,
+        references: References | None = None,
     ) -> None:
         """`max_processes`: the most train/eval processes a request may ask for (None: any).
-        `require_signed_events`: dead-letter unsigned records (False: a trusted network)."""
+        `require_signed_events`: dead-letter unsigned records (False: a trusted network).
+        `references`: the site's data reference rules (None: left to the worker)."""
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
         self.require_signed_events = require_signed_events
-        self.admission = Admission(max_processes)
+        self.admission = Admission(max_processes, references)
         self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
         self._last_repair = 0.0
         self.rebalances = ResumeFromCommitted()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
+from aif.orchestrator.references import References
 from aif.settings import Settings
 from events.jobspec import (
     EvaluationSpec,
@@ -22,25 +23,31 @@ from events.jobspec import (
 )
 from events.messages import FineTuneRequested
 from events.recipe import EvalTask, Recipe, RecipeError
+from events.remote_data import url_scheme
 from events.tasks import TaskConfigError, eval_data_files
 from recipes import load_recipe
 
 
-def effective_recipe(request: FineTuneRequested, uploaded: str | None = None) -> Recipe:
+def effective_recipe(request: FineTuneRequested, references: References, tenant: str,
+                     uploaded: str | None = None) -> Recipe:
     """The recipe as this job runs it: named or inline, overrides, extra tasks and the
-    request's data (`uploaded`: the path its `file_id` names) applied; FinalError when it
-    cannot be resolved."""
+    request's data (`uploaded`: the path its `file_id` names) applied, every data reference
+    confined to what the site allows the tenant; FinalError when it cannot be resolved."""
     try:
         recipe = request.recipe_inline or load_recipe(request.recipe or "")
         recipe = request.overrides.apply(recipe)
         recipe = with_extra_tasks(recipe, request.extra_eval_tasks)
-        data = recipe.data.with_source(uploaded or request.train_file, request.dataset)
-        if data.train_file is not None and not Path(data.train_file).is_file():
-            raise RecipeError(f"data.train_file: no such file {data.train_file}")
+        recipe = recipe.model_copy(update={"data": recipe.data.with_source(
+            uploaded or request.train_file, request.dataset)})
+        recipe = references.confine(request, recipe, tenant, uploaded is not None)
+        train_file = recipe.data.train_file
+        if train_file is not None and url_scheme(train_file) is None and not Path(
+                train_file).is_file():
+            raise RecipeError("data.train_file: no such file")
         eval_data_files(recipe.eval)  # every task YAML readable, its data files present
     except (RecipeError, TaskConfigError) as exc:
         raise FinalError(str(exc)) from exc
-    return recipe.model_copy(update={"data": data})
+    return recipe
 
 
 def uploaded_file(session: Session, tenant: str, file_id: str | None) -> str | None:
@@ -67,7 +74,9 @@ def with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:
 def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings,
                    throughput: Throughput) -> PreflightSpec:
     return PreflightSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
-                         model_cache_dir=str(settings.models_dir), throughput=throughput)
+                         model_cache_dir=str(settings.models_dir), throughput=throughput,
+                         remote_data_allow_networks=settings.remote_data_allow_networks,
+                         max_download_bytes=settings.max_upload_bytes)
 
 
 def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> TrainingSpec:

@@ -29,6 +29,7 @@ from aif.orchestrator.ai_act_pack import write_pack
 from aif.orchestrator.errors import RetryableError, StageRunFailed
 from aif.orchestrator.handoff import notify_inference
 from aif.orchestrator.leases import Leases
+from aif.orchestrator.references import References
 from aif.orchestrator.scores import record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.states import enqueue_event, transition
@@ -48,6 +49,7 @@ from events.jobspec import (
 from events.messages import FineTuneRequested, MetricScore, ModelReady
 from events.preflight_report import PREFLIGHT, PreflightReport
 from events.recipe import Recipe
+from events.remote_data import localised
 from events.states import JobState
 from events.topics import Topics
 
@@ -66,6 +68,7 @@ class Steps:
         self.settings, self.sessions, self.leases, self.runner = (
             settings, sessions, leases, runner)
         self.topics = settings.topics
+        self.references = References.of(settings)
 
     def for_state(self, state: JobState) -> Callable[[Job], None]:
         return {
@@ -95,8 +98,8 @@ class Steps:
         request = FineTuneRequested.model_validate(job.request["data"])
         with self.sessions() as session:
             uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
-            recipe = specs.effective_recipe(request, uploaded).with_pii_at_least(
-                self.settings.pii_policy)
+            recipe = specs.effective_recipe(request, self.references, job.tenant,
+                                            uploaded).with_pii_at_least(self.settings.pii_policy)
             hint = throughput(self.settings, recipe, session, job.tenant)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
@@ -109,6 +112,7 @@ class Steps:
                         work / "preflight.log", work / "preflight_progress.jsonl",
                         time_limit_s=self.settings.preflight_timeout_s)
         report = _read(PreflightReport, work / PREFLIGHT)
+        recipe = recipe.model_copy(update={"data": localised(recipe.data, work)})  # URLs
         if report.pii is not None:  # training reads the redacted copies, if any
             recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
         frozen = {"recipe": recipe.model_dump(mode="json"),
