@@ -30,7 +30,7 @@ from tests.aif.conftest import signing_key
 from tests.conftest import free_port
 
 AIF = str(Path(sys.executable).with_name("aif"))
-UNRUNNABLE = FineTuneRequested(recipe="grid-ticket-routing", train_file="/nonexistent.jsonl")
+UNRUNNABLE = FineTuneRequested(recipe="grid-ticket-routing", train_file="nonexistent.jsonl")
 """Passes intake; the worker rejects it at once, without training."""
 
 

@@ -21,12 +21,12 @@ RECIPE = load_recipe("grid-ticket-routing")
 
 def _refusal(max_processes: int | None = None, **data: object) -> str | None:
     request = FineTuneRequested.model_validate({"recipe": "grid-ticket-routing", **data})
-    return Admission(max_processes).refusal(request)
+    return Admission(max_processes).refusal(request, "acme")
 
 
 def test_a_shipped_recipe_with_sane_overrides_is_admitted() -> None:
     assert _refusal(overrides={"max_steps": 50, "num_processes": 2}, max_processes=2) is None
-    assert Admission().refusal(FineTuneRequested(recipe_inline=RECIPE)) is None
+    assert Admission().refusal(FineTuneRequested(recipe_inline=RECIPE), "acme") is None
 
 
 def test_max_steps_must_be_above_the_warmup_steps() -> None:

@@ -96,8 +96,8 @@ def test_a_bad_extra_task_name_is_refused() -> None:
     ("data", "reason"),
     [
         ({"recipe": "no-such-recipe"}, "recipe: no such recipe. Available: "),
-        ({"recipe": "grid-ticket-routing", "train_file": "/nonexistent.jsonl"},
-         "data.train_file: no such file /nonexistent.jsonl"),
+        ({"recipe": "grid-ticket-routing", "train_file": "nonexistent.jsonl"},
+         "data.train_file: no such file in the tenant's data root"),
     ],
 )
 def test_unrunnable_requests_are_rejected_with_the_reason(
@@ -114,9 +114,10 @@ def test_unrunnable_requests_are_rejected_with_the_reason(
 
 
 def test_bad_data_is_rejected_by_the_preflight_report_before_training(
-    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
+    data_root: Path,
 ) -> None:
-    bad = tmp_path / "bad.jsonl"
+    bad = data_root / "acme" / "bad.jsonl"
     bad.write_text('{"text": "Sparks from the pole", "label": "emergency"}\n{"text": "x"}\n')
     assert tiny_request.recipe_inline is not None
     job_id = _store(sessions, recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"),

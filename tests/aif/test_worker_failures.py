@@ -75,9 +75,10 @@ def _everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
 
 
 def test_random_bytes_are_refused_by_line_and_the_next_job_still_runs(
-    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
+    data_root: Path,
 ) -> None:
-    noise = tmp_path / "noise.jsonl"
+    noise = data_root / "acme" / "noise.jsonl"
     noise.write_bytes(os.urandom(4096) + b"\n\xff\xfe\n")
     bad = _store(sessions, **_tiny(tiny_request, noise))
     good = _store(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
@@ -95,9 +96,9 @@ def test_random_bytes_are_refused_by_line_and_the_next_job_still_runs(
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_refusals_quote_no_data(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
-    suffix: str, caplog: pytest.LogCaptureFixture,
+    suffix: str, caplog: pytest.LogCaptureFixture, data_root: Path,
 ) -> None:
-    hostile = tmp_path / f"hostile{suffix}"
+    hostile = data_root / "acme" / f"hostile{suffix}"
     if suffix == ".jsonl":
         hostile.write_text(f'{{"text": "{SECRET}", "label": [\n{SECRET}\n"{SECRET}"\n')
     elif suffix == ".csv":

@@ -1,6 +1,6 @@
 """Training files a tenant uploads, for requests to name by `file_id` instead of a path.
 
-An upload streams straight to the tenant's data area (`<home>/data/<tenant>/files/<id>/`,
+An upload streams straight to the tenant's data root (`<data_root>/<tenant>/files/<id>/`,
 owner-only), hashed and counted as it arrives, so a file over `max_upload_bytes` is refused
 without ever being held whole. The stored file is then read by `python -m finetune.rows` in a
 process of its own: the same reading code as the pre-flight stage, without the web app
@@ -239,8 +239,8 @@ async def upload_file(
         limit, rule = int(quota.value), f"quota: dataset size, {quota}"
     session.close()  # no database connection is held while the body streams in
     file_id = f"file-{secrets.token_hex(12)}"
-    root = settings.home.resolve()
-    folder = root / "data" / principal.tenant / "files" / file_id
+    root = settings.data_root.resolve()
+    folder = root / principal.tenant / "files" / file_id
     part = _FilePart(root, folder, limit, rule)
     try:
         await _receive(request, part)
