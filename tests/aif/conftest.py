@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job, Tenant
+from aif.db.models import Job, Outbox, Tenant
+from aif.launchers import get_launcher
+from aif.orchestrator.intake import accept
+from aif.orchestrator.worker import JobWorker
 from aif.service import Service
 from aif.settings import Settings
-from aif.tenants import add_signing_key, create_tenant
+from aif.tenants import add_api_key, add_signing_key, create_tenant
+from aif.web.app import create_app
 from events.bus import envelope, make_producer, publish
 from events.envelope import job_id_for
 from events.messages import FineTuneRequested
@@ -90,6 +97,45 @@ def tiny_request(tiny_model_dir: Path, data_root: Path) -> FineTuneRequested:
                                                "guards": []}),
     })
     return FineTuneRequested(recipe_inline=recipe)
+
+
+def local_worker(sessions: sessionmaker[Session], home: Path, **settings: object) -> JobWorker:
+    """A worker on the local launcher with no producer at all: it publishes only through the
+    outbox."""
+    return JobWorker(Settings(home=home, lease_s=30, **settings),  # type: ignore[arg-type]
+                     sessions, get_launcher("local"))
+
+
+def store_trusted(sessions: sessionmaker[Session], **data: object) -> str:
+    """A request of tenant acme stored as intake stores it, trusted as on a network without
+    signing and without admission: these tests are about the worker."""
+    ev = envelope(FineTuneRequested.model_validate(data), source="urn:t", tenant="acme")
+    with sessions() as s:
+        result = accept(s, ev.to_bytes(), Settings().topics, require_signed=False)
+        s.commit()
+    assert result.job_id, result.reason
+    return result.job_id
+
+
+def everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
+    """Every place a refusal could show up: job row, outbox events, report, HTTP answers
+    (through /v1 with the tenant's API key), the stage's own log, report and failure."""
+    with sessions() as s:
+        job = s.get_one(Job, job_id)
+        said = [job.reason, json.dumps(job.preflight), *(t.reason for t in job.transitions),
+                *s.scalars(select(Outbox.payload)).all()]
+        work_dir, tenant = job.work_dir, job.tenant
+        if s.get(Tenant, tenant) is None:
+            create_tenant(s, tenant)
+        auth = {"Authorization": f"Bearer {add_api_key(s, tenant)[1]}"}
+        s.commit()
+    client = TestClient(create_app(sessions, Settings()))
+    answers = [client.get(f"/v1/jobs/{job_id}{tail}", headers=auth) for tail in ("", "/preflight")]
+    assert answers[0].status_code == 200, answers[0].text
+    said += [a.text for a in answers]
+    said += [p.read_text(errors="replace") for p in Path(work_dir or "/nonexistent").glob(
+        "*") if p.suffix in (".log", ".json")]
+    return "\n".join(said)
 
 
 def run_to_the_end(settings: Settings, sessions: sessionmaker[Session],

@@ -10,37 +10,17 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, utcnow
-from aif.launchers import get_launcher
 from aif.orchestrator.errors import LeaseLost
-from aif.orchestrator.intake import accept
-from aif.orchestrator.worker import JobWorker
-from aif.settings import Settings
-from events.bus import envelope
 from events.jobspec import TRAINING_SPEC
 from events.messages import FineTuneRequested
 from events.preflight_report import PREFLIGHT, PreflightReport
 from events.states import JobState
-
-
-def _worker(sessions: sessionmaker[Session], tmp_path: Path, **settings: object) -> JobWorker:
-    """A worker with no producer at all: it publishes only through the outbox."""
-    return JobWorker(Settings(home=tmp_path, lease_s=30, **settings), sessions,  # type: ignore[arg-type]
-                     get_launcher("local"))
-
-
-def _store(sessions: sessionmaker[Session], **data: object) -> str:
-    ev = envelope(FineTuneRequested.model_validate(data), source="urn:t", tenant="acme")
-    with sessions() as s:
-        # Trusted, as on a network without signing: these tests are about the worker.
-        result = accept(s, ev.to_bytes(), Settings().topics, require_signed=False)
-        s.commit()
-    assert result.job_id
-    return result.job_id
+from tests.aif.conftest import local_worker, store_trusted
 
 
 def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path: Path) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing")
-    a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing")
+    a, b = local_worker(sessions, tmp_path), local_worker(sessions, tmp_path)
     assert a.leases.claim() == job_id
     assert b.leases.claim() is None
     a.leases.heartbeat(job_id, JobState.validating)
@@ -49,8 +29,8 @@ def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path:
 
 
 def test_expired_lease_is_re_adopted(sessions: sessionmaker[Session], tmp_path: Path) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing")
-    a, b = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing")
+    a, b = local_worker(sessions, tmp_path), local_worker(sessions, tmp_path)
     assert a.leases.claim() == job_id
     with sessions() as s:
         s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -63,8 +43,8 @@ def test_expired_lease_is_re_adopted(sessions: sessionmaker[Session], tmp_path: 
 def test_validation_freezes_the_recipe_with_overrides(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
-    w = _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == job_id
     w.steps.validate(w.load(job_id))
     job = w.load(job_id)
@@ -77,9 +57,9 @@ def test_validation_freezes_the_recipe_with_overrides(
 def test_a_request_adds_evaluation_tasks_once(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing",
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing",
                     extra_eval_tasks=["hellaswag", "arc_easy", "hellaswag", "grid_ticket_routing"])
-    w = _worker(sessions, tmp_path)
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == job_id
     w.steps.validate(w.load(job_id))
     names = [t["name"] for t in w.load(job_id).recipe["eval"]["tasks"]]
@@ -103,8 +83,8 @@ def test_a_bad_extra_task_name_is_refused() -> None:
 def test_unrunnable_requests_are_rejected_with_the_reason(
     sessions: sessionmaker[Session], tmp_path: Path, data: dict, reason: str
 ) -> None:
-    job_id = _store(sessions, **data)
-    w = _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions, **data)
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == job_id
     w.run_job(job_id)
     job = w.load(job_id)
@@ -120,9 +100,10 @@ def test_bad_data_is_rejected_by_the_preflight_report_before_training(
     bad = data_root / "acme" / "bad.jsonl"
     bad.write_text('{"text": "Sparks from the pole", "label": "emergency"}\n{"text": "x"}\n')
     assert tiny_request.recipe_inline is not None
-    job_id = _store(sessions, recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"),
-                    train_file=str(bad))
-    w = _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions,
+                           recipe_inline=tiny_request.recipe_inline.model_dump(mode="json"),
+                           train_file=str(bad))
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == job_id
     w.run_job(job_id)
     job = w.load(job_id)

@@ -14,38 +14,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job, Outbox, Tenant, utcnow
-from aif.launchers import get_launcher
-from aif.orchestrator.intake import accept
-from aif.orchestrator.worker import JobWorker
-from aif.settings import Settings
-from aif.tenants import add_api_key, create_tenant
-from aif.web.app import create_app
-from events.bus import envelope
+from aif.db.models import Job, Outbox, utcnow
 from events.envelope import CloudEvent
 from events.messages import FineTuneRequested, JobProgress
 from events.states import JobState
+from tests.aif.conftest import everything_said, local_worker, store_trusted
 
 SECRET = "SECRET-MARKER-7f3a"
-
-
-def _worker(sessions: sessionmaker[Session], tmp_path: Path, **settings: object) -> JobWorker:
-    return JobWorker(Settings(home=tmp_path, lease_s=30, **settings),  # type: ignore[arg-type]
-                     sessions, get_launcher("local"))
-
-
-def _store(sessions: sessionmaker[Session], **data: object) -> str:
-    ev = envelope(FineTuneRequested.model_validate(data), source="urn:t", tenant="acme")
-    with sessions() as s:
-        # Trusted, as on a network without signing: these tests are about the worker.
-        result = accept(s, ev.to_bytes(), Settings().topics, require_signed=False)
-        s.commit()
-    assert result.job_id, result.reason
-    return result.job_id
 
 
 def _tiny(request: FineTuneRequested, train_file: Path) -> dict:
@@ -54,35 +32,15 @@ def _tiny(request: FineTuneRequested, train_file: Path) -> dict:
             "train_file": str(train_file)}
 
 
-def _everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
-    """Every place a refusal could show up: job row, outbox events, report, HTTP answers."""
-    with sessions() as s:
-        job = s.get_one(Job, job_id)
-        said = [job.reason, json.dumps(job.preflight), *(t.reason for t in job.transitions),
-                *s.scalars(select(Outbox.payload)).all()]
-        work_dir, tenant = job.work_dir, job.tenant
-        if s.get(Tenant, tenant) is None:
-            create_tenant(s, tenant)
-        auth = {"Authorization": f"Bearer {add_api_key(s, tenant)[1]}"}
-        s.commit()
-    client = TestClient(create_app(sessions, Settings()))
-    answers = [client.get(f"/v1/jobs/{job_id}{tail}", headers=auth) for tail in ("", "/preflight")]
-    assert answers[0].status_code == 200, answers[0].text
-    said += [a.text for a in answers]
-    said += [p.read_text(errors="replace") for p in Path(work_dir or "/nonexistent").glob(
-        "*") if p.suffix in (".log", ".json")]  # the stage's own log, report and failure
-    return "\n".join(said)
-
-
 def test_random_bytes_are_refused_by_line_and_the_next_job_still_runs(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
     data_root: Path,
 ) -> None:
     noise = data_root / "acme" / "noise.jsonl"
     noise.write_bytes(os.urandom(4096) + b"\n\xff\xfe\n")
-    bad = _store(sessions, **_tiny(tiny_request, noise))
-    good = _store(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
-    w = _worker(sessions, tmp_path)
+    bad = store_trusted(sessions, **_tiny(tiny_request, noise))
+    good = store_trusted(sessions, recipe="grid-ticket-routing", overrides={"max_steps": 3})
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == bad
     w.run_job(bad)
     job = w.load(bad)
@@ -105,8 +63,8 @@ def test_refusals_quote_no_data(
         hostile.write_bytes(f'text,label\n"{SECRET}",\xff{SECRET}\n'.encode("latin-1"))
     else:
         hostile.write_bytes(b"PAR1" + SECRET.encode() * 10)
-    job_id = _store(sessions, **_tiny(tiny_request, hostile))
-    w = _worker(sessions, tmp_path)
+    job_id = store_trusted(sessions, **_tiny(tiny_request, hostile))
+    w = local_worker(sessions, tmp_path)
     assert w.leases.claim() == job_id
     with caplog.at_level(logging.DEBUG):
         w.run_job(job_id)
@@ -114,20 +72,20 @@ def test_refusals_quote_no_data(
     assert job.state == JobState.rejected, job.reason
     assert str(hostile) in job.reason  # the refusal names the file ...
     assert (Path(job.work_dir) / "preflight.log").is_file()  # the stage's log is read below
-    said = _everything_said(sessions, job_id) + caplog.text
+    said = everything_said(sessions, job_id) + caplog.text
     assert SECRET not in said  # ... and never its contents
 
 
 def test_a_step_that_keeps_failing_backs_off_then_fails_without_delaying_others(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    broken = _store(sessions, recipe="grid-ticket-routing")
-    other = _store(sessions, recipe="grid-ticket-routing")
+    broken = store_trusted(sessions, recipe="grid-ticket-routing")
+    other = store_trusted(sessions, recipe="grid-ticket-routing")
     with sessions() as s:  # a job row that a bug left unreadable by the training step
         s.execute(update(Job).where(Job.id == broken)
                   .values(state=JobState.training.value, recipe={"name": 42}))
         s.commit()
-    w = _worker(sessions, tmp_path, max_attempts=3, retry_backoff_s=60)
+    w = local_worker(sessions, tmp_path, max_attempts=3, retry_backoff_s=60)
     for attempt in (1, 2):
         assert w.leases.claim() == broken
         w.run_job(broken)
@@ -153,8 +111,8 @@ def test_a_step_that_keeps_failing_backs_off_then_fails_without_delaying_others(
 def test_a_pre_flight_over_its_time_limit_is_stopped_and_rejected(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing")
-    w = _worker(sessions, tmp_path, preflight_timeout_s=0.5)
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing")
+    w = local_worker(sessions, tmp_path, preflight_timeout_s=0.5)
     assert w.leases.claim() == job_id
     w.run_job(job_id)
     job = w.load(job_id)
@@ -165,7 +123,7 @@ def test_a_pre_flight_over_its_time_limit_is_stopped_and_rejected(
 def test_progress_is_relayed_once_even_by_a_worker_that_re_adopts_the_job(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    job_id = _store(sessions, recipe="grid-ticket-routing")
+    job_id = store_trusted(sessions, recipe="grid-ticket-routing")
     work = tmp_path / "work"
     work.mkdir()
     progress = work / "progress.jsonl"
@@ -174,7 +132,7 @@ def test_progress_is_relayed_once_even_by_a_worker_that_re_adopts_the_job(
     with sessions() as s:
         s.execute(update(Job).where(Job.id == job_id).values(work_dir=str(work)))
         s.commit()
-    first, second = _worker(sessions, tmp_path), _worker(sessions, tmp_path)
+    first, second = local_worker(sessions, tmp_path), local_worker(sessions, tmp_path)
     assert first.leases.claim() == job_id
     first.runner.relay_progress(job_id, progress)
     first.runner.relay_progress(job_id, progress)  # nothing new: nothing sent

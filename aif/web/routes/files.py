@@ -87,8 +87,9 @@ def _display_name(sent: bytes) -> str:
 
 
 def _private_dirs(root: Path, folder: Path) -> None:
-    """Create `folder` and the folders between it and `root`, each new one owner-only."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Create `folder` and the folders between it and `root` (and `root`), each new one
+    owner-only."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     current = root
     for part in folder.relative_to(root).parts:
         current /= part
