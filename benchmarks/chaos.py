@@ -46,7 +46,7 @@ from events.jobspec import PROGRESS_LOG
 from events.messages import FineTuneRequested
 from events.recipe import Recipe
 from events.topics import Topics
-from recipes import load_recipe
+from recipes import copied_into, load_recipe
 
 TENANT = "chaos"  # every request of the run is signed as this tenant
 TERMINAL = {"succeeded", "failed", "cancelled", "rejected"}
@@ -157,6 +157,7 @@ class Chaos:
         self.disk.mount()
         self.env = {
             "AIF_HOME": str(home), "AIF_DATABASE_URL": self.db_url,
+            "AIF_DATA_ROOT": str(self.work / "data"),
             "AIF_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "AIF_TOPIC_PREFIX": self.topics.prefix,
             "AIF_CONSUMER_GROUP": f"{self.topics.prefix}-orchestrators",
@@ -198,8 +199,9 @@ class Chaos:
         return lambda value: sign(value, key_id, secret)
 
     def _tiny_recipe(self) -> Recipe:
-        """tests/aif/conftest.py's tiny_request, with a checkpoint every few steps."""
-        recipe = load_recipe("grid-ticket-routing")
+        """tests/aif/conftest.py's tiny_request, with a checkpoint every few steps; its files
+        copied into the chaos tenant's data root, as an inline recipe's must be."""
+        recipe = copied_into(load_recipe("grid-ticket-routing"), self.work / "data" / "chaos")
         return recipe.model_copy(update={
             "name": "tiny-grid-routing",
             "model": recipe.model.model_copy(update={"base": str(self.model)}),
@@ -236,7 +238,7 @@ class Chaos:
         elif kind == "unknown-recipe":
             value = self._event_bytes(FineTuneRequested(recipe="no-such-recipe"), source)
         elif kind == "random-train-file":
-            path = self.work / "data" / f"random-{n}.jsonl"
+            path = self.work / "data" / "chaos" / f"random-{n}.jsonl"
             path.write_bytes(os.urandom(4096))
             value = self._event_bytes(
                 FineTuneRequested(recipe_inline=self.recipe, train_file=str(path)), source)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import shutil
 from pathlib import Path
 
 from events.recipe import Recipe, RecipeError, load_recipe_file
+from events.tasks import local_data_files
 
 RECIPES_DIR = Path(__file__).parent
 
@@ -48,3 +50,26 @@ def load_recipe(name: str, root: Path = RECIPES_DIR) -> Recipe:
             f"recipe: no such recipe.{did_you_mean} Available: {', '.join(sorted(shipped))}"
         )
     return shipped[name][1]
+
+
+def copied_into(recipe: Recipe, root: Path) -> Recipe:
+    """A shipped recipe reading copies of its files under `root` (e.g. a tenant's data root,
+    where an inline recipe's files must be). Each copy keeps its place relative to the recipes
+    tree, so that the task YAMLs' relative data files are found beside them."""
+    def copy(path: str | None) -> str | None:
+        if path is None:
+            return None
+        target = root / Path(path).relative_to(RECIPES_DIR.resolve())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return str(target)
+
+    for task in recipe.eval.tasks:
+        if task.yaml is not None:
+            for data_file in local_data_files(Path(task.yaml), task.name):
+                copy(str(data_file))
+    data = recipe.data.model_copy(update={"train_file": copy(recipe.data.train_file),
+                                          "validation_file": copy(recipe.data.validation_file)})
+    tasks = [t.model_copy(update={"yaml": copy(t.yaml)}) for t in recipe.eval.tasks]
+    return recipe.model_copy(update={"data": data,
+                                     "eval": recipe.eval.model_copy(update={"tasks": tasks})})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -23,11 +22,9 @@ from aif.web.app import create_app
 from events.bus import envelope, make_producer, publish
 from events.envelope import job_id_for
 from events.messages import FineTuneRequested
-from events.recipe import Recipe
 from events.signing import SigningKey
 from events.states import JobState
-from events.tasks import local_data_files
-from recipes import RECIPES_DIR, load_recipe
+from recipes import copied_into, load_recipe
 
 
 def signing_key(sessions: sessionmaker[Session], tenant: str = "acme") -> SigningKey:
@@ -58,35 +55,12 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def in_tenant_root(recipe: Recipe, root: Path) -> Recipe:
-    """The recipe reading copies of its files in `root` (a tenant's data root), as an inline
-    recipe must; each keeps its place relative to the recipes tree, so that the task YAMLs'
-    relative data files are found beside them."""
-    def copy(path: str | None) -> str | None:
-        if path is None:
-            return None
-        target = root / Path(path).relative_to(RECIPES_DIR.resolve())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        return str(target)
-
-    for task in recipe.eval.tasks:
-        if task.yaml is not None:
-            for data_file in local_data_files(Path(task.yaml), task.name):
-                copy(str(data_file))
-    data = recipe.data.model_copy(update={"train_file": copy(recipe.data.train_file),
-                                          "validation_file": copy(recipe.data.validation_file)})
-    tasks = [t.model_copy(update={"yaml": copy(t.yaml)}) for t in recipe.eval.tasks]
-    return recipe.model_copy(update={"data": data,
-                                     "eval": recipe.eval.model_copy(update={"tasks": tasks})})
-
-
 @pytest.fixture
 def tiny_request(tiny_model_dir: Path, data_root: Path) -> FineTuneRequested:
     """The shipped recipe on the tiny model, its files copied into tenant acme's data root:
     short training, 20 eval docs, a gate that lets a random model pass (these tests are about
     the orchestrator, not about learning)."""
-    recipe = in_tenant_root(load_recipe("grid-ticket-routing"), data_root / "acme")
+    recipe = copied_into(load_recipe("grid-ticket-routing"), data_root / "acme")
     recipe = recipe.model_copy(update={
         "name": "tiny-grid-routing",
         "model": recipe.model.model_copy(update={"base": str(tiny_model_dir)}),
