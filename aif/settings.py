@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Networks that remote data may come from although "
         "they are not public, e.g. an internal mirror; a JSON list of CIDRs.",
     )
+    s3_prefix: str | None = Field(
+        None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?$",
+        description="Where a tenant's s3:// data may be, `{tenant}` replaced by the tenant, "
+        "e.g. s3://aif-data/tenants/{tenant}/ (ends in /); None: s3 is not enabled.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible store's endpoint (MinIO, Ceph) instead of AWS; "
+        "credentials come from the standard AWS environment of the pre-flight stage.",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite.")
     kafka: KafkaConfig = KafkaConfig()
     topic_prefix: str = Field("aif", pattern=r"^[A-Za-z0-9._-]+$")
@@ -107,6 +116,8 @@ class Settings(BaseSettings):
     def default_data_root(self) -> Settings:
         if self.data_root is None:
             self.data_root = self.home / "data"
+        if self.s3_prefix is not None and "{tenant}" not in self.s3_prefix:
+            raise ValueError("s3_prefix: must contain {tenant}, so each tenant has its own")
         return self
 
     def retry_delay_s(self, attempts: int) -> float:

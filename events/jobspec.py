@@ -101,6 +101,7 @@ class PreflightSpec(_Frozen):
         default_factory=list, description="Non-public networks that URL data may come from.")
     max_download_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest file a data URL may answer with.")
+    s3_endpoint_url: str | None = Field(None, description="The S3-compatible store, if not AWS.")
 
 
 class TrainingSpec(_Frozen):

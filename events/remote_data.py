@@ -9,8 +9,10 @@ a resolver accepts (`2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1`) is read a
 it is, and IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged
 by that address.
 
-Lives in `events` because the orchestrator checks URLs at intake and validation, and the
-pre-flight stage downloads them, and neither may import the other. Messages name the rule,
+`s3://bucket/key` objects are fetched with boto3 from the site's store (`s3_endpoint_url`),
+only under the tenant's prefix. Lives in `events` because the orchestrator checks URLs at
+intake and validation, and the pre-flight stage downloads them, and neither may import the
+other. Messages name the rule,
 never the URL or anything the server sent.
 """
 
@@ -22,7 +24,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path, PurePosixPath
@@ -153,9 +155,24 @@ def local_copy(work_dir: Path, field: str, url: str) -> Path:
 
 
 def remote_fields(data: DataSection) -> dict[str, str]:
-    """The data section's files that are URLs, by field name."""
+    """The data section's files that are URLs (http, https, s3), by field name."""
     return {field: url for field in REMOTE_FIELDS
-            if (url := getattr(data, field)) is not None and url_scheme(url) in PORTS}
+            if (url := getattr(data, field)) is not None and url_scheme(url) in (*PORTS, "s3")}
+
+
+def check_s3_url(url: str, prefix: str) -> None:
+    """RemoteDataError unless `url` is `s3://bucket/key` under `prefix` (`s3://bucket/path/`).
+    Keys are taken literally, so `.`, `..` and empty segments, which
+    some S3-compatible stores collapse, are refused rather than interpreted."""
+    parts, allowed = urlsplit(url), urlsplit(prefix)
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise RemoteDataError("an s3 URL is s3://bucket/key, without query, fragment or "
+                              "credentials")
+    key = parts.path.removeprefix("/")
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        raise RemoteDataError("the s3 key may not have empty, '.' or '..' segments")
+    if parts.netloc != allowed.netloc or not key.startswith(allowed.path.removeprefix("/")):
+        raise RemoteDataError("outside the tenant's s3 prefix")
 
 
 def localised(data: DataSection, work_dir: Path) -> DataSection:
@@ -165,14 +182,42 @@ def localised(data: DataSection, work_dir: Path) -> DataSection:
 
 
 def fetch_all(data: DataSection, work_dir: Path, allowed: Sequence[Network],
-              max_bytes: int) -> DataSection:
-    """Download every URL of the data section into the work dir; the section reading them."""
+              max_bytes: int, s3_endpoint_url: str | None = None) -> DataSection:
+    """Download every URL of the data section into the work dir; the section reading them.
+    `s3_endpoint_url`: an S3-compatible store instead of AWS's (credentials: the standard
+    AWS environment of this process)."""
     for field, url in remote_fields(data).items():
         try:
-            download(url, local_copy(work_dir, field, url), allowed, max_bytes)
+            dest = local_copy(work_dir, field, url)
+            if url_scheme(url) == "s3":
+                download_s3(url, dest, max_bytes, s3_endpoint_url)
+            else:
+                download(url, dest, allowed, max_bytes)
         except RemoteDataError as exc:
             raise RemoteDataError(f"data.{field}: {exc}") from exc
     return localised(data, work_dir)
+
+
+def download_s3(url: str, dest: Path, max_bytes: int, endpoint_url: str | None) -> None:
+    """Fetch an `s3://bucket/key` object (already checked against the tenant's prefix)."""
+    import boto3  # only the stage that downloads needs the AWS SDK
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parts = urlsplit(url)
+    client = boto3.client("s3", endpoint_url=endpoint_url)
+    try:
+        answer = client.get_object(Bucket=parts.netloc, Key=parts.path.removeprefix("/"))
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", "an error"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        if status >= 500:
+            raise RemoteServerError(f"the object store answered {code}") from exc
+        raise RemoteDataError(f"the object store answered {code}") from exc
+    except BotoCoreError as exc:  # unreachable, no credentials: the site's, not the request's
+        raise RemoteServerError(f"the object store was not reached ({type(exc).__name__})"
+                                ) from exc
+    with contextlib.closing(answer["Body"]) as body:
+        _save(body.iter_chunks(), answer.get("ContentLength"), dest, max_bytes)
 
 
 def download(url: str, dest: Path, allowed: Sequence[Network], max_bytes: int,
@@ -192,7 +237,9 @@ def download(url: str, dest: Path, allowed: Sequence[Network], max_bytes: int,
                 raise RemoteServerError(f"the server answered HTTP {response.status_code}")
             if response.status_code != 200:
                 raise RemoteDataError(f"the server answered HTTP {response.status_code}")
-            _save(response, dest, max_bytes)
+            declared = response.headers.get("content-length", "")
+            _save(response.iter_bytes(), int(declared) if declared.isdigit() else None, dest,
+                  max_bytes)
             return
     raise RemoteDataError(f"more than {MAX_REDIRECTS} redirects")
 
@@ -220,10 +267,9 @@ def _pinned_get(target: Target, timeout_s: float) -> Iterator[httpx.Response]:
             response.close()
 
 
-def _save(response: httpx.Response, dest: Path, max_bytes: int) -> None:
+def _save(chunks: Iterable[bytes], declared: int | None, dest: Path, max_bytes: int) -> None:
     """Stream the body to `dest` (owner-only) through a temporary name, within the limit."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared > max_bytes:
         raise RemoteDataError(f"larger than the limit of {max_bytes} bytes")
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
@@ -231,7 +277,7 @@ def _save(response: httpx.Response, dest: Path, max_bytes: int) -> None:
     size, head = 0, b""
     try:
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            for chunk in response.iter_bytes():
+            for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise RemoteDataError(f"larger than the limit of {max_bytes} bytes")

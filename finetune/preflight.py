@@ -172,7 +172,7 @@ def main(spec_path: Path) -> int:
     cache, work_dir = Path(spec.model_cache_dir), Path(spec.work_dir)
     # URL data is fetched into the job directory first: the report and training read the copy.
     data = fetch_all(spec.recipe.data, work_dir, spec.remote_data_allow_networks,
-                     spec.max_download_bytes)
+                     spec.max_download_bytes, spec.s3_endpoint_url)
     tokenizer = load_tokenizer(spec.recipe.model.base, cache)
     estimator = Estimator.on_this_node(spec.recipe.model.base, cache, spec.throughput)
     build_report(spec.recipe.model_copy(update={"data": data}), tokenizer, work_dir,

@@ -11,7 +11,8 @@ tenant's data root (`<data_root>/<tenant>/`), or be a URL or hub id the site swi
   like any other file, so none is accepted), and a data file must not be an archive;
 - `http(s)://` only with `allow_remote_data`, and only to public addresses or the site's
   allow-list (`events.remote_data`); the pre-flight stage downloads it into the job directory;
-- `s3://` is not enabled on this service, nor any other scheme;
+- `s3://bucket/key` only under the tenant's `s3_prefix` (none: not enabled), fetched by the
+  pre-flight stage too; no other scheme;
 - a hub dataset only with `allow_hub_datasets`, and by hub id only, never a path.
 
 Named (shipped) recipes read their own files from the repository; only what a request
@@ -39,6 +40,7 @@ from events.remote_data import (
     PORTS,
     Network,
     RemoteDataError,
+    check_s3_url,
     check_url,
     local_copy,
     url_scheme,
@@ -76,11 +78,13 @@ class References:
     allow_hub_datasets: bool = False
     allow_remote_data: bool = False
     allow_networks: tuple[Network, ...] = ()
+    s3_prefix: str | None = None  # with {tenant}; None: s3 not enabled
 
     @classmethod
     def of(cls, settings: Settings) -> References:
         return cls(settings.data_root, settings.jobs_dir, settings.allow_hub_datasets,
-                   settings.allow_remote_data, tuple(settings.remote_data_allow_networks))
+                   settings.allow_remote_data, tuple(settings.remote_data_allow_networks),
+                   settings.s3_prefix)
 
     def refusals(self, request: FineTuneRequested, recipe: Recipe, tenant: str) -> list[str]:
         """Every rule the request's references break that needs no file system or network;
@@ -117,7 +121,7 @@ class References:
             self._dataset(ref)
             return ref.value
         if url_scheme(ref.value) is not None:
-            return self._url(ref, offline=offline)
+            return self._url(ref, tenant, offline=offline)
         path = self._path(ref.field, ref.value, tenant, offline=offline)
         if ref.kind is Kind.data and not offline and (kind := _archive(ref.field, path)):
             raise FinalError(f"{ref.field}: {archive_rule(kind)}")
@@ -132,19 +136,22 @@ class References:
             raise FinalError(f"{ref.field}: must be a hub dataset id (name or owner/name), "
                              "not a path")
 
-    def _url(self, ref: Reference, *, offline: bool) -> str:
+    def _url(self, ref: Reference, tenant: str, *, offline: bool) -> str:
         scheme = url_scheme(ref.value)
         if ref.kind is not Kind.data or scheme not in (*PORTS, "s3"):
             raise FinalError(f"{ref.field}: not a file in the tenant's data root; only "
                              f"{_ACCEPTED}")
-        if scheme == "s3":
+        if scheme == "s3" and self.s3_prefix is None:
             raise FinalError(f"{ref.field}: s3:// data is not enabled on this site; upload "
                              "the file or place it in the tenant's data root")
-        if not self.allow_remote_data:
+        if scheme != "s3" and not self.allow_remote_data:
             raise FinalError(f"{ref.field}: remote data (http/https URLs) is not enabled on "
                              "this site (allow_remote_data)")
         try:
-            check_url(ref.value, self.allow_networks, resolve=not offline)
+            if self.s3_prefix is not None and scheme == "s3":
+                check_s3_url(ref.value, self.s3_prefix.replace("{tenant}", tenant))
+            else:
+                check_url(ref.value, self.allow_networks, resolve=not offline)
             local_copy(Path(), ref.field.removeprefix("data."), ref.value)
         except RemoteDataError as exc:
             raise FinalError(f"{ref.field}: {exc}") from exc

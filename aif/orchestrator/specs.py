@@ -76,7 +76,8 @@ def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings,
     return PreflightSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
                          model_cache_dir=str(settings.models_dir), throughput=throughput,
                          remote_data_allow_networks=settings.remote_data_allow_networks,
-                         max_download_bytes=settings.max_upload_bytes)
+                         max_download_bytes=settings.max_upload_bytes,
+                         s3_endpoint_url=settings.s3_endpoint_url)
 
 
 def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> TrainingSpec:

@@ -370,7 +370,7 @@ def test_a_redirect_to_loopback_is_refused_at_its_hop_and_the_allowed_hop_downlo
     servers: tuple[_Server, _Server], caplog: pytest.LogCaptureFixture,
 ) -> None:
     mirror, loopback = servers
-    rows = b"".join(Path(SHIPPED.data.train_file or "").read_bytes().splitlines(True)[:40])
+    rows = _tickets()
     mirror.routes.update({
         "/tickets.jsonl": (200, {}, rows),
         "/moved.jsonl": (302, {"Location": "/tickets.jsonl"}, b""),  # re-checked, allowed
@@ -454,3 +454,87 @@ def test_over_kafka_hostile_references_are_dead_letters_and_the_service_serves_o
                            headers={"Authorization": f"Bearer {api_key}"})
         assert listed.status_code == 200 and listed.json()["data"] == []  # another tenant's
         assert MARKER not in listed.text
+
+
+S3_PREFIX = "s3://aif-data/tenants/{tenant}/"
+S3_REFUSED = {
+    "s3://aif-data/tenants/globex/secret.jsonl": "data.train_file: outside the tenant's s3 prefix",
+    "s3://aif-data/tenants/acme-x/secret.jsonl": "data.train_file: outside the tenant's s3 prefix",
+    "s3://other-bucket/tenants/acme/t.jsonl": "data.train_file: outside the tenant's s3 prefix",
+    "s3://aif-data/tenants/acme/../globex/secret.jsonl":
+        "data.train_file: the s3 key may not have empty, '.' or '..' segments",
+    "s3://aif-data/tenants/acme//t.jsonl":
+        "data.train_file: the s3 key may not have empty, '.' or '..' segments",
+    "s3://aif-data/tenants/acme/t.jsonl?versionId=1":
+        "data.train_file: an s3 URL is s3://bucket/key",
+}
+
+
+@pytest.fixture
+def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real (moto) S3 server on loopback: acme's tickets and globex's secret rows in one
+    bucket, each under its tenant's prefix; the endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)  # the pre-flight stage inherits them
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    store = boto3.client("s3", endpoint_url=endpoint)
+    store.create_bucket(Bucket="aif-data")
+    store.put_object(Bucket="aif-data", Key="tenants/acme/tickets.jsonl", Body=_tickets())
+    store.put_object(Bucket="aif-data", Key="tenants/globex/secret.jsonl", Body=ROWS.encode())
+    yield endpoint
+    server.stop()
+
+
+def _tickets() -> bytes:
+    return b"".join(Path(SHIPPED.data.train_file or "").read_bytes().splitlines(True)[:40])
+
+
+@pytest.mark.parametrize("url", S3_REFUSED)
+def test_s3_outside_the_tenants_prefix_is_refused_at_intake(
+    sessions: sessionmaker[Session], tmp_path: Path, url: str
+) -> None:
+    admission = Admission(None, References.of(Settings(home=tmp_path, s3_prefix=S3_PREFIX)))
+    event = envelope(FineTuneRequested(recipe="grid-ticket-routing", train_file=url),
+                     source="urn:t", tenant="acme")
+    with sessions() as s:
+        result = accept(s, event.to_bytes(), Settings().topics, admission, require_signed=False)
+    assert result.outcome is Outcome.dead_letter
+    assert result.reason.startswith(S3_REFUSED[url]), result.reason
+
+
+def test_s3_objects_under_the_tenants_prefix_are_downloaded_and_others_refused(
+    sessions: sessionmaker[Session], tmp_path: Path, site: Site, s3_store: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = local_worker(sessions, tmp_path, s3_prefix=S3_PREFIX, s3_endpoint_url=s3_store)
+    good, missing = "s3://aif-data/tenants/acme/tickets.jsonl", "s3://aif-data/tenants/acme/no.jsonl"
+    jobs = {url: store_trusted(sessions, recipe_inline=site.tiny, train_file=url)
+            for url in [*S3_REFUSED, missing, good]}
+    with caplog.at_level(logging.DEBUG):
+        for url, job_id in jobs.items():
+            assert w.leases.claim() == job_id
+            if url == good:  # only validated: the job is not trained here
+                w.steps.validate(w.load(job_id))
+            else:
+                w.run_job(job_id)
+    for url, reason in S3_REFUSED.items():
+        job = w.load(jobs[url])
+        assert (job.state, job.preflight) == (JobState.rejected, None)  # before any stage
+        assert job.reason.startswith(reason), job.reason
+        assert MARKER not in everything_said(sessions, job.id)
+    assert MARKER not in caplog.text
+    absent = w.load(jobs[missing])
+    assert absent.state == JobState.rejected and absent.attempts == 0
+    assert "data.train_file: the object store answered NoSuchKey" in absent.reason
+    job = w.load(jobs[good])
+    assert job.state == JobState.queued, job.reason
+    copy = Path(job.work_dir or "") / "remote" / "train_file.jsonl"
+    assert copy.read_bytes() == _tickets() and job.preflight["train"]["rows_usable"] == 40
+    assert job.recipe["data"]["train_file"] == str(copy)  # training reads the local copy

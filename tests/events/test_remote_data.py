@@ -15,6 +15,7 @@ from events.archives import archive_kind
 from events.remote_data import (
     RemoteDataError,
     address_rule,
+    check_s3_url,
     check_url,
     literal_address,
     local_copy,
@@ -108,3 +109,23 @@ def _tar() -> bytes:
 ])
 def test_archives_are_known_by_their_magic_bytes(head: bytes, kind: str | None) -> None:
     assert archive_kind(head) == kind
+
+
+@pytest.mark.parametrize(("url", "rule"), [
+    ("s3://data/tenants/acme/t.jsonl", None),
+    ("s3://data/tenants/acme/deep/er/t.jsonl", None),
+    ("s3://data/tenants/acmex/t.jsonl", "outside the tenant's s3 prefix"),
+    ("s3://data/tenants/t.jsonl", "outside the tenant's s3 prefix"),
+    ("s3://elsewhere/tenants/acme/t.jsonl", "outside the tenant's s3 prefix"),
+    ("s3://data/tenants/acme/./t.jsonl", "the s3 key may not have"),
+    ("s3://data/tenants/acme/../globex/t.jsonl", "the s3 key may not have"),
+    ("s3://data/tenants/acme/t.jsonl#x", "an s3 URL is s3://bucket/key"),
+    ("s3://key:secret@data/tenants/acme/t.jsonl", "an s3 URL is s3://bucket/key"),
+])
+def test_s3_keys_must_lie_under_the_prefix_literally(url: str, rule: str | None) -> None:
+    if rule is None:
+        check_s3_url(url, "s3://data/tenants/acme/")
+        return
+    with pytest.raises(RemoteDataError) as refused:
+        check_s3_url(url, "s3://data/tenants/acme/")
+    assert str(refused.value).startswith(rule)
