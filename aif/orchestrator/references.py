@@ -67,6 +67,7 @@ class Reference:
     field: str  # as the reason names it, e.g. data.train_file or eval.tasks.0.yaml
     kind: Kind
     value: str
+    task: int = -1  # a task YAML's index in eval.tasks
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,8 @@ class References:
             if ref.kind is Kind.data:
                 data[ref.field.removeprefix("data.")] = checked
             elif ref.kind is Kind.task:
-                index = int(ref.field.split(".")[2])
-                tasks[index] = tasks[index].model_copy(update={"yaml": checked})
-                self._task_data(ref.field, Path(checked), tasks[index].name, tenant)
+                tasks[ref.task] = tasks[ref.task].model_copy(update={"yaml": checked})
+                self._task_data(ref.field, Path(checked), tasks[ref.task].name, tenant)
         return recipe.model_copy(update={
             "data": recipe.data.model_copy(update=data),
             "eval": recipe.eval.model_copy(update={"tasks": tasks})})
@@ -177,8 +177,10 @@ class References:
             raise FinalError(f"{field}: {OUTSIDE}")
         try:
             info = os.lstat(path)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise FinalError(f"{field}: no such file in the tenant's data root") from exc
+        except OSError as exc:  # not permitted, a name too long
+            raise FinalError(f"{field}: the service may not read this file") from exc
         if not stat.S_ISREG(info.st_mode):
             raise FinalError(f"{field}: not a regular file (directories, devices, pipes and "
                              "sockets are refused)")
@@ -227,7 +229,7 @@ def named(request: FineTuneRequested, recipe: Recipe, replaced: bool) -> Iterato
     if inline:
         for i, task in enumerate(recipe.eval.tasks):
             if task.yaml is not None:
-                yield Reference(f"eval.tasks.{i}.yaml", Kind.task, task.yaml)
+                yield Reference(f"eval.tasks.{i}.yaml", Kind.task, task.yaml, i)
 
 
 def _archive(field: str, path: Path) -> str | None:

@@ -33,6 +33,7 @@ from aif.db.models import DeadLetter, Job
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.intake import Outcome, accept
 from aif.orchestrator.references import References
+from aif.orchestrator.specs import effective_recipe
 from aif.service import Service
 from aif.settings import Settings
 from aif.tenants import create_tenant
@@ -538,3 +539,38 @@ def test_s3_objects_under_the_tenants_prefix_are_downloaded_and_others_refused(
     copy = Path(job.work_dir or "") / "remote" / "train_file.jsonl"
     assert copy.read_bytes() == _tickets() and job.preflight["train"]["rows_usable"] == 40
     assert job.recipe["data"]["train_file"] == str(copy)  # training reads the local copy
+
+
+def test_paths_inside_the_root_are_admitted_and_made_canonical(
+    tmp_path: Path, site: Site
+) -> None:
+    """Relative to the tenant root (not the service's working directory), `..` that stays
+    inside, a symlink that stays inside: admitted, and frozen as the canonical path."""
+    references = References.of(Settings(home=tmp_path))  # type: ignore[call-arg]
+    train = site.root / "energy" / "grid_ticket_routing" / "data" / "train.jsonl"
+    (site.root / "latest.jsonl").symlink_to(train)
+    for spelling in ("energy/grid_ticket_routing/data/train.jsonl",
+                     "energy/../energy/grid_ticket_routing/data/train.jsonl",
+                     str(train), "latest.jsonl"):
+        request = FineTuneRequested(recipe="grid-ticket-routing", train_file=spelling)
+        assert Admission(None, references).refusal(request, "acme") is None
+        recipe = effective_recipe(request, references, "acme")
+        assert recipe.data.train_file == str(train.resolve())
+    inline = FineTuneRequested.model_validate(site.inline())
+    frozen = effective_recipe(inline, references, "acme")
+    assert frozen.eval.tasks[0].yaml == str(site.task_dir / "hostile.yaml")
+
+
+@pytest.mark.parametrize(("dataset", "reason"), [
+    ("acme/tickets", None), ("tickets", None), ("acme/tickets.v2", None),
+    ("/etc", "data.dataset: must be a hub dataset id"),
+    ("../globex", "data.dataset: must be a hub dataset id"),
+    ("acme/../../etc", "data.dataset: must be a hub dataset id"),
+])
+def test_hub_datasets_when_enabled_are_hub_ids_never_paths(
+    tmp_path: Path, dataset: str, reason: str | None
+) -> None:
+    references = References.of(Settings(home=tmp_path, allow_hub_datasets=True))
+    request = FineTuneRequested(recipe="grid-ticket-routing", dataset=dataset)
+    refusal = Admission(None, references).refusal(request, "acme")
+    assert refusal == reason if reason is None else refusal.startswith(reason)
