@@ -23,7 +23,7 @@ from events.checksums import MANIFEST, sha256_file
 from events.envelope import CloudEvent
 from events.messages import FineTuneRequested, ModelReady
 from events.states import JobState
-from recipes import load_recipe
+from recipes import copied_into, load_recipe
 from tests.aif.conftest import run_to_the_end, signing_key
 
 PASSWORD = "kafka-sasl-pw-7f3a9c1e"
@@ -50,10 +50,12 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     rows = Path(shipped.data.train_file or "").read_text().splitlines()[:200]
     first = json.loads(rows[0])
     rows[0] = json.dumps({**first, "text": f"{first['text']} - mail {EMAIL} or {PHONE}"})
-    train = tmp / "tenant" / "tickets.jsonl"
-    train.parent.mkdir()
+    home = tmp / "home"
+    tenant_root = home / "data" / "acme"  # an inline recipe's files lie in the tenant's root
+    train = tenant_root / "tickets.jsonl"
+    train.parent.mkdir(parents=True)
     train.write_text("\n".join(rows) + "\n")
-    recipe = shipped.model_copy(update={
+    recipe = copied_into(shipped, tenant_root).model_copy(update={
         "name": "tiny-hygiene",
         "model": shipped.model.model_copy(update={"base": str(tiny_model_dir)}),
         "train": shipped.train.model_copy(update={"max_steps": 4, "batch_size": 4,
@@ -62,7 +64,6 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         "gate": shipped.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
                                                 "guards": []}),
     })
-    home = tmp / "home"
     db_url = f"sqlite:///{tmp / 'aif.db'}"
     sessions = session_factory(db_url)
     key = signing_key(sessions, "acme")
@@ -75,7 +76,8 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         env.setenv("AIF_KAFKA__SASL_PLAIN_PASSWORD", PASSWORD)
         env.setenv("AIF_SIGNING_SECRET", key.secret)
         env.setenv("AIF_PII_POLICY", "redact")
-        settings = Settings(home=home, database_url=db_url, topic_prefix="hygiene",
+        settings = Settings(home=home, data_root=home / "data", database_url=db_url,
+                            topic_prefix="hygiene",
                             kafka=KafkaConfig(bootstrap_servers=broker,
                                               sasl_plain_password=PASSWORD),
                             embedded_broker=False, max_poll_interval_ms=3000,
