@@ -55,14 +55,15 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     train = tenant_root / "tickets.jsonl"
     train.parent.mkdir(parents=True)
     train.write_text("\n".join(rows) + "\n")
-    recipe = copied_into(shipped, tenant_root).model_copy(update={
+    copied = copied_into(shipped, tenant_root)
+    recipe = copied.model_copy(update={
         "name": "tiny-hygiene",
-        "model": shipped.model.model_copy(update={"base": str(tiny_model_dir)}),
-        "train": shipped.train.model_copy(update={"max_steps": 4, "batch_size": 4,
-                                                  "checkpoint_steps": 2}),
-        "eval": shipped.eval.model_copy(update={"limit": 10}),
-        "gate": shipped.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
-                                                "guards": []}),
+        "model": copied.model.model_copy(update={"base": str(tiny_model_dir)}),
+        "train": copied.train.model_copy(update={"max_steps": 4, "batch_size": 4,
+                                                 "checkpoint_steps": 2}),
+        "eval": copied.eval.model_copy(update={"limit": 10}),
+        "gate": copied.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+                                               "guards": []}),
     })
     db_url = f"sqlite:///{tmp / 'aif.db'}"
     sessions = session_factory(db_url)
