@@ -51,7 +51,8 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     first = json.loads(rows[0])
     rows[0] = json.dumps({**first, "text": f"{first['text']} - mail {EMAIL} or {PHONE}"})
     home = tmp / "home"
-    tenant_root = home / "data" / "acme"  # an inline recipe's files lie in the tenant's root
+    data_root = tmp / "data"  # beside home, whose every file is searched below
+    tenant_root = data_root / "acme"  # an inline recipe's files lie in the tenant's root
     train = tenant_root / "tickets.jsonl"
     train.parent.mkdir(parents=True)
     train.write_text("\n".join(rows) + "\n")
@@ -77,7 +78,7 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         env.setenv("AIF_KAFKA__SASL_PLAIN_PASSWORD", PASSWORD)
         env.setenv("AIF_SIGNING_SECRET", key.secret)
         env.setenv("AIF_PII_POLICY", "redact")
-        settings = Settings(home=home, data_root=home / "data", database_url=db_url,
+        settings = Settings(home=home, data_root=data_root, database_url=db_url,
                             topic_prefix="hygiene",
                             kafka=KafkaConfig(bootstrap_servers=broker,
                                               sasl_plain_password=PASSWORD),
