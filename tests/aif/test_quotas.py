@@ -23,7 +23,7 @@ from events.messages import FineTuneRequested
 from events.preflight_report import Estimate
 from events.states import JobState
 from recipes import load_recipe
-from tests.aif.test_worker import _store, _worker
+from tests.aif.conftest import local_worker, store_trusted
 
 S = JobState
 
@@ -207,8 +207,8 @@ def _claimed_jobs(sessions: sessionmaker[Session], tmp_path: Path,
     _tenant(sessions, **quota)
     assert request.recipe_inline is not None
     data = {"recipe_inline": request.recipe_inline.model_dump(mode="json")}
-    ids = [_store(sessions, **data) for _ in range(count)]
-    workers = [_worker(sessions, tmp_path) for _ in ids]
+    ids = [store_trusted(sessions, **data) for _ in range(count)]
+    workers = [local_worker(sessions, tmp_path) for _ in ids]
     assert [w.leases.claim() for w in workers] == ids
     return list(zip(workers, ids, strict=True))
 
