@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Networks that remote data may come from although "
         "they are not public, e.g. an internal mirror; a JSON list of CIDRs.",
     )
+    base_model_roots: list[Path] = Field(
+        default_factory=list, description="Folders of the centre's own base models (HF "
+        "directories, .gguf files) that an inline recipe's model.base may name by path; "
+        "otherwise it may name only a registered base model. A JSON list of paths.",
+    )
     s3_prefix: str | None = Field(
         None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/(.*/)?$",
         description="Where a tenant's s3:// data may be, `{tenant}` replaced by the tenant, "

@@ -158,6 +158,7 @@ class Chaos:
         self.env = {
             "AIF_HOME": str(home), "AIF_DATABASE_URL": self.db_url,
             "AIF_DATA_ROOT": str(self.work / "data"),
+            "AIF_BASE_MODEL_ROOTS": json.dumps([str(self.model)]),  # the inline recipe's base
             "AIF_KAFKA__BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "AIF_TOPIC_PREFIX": self.topics.prefix,
             "AIF_CONSUMER_GROUP": f"{self.topics.prefix}-orchestrators",

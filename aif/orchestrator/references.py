@@ -35,7 +35,7 @@ from aif.orchestrator.errors import FinalError
 from aif.settings import Settings
 from events.archives import archive_rule, file_archive_kind
 from events.messages import FineTuneRequested
-from events.recipe import Recipe
+from events.recipe import PUBLISHED_FIGURES, Recipe
 from events.remote_data import (
     PORTS,
     Network,
@@ -60,6 +60,7 @@ class Kind(Enum):
     data = "a training or validation file"
     dataset = "a hub dataset"
     task = "a task YAML"
+    model = "a base model"
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,13 @@ class References:
     allow_remote_data: bool = False
     allow_networks: tuple[Network, ...] = ()
     s3_prefix: str | None = None  # with {tenant}; None: s3 not enabled
+    base_model_roots: tuple[Path, ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> References:
         return cls(settings.data_root, settings.jobs_dir, settings.allow_hub_datasets,
                    settings.allow_remote_data, tuple(settings.remote_data_allow_networks),
-                   settings.s3_prefix)
+                   settings.s3_prefix, tuple(settings.base_model_roots))
 
     def refusals(self, request: FineTuneRequested, recipe: Recipe, tenant: str) -> list[str]:
         """Every rule the request's references break that needs no file system or network;
@@ -104,27 +106,48 @@ class References:
         upload) with each reference checked and each path canonical, or FinalError naming
         the field and rule of the first one refused."""
         data: dict[str, str] = {}
-        tasks = list(recipe.eval.tasks)
+        tasks, model = list(recipe.eval.tasks), recipe.model
         for ref in named(request, recipe, uploaded):
             checked = self._check(ref, tenant, offline=False)
             if ref.kind is Kind.data:
                 data[ref.field.removeprefix("data.")] = checked
+            elif ref.kind is Kind.model:
+                model = recipe.model.model_copy(update={"base": checked})
             elif ref.kind is Kind.task:
                 tasks[ref.task] = tasks[ref.task].model_copy(update={"yaml": checked})
                 self._task_data(ref.field, Path(checked), tasks[ref.task].name, tenant)
         return recipe.model_copy(update={
-            "data": recipe.data.model_copy(update=data),
+            "model": model, "data": recipe.data.model_copy(update=data),
             "eval": recipe.eval.model_copy(update={"tasks": tasks})})
 
     def _check(self, ref: Reference, tenant: str, *, offline: bool) -> str:
         if ref.kind is Kind.dataset:
             self._dataset(ref)
             return ref.value
+        if ref.kind is Kind.model:
+            return self._base_model(ref, offline=offline)
         if url_scheme(ref.value) is not None:
             return self._url(ref, tenant, offline=offline)
         path = self._path(ref.field, ref.value, tenant, offline=offline)
         if ref.kind is Kind.data and not offline and (kind := _archive(ref.field, path)):
             raise FinalError(f"{ref.field}: {archive_rule(kind)}")
+        return str(path)
+
+    def _base_model(self, ref: Reference, *, offline: bool) -> str:
+        """A registered base model, or one of the site's own under `base_model_roots`: a
+        path elsewhere could name another tenant's merged model in the jobs tree.
+        `offline`: judge the spelling only (symlinks are resolved by the worker)."""
+        if ref.value in PUBLISHED_FIGURES:  # the registered base models, by name
+            return ref.value
+        canonical = os.path.abspath if offline else os.path.realpath
+        path = Path(canonical(ref.value)) if "\0" not in ref.value else None
+        if (path is None or url_scheme(ref.value) is not None or self._in_jobs(path)
+                or not any(path.is_relative_to(os.path.realpath(r))
+                           for r in self.base_model_roots)):
+            raise FinalError(f"{ref.field}: an inline recipe may name a base model the site "
+                             f"registers ({', '.join(sorted(PUBLISHED_FIGURES))}) or one in "
+                             "the site's base_model_roots; other paths and hub ids are not "
+                             "accepted")
         return str(path)
 
     def _dataset(self, ref: Reference) -> None:
@@ -227,6 +250,8 @@ def named(request: FineTuneRequested, recipe: Recipe, replaced: bool) -> Iterato
     if data.train_file is None and data.dataset is not None and (inline or request.dataset):
         yield Reference("data.dataset", Kind.dataset, data.dataset)
     if inline:
+        # A path here could name another tenant's merged model under the jobs tree.
+        yield Reference("model.base", Kind.model, recipe.model.base)
         for i, task in enumerate(recipe.eval.tasks):
             if task.yaml is not None:
                 yield Reference(f"eval.tasks.{i}.yaml", Kind.task, task.yaml, i)

@@ -56,10 +56,13 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def tiny_request(tiny_model_dir: Path, data_root: Path) -> FineTuneRequested:
+def tiny_request(tiny_model_dir: Path, data_root: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> FineTuneRequested:
     """The shipped recipe on the tiny model, its files copied into tenant acme's data root:
     short training, 20 eval docs, a gate that lets a random model pass (these tests are about
-    the orchestrator, not about learning)."""
+    the orchestrator, not about learning). The tiny model's folder is one of the site's base
+    model roots, as a centre's own model store would be."""
+    monkeypatch.setenv("AIF_BASE_MODEL_ROOTS", json.dumps([str(tiny_model_dir)]))
     recipe = copied_into(load_recipe("grid-ticket-routing"), data_root / "acme")
     recipe = recipe.model_copy(update={
         "name": "tiny-grid-routing",

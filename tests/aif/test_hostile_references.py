@@ -170,6 +170,10 @@ def _task_data_symlink(site: Site) -> str:
     return "docs.jsonl"
 
 
+def _base_model(site: Site, base: str) -> dict:
+    return {"recipe_inline": {**site.tiny, "model": {**site.tiny["model"], "base": base}}}
+
+
 CASES = {
     "etc-passwd": Case(_named("/etc/passwd"), f"data.train_file: {OUTSIDE}"),
     "etc-shadow": Case(_named("/etc/shadow"), f"data.train_file: {OUTSIDE}"),
@@ -225,6 +229,12 @@ CASES = {
         lambda s: {"recipe_inline": {**s.tiny, "data": {**s.tiny["data"],
                                                          "validation_file": str(s.outside)}}},
         f"data.validation_file: {OUTSIDE}"),
+    "inline-base-model-in-jobs": Case(lambda s: _base_model(s, str(s.globex_job_file.parent)),
+                                      "model.base: an inline recipe may name a base model"),
+    "inline-base-model-etc": Case(lambda s: _base_model(s, "/etc"),
+                                  "model.base: an inline recipe may name a base model"),
+    "inline-base-model-hub-id": Case(lambda s: _base_model(s, "someone/some-model"),
+                                     "model.base: an inline recipe may name a base model"),
     # Refused only once the file system (or DNS) is asked: by the worker's validation.
     "symlink-out": Case(_named(_symlink), f"data.train_file: {OUTSIDE}", at_intake=False),
     "symlinked-dir-out": Case(_named(_linked_dir), f"data.train_file: {OUTSIDE}",
