@@ -43,7 +43,8 @@ def _json(job: Job, *parts: str) -> Any:
         return None
 
 
-def _model(model: type[BaseModel], data: Any) -> Any:
+def parse(model: type[BaseModel], data: Any) -> Any:
+    """`data` as `model`, or None when absent or written by an incompatible version."""
     try:
         return model.model_validate(data) if data is not None else None
     except ValueError:
@@ -51,11 +52,11 @@ def _model(model: type[BaseModel], data: Any) -> Any:
 
 
 def training_result(job: Job) -> TrainingResult | None:
-    return _model(TrainingResult, _json(job, TRAINING_RESULT))
+    return parse(TrainingResult, _json(job, TRAINING_RESULT))
 
 
 def provenance(job: Job) -> TrainingProvenance | None:
-    return _model(TrainingProvenance, _json(job, "adapter", PROVENANCE))
+    return parse(TrainingProvenance, _json(job, "adapter", PROVENANCE))
 
 
 def model_card(job: Job) -> str | None:

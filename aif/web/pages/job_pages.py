@@ -110,11 +110,12 @@ def job_list(request: Request, who: SignedIn, session: SessionDep) -> Response:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job: PageJob, who: SignedIn, session: SessionDep) -> Response:
     points, ready, last_id = _events(job, session)
-    report = PreflightReport.model_validate(job.preflight) if job.preflight else None
+    report = job_files.parse(PreflightReport, job.preflight)
     files = artifacts.list_artifacts(job).data
     return page(
         request, "job.html", who, job=job, name=board.model_name(job),
         timeline=_timeline(job), terminal=JobState(job.state).terminal, report=report,
+        report_unreadable=job.preflight is not None and report is None,
         points=points, trained=job_files.training_result(job),
         provenance=job_files.provenance(job), card=job_files.model_card(job),
         file_paths={f.path for f in files}, model_ready=ready, after=last_id,
