@@ -309,7 +309,7 @@ def test_job_page_shows_timeline_preflight_progress_and_scores(api: Api) -> None
     client = _browser(api, api.acme)
     html = client.get(f"/jobs/{job}").text
     for state in ("validating", "queued", "training", "evaluating", "handing_off", "succeeded"):
-        assert f'<td class="state {state}">' in html
+        assert f'<td><span class="state {state}">' in html
     data = json.loads(re.search(r'id="progress-data">(.*?)</script>', html)[1])  # type: ignore[index]
     assert [p["loss"] for p in data["points"]] == LOSSES
     assert 'id="preflight-unreadable"' in html  # an old or odd report breaks nothing
