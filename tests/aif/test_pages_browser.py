@@ -7,6 +7,8 @@ Screenshots land in the module's temporary directory (printed with `-s`).
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +18,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job
+from aif.db.models import ApiKey, Job, WebSession
 from aif.db.session import session_factory
 from aif.orchestrator.states import enqueue_event, transition
 from aif.settings import Settings
@@ -43,6 +46,7 @@ class Site:
     acme: Credentials
     globex: Credentials
     jobs: dict[str, str]
+    home: Path
 
     def page(self, creds: Credentials | None, width: int = 1280, height: int = 900) -> Page:
         page = self.browser.new_context(viewport={"width": width, "height": height}).new_page()
@@ -88,7 +92,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield Site(f"http://127.0.0.1:{port}", sessions, settings, browser,
-                   home / "screenshots", acme, globex, jobs)
+                   home / "screenshots", acme, globex, jobs, home)
         browser.close()
     server.should_exit = True
     thread.join(10)
@@ -202,3 +206,15 @@ def test_the_leaderboard_fits_a_phone_and_works_by_keyboard(site: Site) -> None:
     page.keyboard.press("Enter")
     page.wait_for_url("**sort=name**")
     assert "q=router" in page.url
+
+
+def test_the_readme_screenshot_command_leaves_no_key_behind(site: Site, tmp_path: Path) -> None:
+    count = lambda model: site.sessions().scalar(select(func.count()).select_from(model))  # noqa: E731
+    keys, browsers = count(ApiKey), count(WebSession)
+    done = subprocess.run([sys.executable, "-m", "aif.web.screenshots", "--home",
+                           str(site.home), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("leaderboard.png", "job.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (count(ApiKey), count(WebSession)) == (keys, browsers)
