@@ -14,9 +14,12 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import delete, select
 
 from aif.db.models import ApiKey, Job, WebSession
@@ -26,10 +29,25 @@ from aif.tenants import add_api_key
 from aif.web.app import create_app
 
 
-def _free_port() -> int:
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app on a free loopback port in a thread, for a browser to visit; its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the app did not start on 127.0.0.1:{port}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,17 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         job_id, tenant = job.id, job.tenant
         key_id, key = add_api_key(s, tenant)
         s.commit()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sessions, settings), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        with sync_playwright() as pw:
+        with serving(create_app(sessions, settings)) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
             page.goto(f"{url}/signin")
@@ -76,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=args.out / "job.png", full_page=True)
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(10)
         with sessions() as s:  # the temporary key and its browser session leave no trace
             s.execute(delete(WebSession).where(WebSession.api_key_id == key_id))
             s.execute(delete(ApiKey).where(ApiKey.id == key_id))

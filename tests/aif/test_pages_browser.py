@@ -9,14 +9,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +24,7 @@ from aif.orchestrator.states import enqueue_event, transition
 from aif.settings import Settings
 from aif.tenants import Credentials, Role, create_tenant
 from aif.web.app import create_app
+from aif.web.screenshots import serving
 from events.bus import KafkaConfig
 from events.messages import JobProgress
 from events.states import JobState
@@ -82,20 +80,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "globex": seed_model(sessions, settings, "globex", "g1",
                              labels={"name": "globex-router"}),
     }
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sessions, settings), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    with sync_playwright() as pw:
+    with serving(create_app(sessions, settings)) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield Site(f"http://127.0.0.1:{port}", sessions, settings, browser,
-                   home / "screenshots", acme, globex, jobs, home)
+        yield Site(url, sessions, settings, browser, home / "screenshots", acme, globex, jobs,
+                   home)
         browser.close()
-    server.should_exit = True
-    thread.join(10)
 
 
 def _names(page: Page) -> list[str]:
