@@ -333,6 +333,22 @@ def test_job_page_shows_timeline_preflight_progress_and_scores(api: Api) -> None
     assert f'href="/jobs/{job}"' in client.get("/jobs").text
 
 
+def test_a_hostile_model_name_is_text_on_every_page(api: Api) -> None:
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    job = seed_model(api.sessions, api.settings, "acme", "a1", labels={"name": hostile})
+    client = _browser(api, api.acme)
+    for url in ("/leaderboard", f"/jobs/{job}", "/jobs", f"/compare?m=job:{job}&m=job:{job}"):
+        html = client.get(url).text
+        assert "<script>alert" not in html and "<img src=x" not in html, url
+    assert client.get("/leaderboard.json").json()["rows"][0]["model"] == hostile
+    formula = seed_model(api.sessions, api.settings, "acme", "a2",
+                         labels={"name": '=HYPERLINK("http://evil.example")'})
+    rows = {r["job_id"]: r for r in csv.DictReader(io.StringIO(
+        client.get("/leaderboard.csv").text))}
+    assert rows[formula]["model"] == "'=HYPERLINK(\"http://evil.example\")"
+    assert float(rows[formula]["general_knowledge_guard:delta"]) == pytest.approx(0.5)
+
+
 def test_job_pages_need_a_session_and_hide_other_tenants_jobs(api: Api) -> None:
     job = seed_model(api.sessions, api.settings, "acme", "a1", public=True)
     for path in (f"/jobs/{job}", "/jobs", f"/jobs/{job}/events",

@@ -64,9 +64,17 @@ def leaderboard_csv(request: Request, session: SessionDep, viewer: Viewer) -> Re
     if records:
         writer = csv.DictWriter(out, fieldnames=list(records[0]))
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in records)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": 'attachment; filename="leaderboard.csv"'})
+
+
+def _cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (a label `=HYPERLINK(...)`) is
+    quoted, as OWASP advises for CSV exports; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
 
 
 @dataclass
