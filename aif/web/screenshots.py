@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             page.click("form.signin button")
             page.wait_for_selector("#signed-in-as")
             page.goto(f"{url}/leaderboard")
+            page.locator("details.pins summary").first.click()  # show the first row's pins
             page.screenshot(path=args.out / "leaderboard.png", full_page=True)
             page.goto(f"{url}/jobs/{job_id}")
             page.wait_for_function("window.aifLossChart !== undefined || "
