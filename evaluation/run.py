@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from evaluation.runner import AdapterNotAppliedError, evaluate_model
+from evaluation.runner import AdapterNotAppliedError, cli_command, evaluate_model
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
+    EVAL_COMMANDS,
     EVALUATION_RESULT,
     PROGRESS_LOG,
     EvaluationResult,
@@ -54,6 +56,11 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
         wall_s=time.monotonic() - started,
     )
     result.write(output_dir / EVALUATION_RESULT)
+    # The pages show how to rerun each score by hand; only this stage may import lm-eval's
+    # side of things, so it writes the command lines down.
+    commands = {"base" if a is None else "tuned": cli_command(spec, a, output_dir)
+                for a in models}
+    (output_dir / EVAL_COMMANDS).write_text(json.dumps(commands, indent=2))
     return result
 
 

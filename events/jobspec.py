@@ -22,6 +22,8 @@ TRAINING_SPEC = "training_spec.json"
 TRAINING_RESULT = "training_result.json"
 EVALUATION_SPEC = "evaluation_spec.json"
 EVALUATION_RESULT = "evaluation_result.json"
+EVAL_COMMANDS = "lm_eval_commands.json"
+"""Beside the result: model (base, tuned) -> the equivalent `lm_eval` command line."""
 PROGRESS_LOG = "progress.jsonl"
 
 

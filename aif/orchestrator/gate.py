@@ -13,7 +13,7 @@ import math
 
 from events.jobspec import EvaluationResult, TaskMetric
 from events.messages import GateDecision, MetricScore
-from events.recipe import Recipe
+from events.recipe import GateSection, Recipe
 
 
 def scores(result: EvaluationResult) -> list[MetricScore]:
@@ -33,6 +33,17 @@ def scores(result: EvaluationResult) -> list[MetricScore]:
     ]
 
 
+def combined_stderr(score: MetricScore) -> float:
+    return math.hypot(score.base_stderr or 0.0, score.tuned_stderr or 0.0)
+
+
+def gain_checks(gate: GateSection, score: MetricScore) -> tuple[bool, bool]:
+    """(big enough, above the noise) for the gate's own score; the pages colour by it."""
+    # stderr_factor 0 switches the noise check off (min_gain alone decides).
+    return (score.delta >= gate.min_gain,
+            gate.stderr_factor == 0 or score.delta > gate.stderr_factor * combined_stderr(score))
+
+
 def decide(recipe: Recipe, result: EvaluationResult) -> tuple[list[MetricScore], GateDecision]:
     gate = recipe.gate
     all_scores = scores(result)
@@ -46,10 +57,8 @@ def decide(recipe: Recipe, result: EvaluationResult) -> tuple[list[MetricScore],
         reason = f"{label}: no {' or '.join(missing)} score in the evaluation results"
         return all_scores, GateDecision(passed=False, reason=reason)
     score = next(s for s in all_scores if (s.task, s.metric) == (gate.task, gate.metric))
-    stderr = math.hypot(score.base_stderr or 0.0, score.tuned_stderr or 0.0)
-    big_enough = score.delta >= gate.min_gain
-    # stderr_factor 0 switches the noise check off (min_gain alone decides).
-    above_noise = gate.stderr_factor == 0 or score.delta > gate.stderr_factor * stderr
+    stderr = combined_stderr(score)
+    big_enough, above_noise = gain_checks(gate, score)
     reason = (
         f"{label}: {score.tuned:.3f} vs base {score.base:.3f} ({score.delta:+.3f}); "
         f"needs >= {gate.min_gain:+.3f} and > {gate.stderr_factor} x stderr {stderr:.3f}"

@@ -1,28 +1,24 @@
-"""FastAPI app: the HTTP API v1 (`aif.web.routes`), its offline docs, and the public
-leaderboard page."""
+"""FastAPI app: the HTTP API v1 (`aif.web.routes`), its offline docs, and the HTML pages
+(`aif.web.pages`: sign-in, leaderboard, compare, jobs)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
 from swagger_ui_bundle import swagger_ui_path
 
 from aif.settings import Settings
-from aif.web.deps import SessionDep, install_problem_handlers
+from aif.web import pages
+from aif.web.deps import install_problem_handlers
 from aif.web.kafka import RequestBus
-from aif.web.leaderboard import PUBLIC_ONLY, leaderboard_rows
 from aif.web.routes import artifacts, files, health, jobs, leaderboard, recipes
-
-TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 
@@ -64,10 +60,5 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
     def index() -> RedirectResponse:
         return RedirectResponse("/leaderboard")
 
-    @app.get("/leaderboard", include_in_schema=False)
-    def leaderboard_page(request: Request, session: SessionDep) -> HTMLResponse:
-        """Open to anyone, so it shows only what tenants published."""
-        return TEMPLATES.TemplateResponse(
-            request, "leaderboard.html", {"rows": leaderboard_rows(session, PUBLIC_ONLY)})
-
+    pages.install(app)
     return app

@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 S = JobState
 NO_KEY_NEEDED = {("/healthz", "get"), ("/readyz", "get")}
 """The only operations of the document open to anyone (probes reveal no tenant's data)."""
-OUTSIDE_THE_DOCUMENT = {"/", "/leaderboard", "/docs", "/docs/assets", "/openapi.json"}
-"""Routes not in the OpenAPI document; each is checked below on its own."""
+OUTSIDE_THE_DOCUMENT = {
+    "/", "/docs", "/docs/assets", "/openapi.json", "/static",
+    # HTML pages (aif.web.pages), each with its access rules in tests/aif/test_pages.py
+    "/leaderboard", "/leaderboard.csv", "/leaderboard.json", "/compare", "/signin",
+    "/signout", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events",
+    "/jobs/{job_id}/files/{path:path}"}
+"""Routes not in the OpenAPI document; each is checked below or in test_pages.py on its own."""
 
 
 @dataclass

@@ -16,7 +16,13 @@ from evaluation.runner import (
     evaluate_model,
     extract_metrics,
 )
-from events.jobspec import EVALUATION_RESULT, PROGRESS_LOG, EvaluationResult, ProgressLine
+from events.jobspec import (
+    EVAL_COMMANDS,
+    EVALUATION_RESULT,
+    PROGRESS_LOG,
+    EvaluationResult,
+    ProgressLine,
+)
 from tests.evaluation.conftest import SpecFactory
 
 TASK = "grid_ticket_routing"
@@ -51,6 +57,16 @@ def test_result_holds_every_metric(evaluated: Path) -> None:
     lines = (evaluated / PROGRESS_LOG).read_text().splitlines()
     assert [ProgressLine.model_validate_json(line).step for line in lines] == [1, 2]
     assert {ProgressLine.model_validate_json(line).total_steps for line in lines} == {2}
+
+
+def test_the_stage_writes_down_the_equivalent_command_lines(
+    evaluated: Path, make_spec: SpecFactory, random_adapter_dir: Path
+) -> None:
+    """The pages show them (the service shell cannot import `cli_command`)."""
+    spec = make_spec(evaluated, random_adapter_dir)
+    assert json.loads((evaluated / EVAL_COMMANDS).read_text()) == {
+        "base": cli_command(spec, None, evaluated),
+        "tuned": cli_command(spec, str(random_adapter_dir), evaluated)}
 
 
 @pytest.mark.parametrize("model", ["base", "tuned"])
