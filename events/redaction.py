@@ -18,7 +18,8 @@ from pydantic import BaseModel, SecretStr
 
 MASK = "[redacted]"
 MIN_SECRET_CHARS = 6  # shorter values would mask ordinary words
-SECRET_ENV = ("AIF_SIGNING_SECRET", "AIF_API_KEY")
+SECRET_ENV = ("AIF_SIGNING_SECRET", "AIF_API_KEY",
+              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")  # the s3 data store's (boto3)
 PATTERNS = (
     re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"),
     re.compile(r"(?i)hmac-sha256=[0-9a-f]+"),

@@ -35,17 +35,20 @@ def test_every_logger_masks_configured_secrets(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIF_SIGNING_SECRET", "signing-secret-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-456")
     redaction.install(Settings(kafka=KafkaConfig(sasl_plain_password=PASSWORD)))
     with caplog.at_level(logging.INFO):
         logging.getLogger("kafka.conn").info("config %s", {"sasl_plain_password": PASSWORD})
         logging.getLogger("uvicorn.error").warning("signed with signing-secret-123")
+        logging.getLogger("botocore.auth").warning("key aws-secret-456")
         try:
             raise ValueError(f"bad password {PASSWORD}")
         except ValueError:
             logging.getLogger("aif.worker").exception("step failed")
     text = caplog.text
     assert PASSWORD not in text and "signing-secret-123" not in text
-    assert text.count(redaction.MASK) == 3  # two messages and the traceback
+    assert "aws-secret-456" not in text
+    assert text.count(redaction.MASK) == 4  # three messages and the traceback
 
 
 def test_short_values_are_not_taken_for_secrets() -> None:
