@@ -66,7 +66,8 @@ def _fake_orchestrator(cfg: KafkaConfig, topics: Topics, states: list[JobState],
         producer = make_producer(cfg)
         for topic, data in _script(job, states, evaluated=evaluated):
             time.sleep(0.2)
-            publish(producer, getattr(topics, topic), job_envelope(data, job), key=job.id)
+            publish(producer, getattr(topics, topic)(job.tenant), job_envelope(data, job),
+                    key=job.id)
         producer.close()
         done.append(time.monotonic())
 
@@ -86,7 +87,7 @@ def test_submit_wait_exits_with_the_outcome_as_soon_as_the_job_is_over(
     exit_code: int, says: str,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.shared())
+    ensure_topics(cfg, [*topics.shared(), *topics.of_tenant("demo")])  # the CLI's default tenant
     done: list[float] = []
     thread = _fake_orchestrator(cfg, topics, states, evaluated, done)
     result = CliRunner().invoke(app, ["submit", "grid-ticket-routing", "--wait"], env={
