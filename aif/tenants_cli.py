@@ -1,4 +1,5 @@
-"""`aif tenants ...`: create tenants and their keys, list them, revoke keys, set quotas.
+"""`aif tenants ...`: create tenants and their keys, list them, revoke keys, set quotas,
+erase a tenant.
 
 Run by the centre's operators on a host that reaches the job store (`AIF_DATABASE_URL`).
 """
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from aif.db.models import Tenant, utcnow
 from aif.db.session import session_factory
+from aif.erasure import STOP_TIMEOUT_S, ErasureError, erase_tenant
 from aif.quotas import limits, set_quota, usage
 from aif.settings import get_settings
 from aif.tenants import Role, TenantError, create_tenant, list_tenants, revoke
@@ -170,3 +172,24 @@ def _show_quota(name: str) -> None:
         limit = found.get(field)
         table.add_row(field.replace("_", "-"), str(limit) if limit else "unlimited", in_use)
     console.print(table)
+@tenants_app.command("erase")
+def erase(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    stop_timeout: Annotated[float, typer.Option(
+        help="Seconds a running stage may take to stop.")] = STOP_TIMEOUT_S,
+) -> None:
+    """Erase the tenant: files, jobs, scores, events, uploads and keys; its name stays taken
+    and one audit row lists what was removed (counts and sha256 only)."""
+    if not yes:
+        typer.confirm(f"Erase tenant {name} and everything it has? This cannot be undone",
+                      abort=True)
+    settings = get_settings()
+    try:
+        erased = erase_tenant(session_factory(settings.db_url), settings, name, stop_timeout)
+    except ErasureError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    rows = ", ".join(f"{table} {n}" for table, n in sorted(erased.rows.items())) or "no rows"
+    console.print(f"erased tenant {name}: {rows}; {len(erased.files)} file(s); "
+                  f"{len(erased.retired)} model(s) retired")
