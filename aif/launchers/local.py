@@ -17,9 +17,11 @@ from typing import Any
 from aif.launchers.base import LOST, RecordedRun, StageCommand
 from aif.storage import PRIVATE_UMASK
 
-# Runs the command with an owner-only umask, then writes its status. The trap keeps the shell
-# alive on SIGTERM long enough to record how the stage ended; the stage still gets the signal.
-WRAPPER = f'umask {PRIVATE_UMASK:03o}; trap : TERM INT; "$@"; echo $? > "$AIF_EXIT_FILE"'
+# Runs the command with an owner-only umask, then writes its status and exits with it. The
+# trap keeps the shell alive on SIGTERM long enough to record how the stage ended; the stage
+# still gets the signal. The exit status says the same where the file is gone (an erasure).
+WRAPPER = (f'umask {PRIVATE_UMASK:03o}; trap : TERM INT; "$@"; code=$?; '
+           'echo $code > "$AIF_EXIT_FILE"; exit $code')
 
 
 def _start_time(pid: int) -> str | None:
