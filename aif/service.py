@@ -43,7 +43,7 @@ class Service(AbstractContextManager["Service"]):
         s = self.settings
         redaction.install(s)  # before any client is built: kafka-python logs its settings
         # Job folders, specs, uploads and the SQLite file are the service user's alone.
-        os.umask(PRIVATE_UMASK)
+        self._umask = os.umask(PRIVATE_UMASK)
         s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")
@@ -99,6 +99,8 @@ class Service(AbstractContextManager["Service"]):
                 closer.close()
         if self.broker is not None:
             self.broker.stop()
+        if (umask := getattr(self, "_umask", None)) is not None:
+            os.umask(umask)
 
     def __enter__(self) -> Service:
         return self.start()
