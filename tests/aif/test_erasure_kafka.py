@@ -3,32 +3,20 @@ nothing: intake dead-letters it as `tenant-erased` and keeps none of its bytes."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from kafka import TopicPartition
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.erasure import erase_tenant
-from aif.orchestrator.intake import Intake, IntakeResult, Outcome
+from aif.orchestrator.intake import Intake, Outcome
 from aif.settings import Settings
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign
 from events.topics import Topics
-
-FAST_GROUP = {"max_poll_interval_ms": 3000, "session_timeout_ms": 3000,
-              "heartbeat_interval_ms": 500}
-
-
-def _drain(intake: Intake, expected: int, timeout: float = 60) -> list[IntakeResult]:
-    results: list[IntakeResult] = []
-    deadline = time.monotonic() + timeout
-    while len(results) < expected and time.monotonic() < deadline:
-        results += intake.poll_once()
-    return results
+from tests.aif.test_intake_kafka import FAST_GROUP, _dead_letters, _drain
 
 
 def test_a_replayed_signed_request_of_an_erased_tenant_creates_nothing(
@@ -60,12 +48,7 @@ def test_a_replayed_signed_request_of_an_erased_tenant_creates_nothing(
         letters = s.scalars(select(DeadLetter)).all()
     assert letters and all(d.value is None and d.tenant is None and d.size == len(value)
                            for d in letters)
-    dlq = make_consumer(cfg)
-    tp = TopicPartition(topics.dead_letter, 0)
-    dlq.assign([tp])
-    dlq.seek_to_beginning(tp)
-    records = [r for rs in dlq.poll(timeout_ms=5000).values() for r in rs]
-    dlq.close()
+    records = _dead_letters(cfg, topics)
     assert len(records) == len(letters)
     for forwarded in records:  # nothing of the erased request goes on
         assert forwarded.value is None
