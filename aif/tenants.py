@@ -165,3 +165,8 @@ def list_tenants(session: Session) -> dict[str, list[KeyInfo]]:
         out[srow.tenant].append(KeyInfo(srow.id, "signing", "-", srow.created_at.isoformat(),
                                         srow.revoked_at is not None))
     return out
+
+
+def erased_tenants(session: Session) -> set[str]:
+    """Names kept as tombstones by `aif tenants erase`: never given out again."""
+    return set(session.scalars(select(Tenant.name).where(Tenant.erased_at.is_not(None))))

@@ -19,10 +19,17 @@ from aif.db.session import session_factory
 from aif.erasure import STOP_TIMEOUT_S, ErasureError, erase_tenant
 from aif.quotas import limits, set_quota, usage
 from aif.settings import get_settings
-from aif.tenants import Role, TenantError, create_tenant, list_tenants, revoke
+from aif.tenants import (
+    Role,
+    TenantError,
+    create_tenant,
+    erased_tenants,
+    list_tenants,
+    revoke,
+)
 
 tenants_app = typer.Typer(help="Create tenants and their keys, list them, revoke keys, set "
-                          "quotas.",
+                          "quotas, erase a tenant.",
                           no_args_is_help=True)
 console = Console()
 
@@ -58,14 +65,14 @@ def list_() -> None:
     """Every tenant and its keys: ids, kinds, dates; never a secret."""
     sessions = session_factory(get_settings().db_url)
     with sessions() as session:
-        tenants = list_tenants(session)
+        tenants, erased = list_tenants(session), erased_tenants(session)
     table = Table("tenant", "key id", "kind", "role", "created", "revoked")
     for tenant, keys in tenants.items():
         for key in keys or []:
             table.add_row(tenant, key.id, key.kind, key.role, key.created_at[:19],
                           "yes" if key.revoked else "")
         if not keys:
-            table.add_row(tenant, "-", "-", "-", "-", "")
+            table.add_row(tenant, "-", "erased" if tenant in erased else "-", "-", "-", "")
     console.print(table)
 
 

@@ -128,6 +128,7 @@ def test_operators_erase_a_tenant_and_read_the_audit_log(
     assert rows[-1]["actor"] == audit.OPERATOR
     assert rows[-1]["detail"]["rows"] == {"api_keys": 1, "signing_keys": 1}
     assert runner.invoke(app, ["tenants", "create", "acme"]).exit_code == 2  # name kept
+    assert "erased" in runner.invoke(app, ["tenants", "list"]).stdout
     assert runner.invoke(app, ["tenants", "erase", "nobody", "--yes"]).exit_code == 1
     table = runner.invoke(app, ["audit"])
     assert table.exit_code == 0 and "erase" in table.stdout
