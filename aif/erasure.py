@@ -17,12 +17,12 @@ those of the jobs, so a table added later is erased without changing this module
 
 from __future__ import annotations
 
-import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import ColumnElement, Table, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit, storage
@@ -44,8 +44,6 @@ from aif.settings import Settings
 from events.bus import envelope
 from events.messages import ModelRetired
 from events.states import JobState
-
-log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 120.0
 TENANT_ERASED = "tenant-erased"
@@ -79,21 +77,39 @@ def _stop_jobs(sessions: sessionmaker[Session], settings: Settings, job_ids: lis
                 to = JobState.cancelled if JobState.cancelled in ALLOWED[state] else (
                     JobState.failed)
                 transition(session, job, to, settings.topics, reason, actor=audit.OPERATOR)
-            if job.run_ref:
-                refs.append((job.id, job.run_ref))
+            if job.run_ref and (not state.terminal or state is JobState.cancelled):
+                refs.append((job.id, job.run_ref))  # a cancelled stage may still be stopping
         session.commit()
+    deadline = time.monotonic() + timeout_s
     for job_id, ref in refs:
         run = get_launcher(ref["launcher"], settings.slurm).attach(ref)
-        if run.poll() is None and not stop(run, timeout_s):
+        if run.poll() is None and not stop(run, max(deadline - time.monotonic(), 0.0)):
             raise ErasureError(f"job {job_id}: its {ref.get('module')} stage did not stop "
                                f"within {timeout_s:g} s; run the erasure again")
+    _wait_for_workers(sessions, job_ids, deadline)
+
+
+def _wait_for_workers(sessions: sessionmaker[Session], job_ids: list[str],
+                      deadline: float) -> None:
+    """Until no worker holds a lease on the jobs: a worker lets go only after its last
+    write into the job's folder (see JobWorker.run_job), and a dead one's lease expires."""
+    while True:
+        with sessions() as session:
+            held = session.scalars(select(Job.id).where(
+                Job.id.in_(job_ids), Job.lease_owner.is_not(None),
+                Job.lease_expires_at > utcnow()).limit(1)).first()
+        if held is None:
+            return
+        if time.monotonic() > deadline:
+            raise ErasureError(f"job {held}: its worker still holds it; run the erasure again")
+        time.sleep(0.2)
 
 
 def _job_tables() -> list[tuple[Table, str]]:
     """(table, column naming a job) of every table holding rows about a job, jobs last."""
     found = [(t, "job_id") for t in reversed(Base.metadata.sorted_tables)
              if "job_id" in t.c and t.name not in _KEEP]
-    return [*found, (Outbox.__table__, "key"), (Job.__table__, "id")]  # type: ignore[list-item]
+    return [*found, (_table(Outbox), "key"), (_table(Job), "id")]
 
 
 def _tenant_tables() -> list[Table]:
@@ -101,10 +117,14 @@ def _tenant_tables() -> list[Table]:
             if "tenant" in t.c and t.name not in _KEEP and t.name != Job.__tablename__]
 
 
-def _delete(session: Session, table: Table, where: object, erased: Erased) -> None:
-    count = session.scalar(select(func.count()).select_from(table).where(where))  # type: ignore[arg-type]
+def _table(model: type[Base]) -> Table:
+    return Base.metadata.tables[model.__tablename__]
+
+
+def _delete(session: Session, table: Table, where: ColumnElement[bool], erased: Erased) -> None:
+    count = session.scalar(select(func.count()).select_from(table).where(where))
     if count:
-        session.execute(delete(table).where(where))  # type: ignore[arg-type]
+        session.execute(delete(table).where(where))
         erased.rows[table.name] += count
 
 
@@ -156,8 +176,8 @@ def erase_tenant(sessions: sessionmaker[Session], settings: Settings, tenant: st
         if row is None:
             raise ErasureError(f"tenant {tenant}: no such tenant")
         row.erased_at = row.erased_at or utcnow()
-        for key in (ApiKey.__table__, SigningKey.__table__):  # nothing of it counts from now
-            _delete(session, key, key.c.tenant == tenant, erased)  # type: ignore[arg-type]
+        for key in (_table(ApiKey), _table(SigningKey)):  # nothing of it counts from now
+            _delete(session, key, key.c.tenant == tenant, erased)
         session.commit()
         job_ids = list(session.scalars(select(Job.id).where(Job.tenant == tenant)))
     _stop_jobs(sessions, settings, job_ids, "tenant erased", timeout_s)
@@ -197,7 +217,7 @@ def erase_file(sessions: sessionmaker[Session], settings: Settings, file_id: str
         _remove_files([*_folders(settings, jobs),
                        *([folder] if folder.name == file.id else [Path(file.path)])], erased)
         _erase_jobs(session, settings, jobs, FILE_ERASED, erased)
-        _delete(session, DataFile.__table__, DataFile.id == file_id, erased)  # type: ignore[arg-type]
+        _delete(session, _table(DataFile), DataFile.id == file_id, erased)
         audit.record(session, audit.Action.file_deleted, actor=actor, tenant=tenant,
                      file_id=file_id, cascade=True, **_detail(erased))
         session.commit()

@@ -73,7 +73,11 @@ class StageRunner:
             StageFailure.path_for(command.spec_path).unlink(missing_ok=True)
             run = self.launcher.start(command, log_path)
             ref = {**run.ref, "started_at": time.time()}
-            self._record_run(job.id, ref)
+            try:
+                self._record_run(job.id, ref)
+            except LeaseLost:  # cancelled or erased meanwhile: leave no stage running
+                stop(run)
+                raise
         assert ref is not None
         started_at = float(ref.get("started_at", time.time()))
         code = self._watch(job, expected, run, progress, started_at, time_limit_s, command)

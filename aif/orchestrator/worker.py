@@ -74,8 +74,8 @@ class JobWorker:
         except LeaseLost as exc:
             log.info("%s", exc)
         finally:
+            self._remove_scratch(job_id)  # before letting go: an erasure waits for that
             self.leases.release(job_id)
-            self._remove_scratch(job_id)
 
     def _remove_scratch(self, job_id: str) -> None:
         """Once the job has ended, delete its scratch space (see `aif.storage.scratch`); a
