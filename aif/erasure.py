@@ -38,6 +38,7 @@ from aif.db.models import (
     utcnow,
 )
 from aif.launchers import get_launcher
+from aif.orchestrator.dead_letters import ERASED
 from aif.orchestrator.stage_runs import stop
 from aif.orchestrator.states import ALLOWED, SOURCE, transition
 from aif.settings import Settings
@@ -46,7 +47,6 @@ from events.messages import ModelRetired
 from events.states import JobState
 
 STOP_TIMEOUT_S = 120.0
-TENANT_ERASED = "tenant-erased"
 FILE_ERASED = "file-erased"
 _KEEP = {Audit.__tablename__, Tenant.__tablename__}
 """Never erased by table scan: the audit log, and the tenant row (kept as a tombstone)."""
@@ -186,7 +186,7 @@ def erase_tenant(sessions: sessionmaker[Session], settings: Settings, tenant: st
         _remove_files([*_folders(settings, jobs),
                        storage.data_root(settings.data_root, tenant),
                        storage.jobs_root(settings.jobs_dir, tenant)], erased)
-        _erase_jobs(session, settings, jobs, TENANT_ERASED, erased)
+        _erase_jobs(session, settings, jobs, ERASED, erased)
         for table in _tenant_tables():
             _delete(session, table, table.c.tenant == tenant, erased)
         audit.record(session, audit.Action.erase, actor=audit.OPERATOR, tenant=tenant,
