@@ -140,7 +140,7 @@ def test_erasing_a_tenant_leaves_nothing_of_it_and_everything_of_the_other(
     assert tombstone["erased_at"] is not None
     (retired,) = left["outbox"]  # the handed-off job's announcement, nothing else
     event = CloudEvent.model_validate_json(retired["payload"])
-    assert event.type == ModelRetired.TYPE and retired["topic"] == settings.topics.models
+    assert event.type == ModelRetired.TYPE and retired["topic"] == settings.topics.models("acme")
     assert ModelRetired.model_validate(event.data).job_id == gone["done"]
     assert ModelRetired.model_validate(event.data).reason == "tenant-erased"
     assert "requestid" not in event.model_dump() and "req-" not in retired["payload"]

@@ -24,7 +24,7 @@ def test_a_replayed_signed_request_of_an_erased_tenant_creates_nothing(
     tmp_path: Path,
 ) -> None:
     cfg = KafkaConfig(bootstrap_servers=broker)
-    ensure_topics(cfg, topics.all(), partitions=1)
+    ensure_topics(cfg, topics.shared(), partitions=1)
     producer = make_producer(cfg)
     value = envelope(FineTuneRequested(recipe="grid-ticket-routing"), source="urn:acme",
                      tenant="acme", event_id="req-1").to_bytes()

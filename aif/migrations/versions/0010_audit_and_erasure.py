@@ -1,14 +1,17 @@
 """append-only audit log; erased-tenant tombstones; the tenant of a dead letter
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
+
+Planned as 0008 after 0007; 0009 (quotas) landed first, revising 0007, so this one follows
+it and the history keeps one head.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
