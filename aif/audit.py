@@ -4,7 +4,7 @@ Every act on a tenant's jobs, files, keys and data calls `record` with the calle
 so an act is audited if and only if it was committed. A row names the actor (an API key,
 a signing key, the operator or the service), the action, the job and event ids and the
 sha256 of the payload; never the payload itself, so the log may outlive an erasure. The
-table is append-only in the database (see migration 0010).
+table is append-only in the database (see migration 0011).
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ class WebSession(Base):
 class Audit(Base):
     """Who did what, appended in the transaction of the act (see `aif.audit`).
 
-    Append-only: a database trigger refuses UPDATE and DELETE (migration 0010), so even the
+    Append-only: a database trigger refuses UPDATE and DELETE (migration 0011), so even the
     erasure of a tenant leaves its audit rows. Rows hold ids and sha256 digests, never content.
     """
 

@@ -1,17 +1,17 @@
 """append-only audit log; erased-tenant tombstones; the tenant of a dead letter
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 
-Planned as 0008 after 0007; 0009 (quotas) landed first, revising 0007, so this one follows
-it and the history keeps one head.
+Planned as 0008 after 0007; 0009 (quotas) and 0010 (web sessions) landed first, so this one
+follows them and the history keeps one head.
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
