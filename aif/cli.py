@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aif.audit_cli import audit_command
 from aif.follow import wait_for_job
 from aif.orchestrator.throughput import throughput
 from aif.settings import Settings, get_settings
@@ -45,6 +46,7 @@ app = typer.Typer(help="aif-tuning: event-driven LoRA fine-tuning and evaluation
 recipes_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(tenants_app, name="tenants")
+app.command("audit")(audit_command)
 console = Console()
 
 Tenant = Annotated[str, typer.Option(help="Tenant the job belongs to.")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -18,6 +19,7 @@ from aif.orchestrator.references import References
 from aif.orchestrator.relay import OutboxRelay
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
+from aif.storage import PRIVATE_UMASK
 from aif.web.app import create_app
 from events import redaction
 from events.bus import TopicKeeper, make_consumer, make_producer
@@ -40,6 +42,8 @@ class Service(AbstractContextManager["Service"]):
     def start(self) -> Service:
         s = self.settings
         redaction.install(s)  # before any client is built: kafka-python logs its settings
+        # Job folders, specs, uploads and the SQLite file are the service user's alone.
+        self._umask = os.umask(PRIVATE_UMASK)
         s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")
@@ -95,6 +99,8 @@ class Service(AbstractContextManager["Service"]):
                 closer.close()
         if self.broker is not None:
             self.broker.stop()
+        if (umask := getattr(self, "_umask", None)) is not None:
+            os.umask(umask)
 
     def __enter__(self) -> Service:
         return self.start()

@@ -19,6 +19,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aif import audit
 from aif.db.models import ApiKey, SigningKey, Tenant, utcnow
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # as the CloudEvents `tenant` attribute
@@ -75,8 +76,9 @@ def create_tenant(session: Session, name: str, role: Role = Role.tenant) -> Cred
     if not TENANT_NAME.match(name):
         raise TenantError("tenant: lowercase letters, digits and '-', at most 63 characters, "
                           "starting with a letter or digit")
-    if session.get(Tenant, name) is not None:
-        raise TenantError(f"tenant {name} exists already")
+    if (existing := session.get(Tenant, name)) is not None:
+        erased = " (erased; a name is never given out again)" if existing.erased_at else ""
+        raise TenantError(f"tenant {name} exists already{erased}")
     session.add(Tenant(name=name))
     session.flush()  # the keys refer to it; without a relationship the ORM cannot order them
     api_id, api_key = add_api_key(session, name, role)
@@ -88,12 +90,16 @@ def add_api_key(session: Session, tenant: str, role: Role = Role.tenant) -> tupl
     """(key id, the key itself): the key is not stored and cannot be shown again."""
     key_id, secret = _new_id(), secrets.token_urlsafe(32)
     session.add(ApiKey(id=key_id, tenant=tenant, role=role.value, secret_sha256=_sha256(secret)))
+    audit.record(session, audit.Action.key_created, actor=audit.OPERATOR, tenant=tenant,
+                 key_id=key_id, kind="api", role=role.value)
     return key_id, f"aif_{key_id}_{secret}"
 
 
 def add_signing_key(session: Session, tenant: str) -> tuple[str, str]:
     key_id, secret = _new_id(), secrets.token_hex(32)
     session.add(SigningKey(id=key_id, tenant=tenant, secret=secret))
+    audit.record(session, audit.Action.key_created, actor=audit.OPERATOR, tenant=tenant,
+                 key_id=key_id, kind="signing")
     return key_id, secret
 
 
@@ -132,6 +138,8 @@ def revoke(session: Session, tenant: str, key_id: str | None = None) -> list[str
         for row in session.scalars(query):
             row.revoked_at = now
             revoked.append(row.id)
+            audit.record(session, audit.Action.key_revoked, actor=audit.OPERATOR,
+                         tenant=tenant, key_id=row.id)
     if key_id is not None and not revoked:
         raise TenantError(f"tenant {tenant}: no unrevoked key {key_id}")
     return revoked
@@ -157,3 +165,8 @@ def list_tenants(session: Session) -> dict[str, list[KeyInfo]]:
         out[srow.tenant].append(KeyInfo(srow.id, "signing", "-", srow.created_at.isoformat(),
                                         srow.revoked_at is not None))
     return out
+
+
+def erased_tenants(session: Session) -> set[str]:
+    """Names kept as tombstones by `aif tenants erase`: never given out again."""
+    return set(session.scalars(select(Tenant.name).where(Tenant.erased_at.is_not(None))))

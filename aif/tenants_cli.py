@@ -1,4 +1,5 @@
-"""`aif tenants ...`: create tenants and their keys, list them, revoke keys, set quotas.
+"""`aif tenants ...`: create tenants and their keys, list them, revoke keys, set quotas,
+erase a tenant.
 
 Run by the centre's operators on a host that reaches the job store (`AIF_DATABASE_URL`).
 """
@@ -15,12 +16,20 @@ from rich.table import Table
 
 from aif.db.models import Tenant, utcnow
 from aif.db.session import session_factory
+from aif.erasure import STOP_TIMEOUT_S, ErasureError, erase_tenant
 from aif.quotas import limits, set_quota, usage
 from aif.settings import get_settings
-from aif.tenants import Role, TenantError, create_tenant, list_tenants, revoke
+from aif.tenants import (
+    Role,
+    TenantError,
+    create_tenant,
+    erased_tenants,
+    list_tenants,
+    revoke,
+)
 
 tenants_app = typer.Typer(help="Create tenants and their keys, list them, revoke keys, set "
-                          "quotas.",
+                          "quotas, erase a tenant.",
                           no_args_is_help=True)
 console = Console()
 
@@ -56,14 +65,14 @@ def list_() -> None:
     """Every tenant and its keys: ids, kinds, dates; never a secret."""
     sessions = session_factory(get_settings().db_url)
     with sessions() as session:
-        tenants = list_tenants(session)
+        tenants, erased = list_tenants(session), erased_tenants(session)
     table = Table("tenant", "key id", "kind", "role", "created", "revoked")
     for tenant, keys in tenants.items():
         for key in keys or []:
             table.add_row(tenant, key.id, key.kind, key.role, key.created_at[:19],
                           "yes" if key.revoked else "")
         if not keys:
-            table.add_row(tenant, "-", "-", "-", "-", "")
+            table.add_row(tenant, "-", "erased" if tenant in erased else "-", "-", "-", "")
     console.print(table)
 
 
@@ -170,3 +179,24 @@ def _show_quota(name: str) -> None:
         limit = found.get(field)
         table.add_row(field.replace("_", "-"), str(limit) if limit else "unlimited", in_use)
     console.print(table)
+@tenants_app.command("erase")
+def erase(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    stop_timeout: Annotated[float, typer.Option(
+        help="Seconds a running stage may take to stop.")] = STOP_TIMEOUT_S,
+) -> None:
+    """Erase the tenant: files, jobs, scores, events, uploads and keys; its name stays taken
+    and one audit row lists what was removed (counts and sha256 only)."""
+    if not yes:
+        typer.confirm(f"Erase tenant {name} and everything it has? This cannot be undone",
+                      abort=True)
+    settings = get_settings()
+    try:
+        erased = erase_tenant(session_factory(settings.db_url), settings, name, stop_timeout)
+    except ErasureError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    rows = ", ".join(f"{table} {n}" for table, n in sorted(erased.rows.items())) or "no rows"
+    console.print(f"erased tenant {name}: {rows}; {len(erased.files)} file(s); "
+                  f"{len(erased.retired)} model(s) retired")

@@ -172,6 +172,17 @@ class ModelReady(JobEvent):
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
+class ModelRetired(JobEvent):
+    """Service -> inference module: a model announced by `model.ready` is withdrawn (its
+    tenant or its training data was erased); unload it, its files are gone."""
+
+    TYPE: ClassVar[str] = f"{TYPE_PREFIX}.model.retired.v1"
+    tenant: str
+    adapter_uri: str | None = Field(None, description="The adapter `model.ready` announced.")
+    reason: str = Field(description="Why, e.g. `tenant-erased` or `file-erased`.")
+    at: datetime
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     m.TYPE: m
     for m in (
@@ -181,6 +192,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobProgress,
         EvaluationCompleted,
         ModelReady,
+        ModelRetired,
     )
 }
 

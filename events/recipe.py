@@ -256,6 +256,15 @@ class GateSection(_Strict):
     )
 
 
+class OutputSection(_Strict):
+    """What of a job's scratch space outlives the job (the adapter and reports always do)."""
+
+    keep_checkpoints: bool = Field(
+        False, description="Keep the resumable training checkpoints once the job has ended; "
+        "by default they are deleted with the rest of the scratch space.",
+    )
+
+
 class Resources(_Strict):
     gpu_hours: float | None = Field(None, ge=0.0, description="Estimate on one GPU, hub data.")
 
@@ -278,6 +287,7 @@ class Recipe(_Strict):
     train: TrainSection = TrainSection()
     eval: EvalSection
     gate: GateSection
+    output: OutputSection = OutputSection()
     resources: Resources = Resources()
 
     @model_validator(mode="after")

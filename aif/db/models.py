@@ -138,6 +138,9 @@ class DeadLetter(Base):
     # another one at an offset reused after the memory-only broker restarted.
     fingerprint: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
+    # The tenant that signed (or, on a trusted network, claimed) the record, when known: its
+    # erasure removes the row with the rest of the tenant's data.
+    tenant: Mapped[str | None] = mapped_column(String(63), index=True)
     size: Mapped[int] = mapped_column(Integer)  # of the original value
     value: Mapped[bytes | None] = mapped_column(LargeBinary)  # its first bytes only
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -151,6 +154,9 @@ class Tenant(Base):
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set by `aif tenants erase`: the row stays as a tombstone, so the name is never given to
+    # another organisation and intake can refuse the erased tenant's events by name.
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TenantQuota(Base):
@@ -230,3 +236,21 @@ class WebSession(Base):
                                             index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+class Audit(Base):
+    """Who did what, appended in the transaction of the act (see `aif.audit`).
+
+    Append-only: a database trigger refuses UPDATE and DELETE (migration 0011), so even the
+    erasure of a tenant leaves its audit rows. Rows hold ids and sha256 digests, never content.
+    """
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    tenant: Mapped[str | None] = mapped_column(String(63), index=True)
+    actor: Mapped[str] = mapped_column(String(100))  # "api:<id>", "signing:<id>", operator...
+    action: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(300))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of the act's payload
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

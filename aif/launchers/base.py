@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aif.storage import DATASETS_CACHE
+
 LOST = -1000
 """poll() result for a run that vanished without an exit status (its node or wrapper died)."""
 
@@ -19,6 +21,11 @@ class StageCommand:
     spec_path: Path
     num_processes: int = 1
     distributed: bool = True
+
+    def env(self) -> dict[str, str]:
+        """Environment of the stage beyond the service's own: the datasets cache inside the
+        job's folder, so hub data one tenant's job loads is never where another's reads."""
+        return {"HF_DATASETS_CACHE": str(self.spec_path.parent / DATASETS_CACHE)}
 
     def argv(self, python: str = sys.executable, *, num_processes: int | None = None,
              num_machines: int = 1, machine_rank: str = "0", main_address: str | None = None,

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from aif.launchers.base import LOST, RecordedRun, StageCommand
+from aif.storage import PRIVATE_UMASK
 
-# Runs the command, then writes its status. The trap keeps the shell alive on SIGTERM long
-# enough to record how the stage ended; the stage itself still gets the signal.
-WRAPPER = 'trap : TERM INT; "$@"; echo $? > "$AIF_EXIT_FILE"'
+# Runs the command with an owner-only umask, then writes its status and exits with it. The
+# trap keeps the shell alive on SIGTERM long enough to record how the stage ended; the stage
+# still gets the signal. The exit status says the same where the file is gone (an erasure).
+WRAPPER = (f'umask {PRIVATE_UMASK:03o}; trap : TERM INT; "$@"; code=$?; '
+           'echo $code > "$AIF_EXIT_FILE"; exit $code')
 
 
 def _start_time(pid: int) -> str | None:
@@ -70,7 +73,8 @@ class LocalLauncher:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: SIGTERM reaches every rank
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "AIF_EXIT_FILE": str(exit_file)},
+                env={**os.environ, **command.env(), "PYTHONUNBUFFERED": "1",
+                     "AIF_EXIT_FILE": str(exit_file)},
             )
         ref = {"launcher": self.name, "module": command.module, "pid": proc.pid,
                "started": _start_time(proc.pid), "exit_file": str(exit_file),

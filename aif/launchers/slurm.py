@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from aif.launchers.base import LOST, RecordedRun, StageCommand
+from aif.storage import PRIVATE_UMASK
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
           "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -87,7 +88,9 @@ def batch_script(command: StageCommand, config: SlurmConfig, log_path: Path,
     task = " ".join(a if a.startswith("$") else shlex.quote(a) for a in argv)
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), "",
              "trap : TERM  # scancel --full signals this shell too: live on to record the code",
+             f"umask {PRIVATE_UMASK:03o}  # what the stage writes is the service user's only",
              "export PYTHONUNBUFFERED=1",
+             *(f"export {name}={shlex.quote(value)}" for name, value in command.env().items()),
              'export MAIN_ADDRESS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
              f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(task)}",
              f"echo $? > {shlex.quote(str(exit_file))}", ""]

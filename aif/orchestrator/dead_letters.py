@@ -15,12 +15,20 @@ from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aif import audit
 from aif.db.models import DeadLetter
 
 DLQ_MAX_COPY_BYTES = 256 * 1024
 """A refused value up to this size is forwarded whole; Kafka's default limits are 1 MiB."""
 DLQ_EXCERPT_BYTES = 16 * 1024
 """A larger one is forwarded as its first bytes, and only these are kept in the database."""
+ERASED = "tenant-erased"
+"""Reason prefix of an erased tenant's events: neither stored nor forwarded, only counted,
+so a replay cannot bring erased data back."""
+
+
+def _kept(value: bytes | None, reason: str) -> bytes | None:
+    return None if reason.startswith(ERASED) else value
 
 
 def _fingerprint(record: ConsumerRecord) -> str:
@@ -35,8 +43,10 @@ def dlq_id(record: ConsumerRecord) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-def note_dead_letter(session: Session, record: ConsumerRecord, reason: str) -> int | None:
-    """Write or find the record's dead letter; its id if it still has to be forwarded."""
+def note_dead_letter(session: Session, record: ConsumerRecord, reason: str,
+                     tenant: str | None = None) -> int | None:
+    """Write or find the record's dead letter, audited once; its id if it still has to be
+    forwarded. `tenant`: whose record it is, where the signature proved it."""
     fingerprint = _fingerprint(record)
     with session.no_autoflush:
         row = session.scalar(select(DeadLetter).where(
@@ -45,9 +55,9 @@ def note_dead_letter(session: Session, record: ConsumerRecord, reason: str) -> i
             DeadLetter.source_offset == record.offset))
     if row is not None and row.fingerprint == fingerprint:
         return None if row.published_at is not None else row.id
-    value = record.value
+    value = _kept(record.value, reason)
     fields = {"fingerprint": fingerprint, "reason": reason, "created_at": datetime.now(UTC),
-              "size": 0 if value is None else len(value), "published_at": None,
+              "size": len(record.value or b""), "published_at": None, "tenant": tenant,
               "value": None if value is None else value[:DLQ_EXCERPT_BYTES]}
     if row is None:  # else an older record at this offset, before the broker lost its log
         row = DeadLetter(source_topic=record.topic, source_partition=record.partition,
@@ -56,6 +66,9 @@ def note_dead_letter(session: Session, record: ConsumerRecord, reason: str) -> i
     for name, field_value in fields.items():
         setattr(row, name, field_value)
     session.flush()
+    audit.record(session, audit.Action.refuse, actor=audit.SERVICE, tenant=tenant,
+                 event_id=dlq_id(record), payload_sha256=audit.sha256(record.value),
+                 reason=reason.split(":", 1)[0])
     return row.id
 
 
@@ -63,8 +76,8 @@ def dead_letter_copy(record: ConsumerRecord, reason: str
                      ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """Key, value and headers forwarded to the dead-letter topic: the original bytes, or
     their first `DLQ_EXCERPT_BYTES` when the record is too large to send again."""
-    key, value = record.key, record.value
-    size = len(value or b"")
+    key, value = record.key, _kept(record.value, reason)
+    size = len(record.value or b"")
     headers = [
         ("aif.dlq.id", dlq_id(record).encode()),
         ("aif.dlq.reason", reason.encode()),

@@ -37,9 +37,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import DeadLetter, Job
+from aif import audit
+from aif.db.models import DeadLetter, Job, Tenant
 from aif.orchestrator.admission import Admission
-from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
+from aif.orchestrator.dead_letters import (
+    ERASED,
+    dead_letter_copy,
+    dlq_id,
+    note_dead_letter,
+)
 from aif.orchestrator.references import References
 from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
@@ -66,6 +72,7 @@ class IntakeResult:
     outcome: Outcome
     job_id: str | None = None
     reason: str = ""
+    tenant: str | None = None  # once the signature (or a trusted network) established it
 
 
 def _request_digest(event: CloudEvent) -> str:
@@ -76,8 +83,9 @@ Headers = Iterable[tuple[str, bytes | None]]
 """A record's headers as kafka-python gives them."""
 
 
-def signer(session: Session, raw: bytes | None, headers: Headers) -> str | None:
-    """The tenant whose signing key signed `raw`, or None for a record without signing headers.
+def signer(session: Session, raw: bytes | None, headers: Headers) -> tuple[str, str] | None:
+    """(tenant, key id) of the signing key that signed `raw`; None for a record without
+    signing headers.
 
     Raises SignatureError for a malformed signature, an unknown or revoked key, or an HMAC
     that does not match the value.
@@ -95,7 +103,27 @@ def signer(session: Session, raw: bytes | None, headers: Headers) -> str | None:
     if not verify(raw or b"", signature, secret):
         raise SignatureError(f"signature: {SIGNATURE_HEADER} is not the HMAC-SHA256 of the "
                              "record value under the key's secret")
-    return tenant
+    return tenant, key_id
+
+
+def _erased(session: Session, tenant: str | None) -> bool:
+    with session.no_autoflush:
+        row = session.get(Tenant, tenant) if tenant else None
+    return row is not None and row.erased_at is not None
+
+
+def _claimed_tenant(raw: bytes | None) -> str | None:
+    """The `tenant` attribute of a record whose signature failed, only to tell an erased
+    tenant's replayed event (its keys are gone) from a forgery; never believed otherwise."""
+    try:
+        return CloudEvent.from_bytes(raw).tenant
+    except EnvelopeError:
+        return None
+
+
+def _erased_refusal() -> IntakeResult:
+    return IntakeResult(Outcome.dead_letter, reason=(
+        f"{ERASED}: the tenant was erased; its events create nothing"))
 
 
 def accept(session: Session, raw: bytes | None, topics: Topics,
@@ -109,9 +137,12 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     `require_signed=False` believes an unsigned event's `tenant` attribute (a trusted network).
     """
     try:
-        signed_by = signer(session, raw, headers)
+        signed = signer(session, raw, headers)
     except SignatureError as exc:
+        if _erased(session, _claimed_tenant(raw)):
+            return _erased_refusal()
         return IntakeResult(Outcome.dead_letter, reason=str(exc))
+    signed_by, key_id = signed or (None, None)
     if signed_by is None and require_signed:
         return IntakeResult(Outcome.dead_letter, reason=(
             f"signature: unsigned record; this service requires the {KEY_ID_HEADER} and "
@@ -123,21 +154,24 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
         return IntakeResult(Outcome.dead_letter, reason="type: unknown event type")
     if signed_by is not None and event.tenant not in (None, signed_by):
-        return IntakeResult(Outcome.dead_letter, reason=(
+        return IntakeResult(Outcome.dead_letter, tenant=signed_by, reason=(
             "tenant-mismatch: the tenant attribute names another tenant than the signing "
             "key's"))
     tenant = signed_by or event.tenant
     if not tenant:
         return IntakeResult(Outcome.dead_letter, reason=(
             "tenant: every request needs a tenant (the tenant attribute or a signature)"))
+    if _erased(session, tenant):
+        return _erased_refusal()
     if event.tenant is None:
         event = event.model_copy(update={"tenant": tenant})  # stored as the key proved it
+    actor = audit.signing_actor(key_id) if key_id else "unsigned"
     if event.type == CancelRequested.TYPE:
-        return _cancel(session, event, tenant, topics)
+        return _cancel(session, event, tenant, topics, actor)
     try:
         request = FineTuneRequested.model_validate(event.data)
     except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter,
+        return IntakeResult(Outcome.dead_letter, tenant=tenant,
                             reason=describe_validation_error(exc, "data", FineTuneRequested))
 
     job_id = job_id_for(tenant, event.source, event.id)
@@ -151,10 +185,11 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
                 existing.id,
                 "id: an event of this tenant with this source and id was already accepted "
                 "with a different payload",
+                tenant,
             )
-        return IntakeResult(Outcome.duplicate, existing.id)
+        return IntakeResult(Outcome.duplicate, existing.id, tenant=tenant)
     if admission is not None and (refusal := admission.refusal(request, tenant)):
-        return IntakeResult(Outcome.dead_letter, reason=refusal)
+        return IntakeResult(Outcome.dead_letter, reason=refusal, tenant=tenant)
     job = Job(
         id=job_id,
         tenant=tenant,
@@ -169,8 +204,11 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     )
     session.add(job)
     session.info.setdefault(_PENDING, {})[request_key] = job
+    audit.record(session, audit.Action.submit, actor=actor, tenant=tenant, job_id=job_id,
+                 event_id=event.id, payload_sha256=audit.sha256(raw),
+                 request_source=event.source)
     transition(session, job, JobState.validating, topics, reason="request accepted")
-    return IntakeResult(Outcome.accepted, job_id)
+    return IntakeResult(Outcome.accepted, job_id, tenant=tenant)
 
 
 _PENDING = "aif.intake.pending_jobs"
@@ -190,23 +228,27 @@ def _stored(session: Session, tenant: str, source: str, event_id: str) -> Job | 
             Job.tenant == tenant, Job.request_source == source, Job.request_id == event_id))
 
 
-def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics) -> IntakeResult:
+def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, actor: str
+            ) -> IntakeResult:
     """Cancel in the store; a worker running the job sees the state change at its next
     heartbeat and stops the stage process."""
     try:
         request = CancelRequested.model_validate(event.data)
     except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter,
+        return IntakeResult(Outcome.dead_letter, tenant=tenant,
                             reason=describe_validation_error(exc, "data", CancelRequested))
     job = session.get(Job, request.job_id)
     if job is None or job.tenant != tenant:  # another tenant's job does not exist for you
         return IntakeResult(Outcome.dead_letter, request.job_id,
-                            "data.job_id: no such job for this tenant")
+                            "data.job_id: no such job for this tenant", tenant)
     state = JobState(job.state)
     if JobState.cancelled not in ALLOWED[state]:
-        return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {state}")
-    transition(session, job, JobState.cancelled, topics, request.reason or "cancel requested")
-    return IntakeResult(Outcome.cancel, job.id, "cancelled")
+        return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {state}", tenant)
+    audit.record(session, audit.Action.cancel, actor=actor, tenant=tenant, job_id=job.id,
+                 event_id=event.id, payload_sha256=audit.sha256(event.to_bytes()))
+    transition(session, job, JobState.cancelled, topics, request.reason or "cancel requested",
+               actor=actor)
+    return IntakeResult(Outcome.cancel, job.id, "cancelled", tenant)
 
 
 @dataclass
@@ -276,7 +318,8 @@ def _store(sessions: sessionmaker[Session], records: list[ConsumerRecord], topic
             results.append(result)
             if result.outcome is Outcome.dead_letter:
                 with session.begin_nested() if isolate else nullcontext():
-                    dead_letter_id = note_dead_letter(session, record, result.reason)
+                    dead_letter_id = note_dead_letter(session, record, result.reason,
+                                                      result.tenant)
                 if dead_letter_id is not None:
                     forward[dead_letter_id] = (record, result.reason)
         session.commit()

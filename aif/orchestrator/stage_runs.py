@@ -33,6 +33,19 @@ FINAL_EXIT_CODES = frozenset({2, 3})
 """Stage exit codes that mean the request itself is unusable (see finetune.train)."""
 
 POLL_S = 0.5
+STOP_WAIT_S = 60.0
+"""How long a stopped stage may take to exit (training writes a checkpoint on SIGTERM)."""
+
+
+def stop(run: RunHandle, wait_s: float = STOP_WAIT_S) -> bool:
+    """SIGTERM the run and wait for it to end; False if it still runs after `wait_s`."""
+    run.terminate()
+    deadline = time.monotonic() + wait_s
+    while run.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_S / 5)
+    return True
 
 
 class StageRunner:
@@ -60,7 +73,11 @@ class StageRunner:
             StageFailure.path_for(command.spec_path).unlink(missing_ok=True)
             run = self.launcher.start(command, log_path)
             ref = {**run.ref, "started_at": time.time()}
-            self._record_run(job.id, ref)
+            try:
+                self._record_run(job.id, ref)
+            except LeaseLost:  # cancelled or erased meanwhile: leave no stage running
+                stop(run)
+                raise
         assert ref is not None
         started_at = float(ref.get("started_at", time.time()))
         code = self._watch(job, expected, run, progress, started_at, time_limit_s, command)
@@ -82,7 +99,7 @@ class StageRunner:
                 try:
                     self.leases.heartbeat(job.id, expected)
                 except LeaseLost:
-                    run.terminate()
+                    stop(run)  # cancelled: the job's scratch is removed once the stage is gone
                     raise
                 last_beat = time.monotonic()
             if time_limit_s is not None and time.time() - started_at > time_limit_s:

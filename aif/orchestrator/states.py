@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from aif import audit
 from aif.db.models import Job, Outbox, Transition, utcnow
 from events.bus import envelope
 from events.envelope import CloudEvent
@@ -62,17 +63,20 @@ def job_envelope(data: JobEvent, job: Job, event_id: str | None = None) -> Cloud
 def enqueue_event(
     session: Session, topic_of: Callable[[str], str], data: JobEvent, *, job: Job,
     event_id: str | None = None,
-) -> None:
+) -> CloudEvent:
     """Queue an event about `job` on its tenant's topic (`topic_of`: `Topics.status` or
     `Topics.models`), so no call site can send one tenant's news to another's readers."""
     event = job_envelope(data, job, event_id)
     session.add(Outbox(topic=topic_of(job.tenant), key=job.id,
                        payload=event.to_bytes().decode()))
+    return event
 
 
 def transition(
-    session: Session, job: Job, to: JobState, topics: Topics, reason: str = ""
+    session: Session, job: Job, to: JobState, topics: Topics, reason: str = "",
+    actor: str = audit.SERVICE,
 ) -> None:
+    """Move the job, with its status event and audit row; `actor` is who asked for it."""
     current = JobState(job.state) if job.state else None
     if to not in ALLOWED[current]:
         raise IllegalTransition(f"job {job.id}: {current} -> {to} is not allowed")
@@ -83,5 +87,8 @@ def transition(
         job_id=job.id, tenant=job.tenant, state=to, previous_state=current, reason=reason, at=now
     )
     # The event id is derived from the transition, so a re-sent outbox row is recognisable.
-    enqueue_event(session, topics.status, status, job=job,
-                  event_id=f"{job.id}:{len(job.transitions)}:{to}")
+    event = enqueue_event(session, topics.status, status, job=job,
+                          event_id=f"{job.id}:{len(job.transitions)}:{to}")
+    audit.record(session, audit.Action.state, actor=actor, tenant=job.tenant, job_id=job.id,
+                 event_id=event.id, payload_sha256=audit.sha256(event.to_bytes()),
+                 from_state=current and current.value, to_state=to.value)

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import quotas
+from aif import audit, quotas
 from aif.db.models import Job
 from aif.launchers import StageCommand
 from aif.orchestrator import specs
@@ -35,6 +35,7 @@ from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.states import enqueue_event, transition
 from aif.orchestrator.throughput import measure, throughput
 from aif.settings import Settings
+from aif.storage import jobs_root, private_dirs
 from events.failpoints import failpoint
 from events.jobspec import (
     EVALUATION_RESULT,
@@ -88,8 +89,13 @@ class Steps:
             session.commit()
 
     def work_dir(self, job: Job) -> Path:
-        path = Path(job.work_dir) if job.work_dir else self.settings.jobs_dir / job.tenant / job.id
-        path.mkdir(parents=True, exist_ok=True)
+        """The job's folder under its tenant's jobs root, created owner-only."""
+        if job.work_dir:
+            path = Path(job.work_dir)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            path = jobs_root(self.settings.jobs_dir, job.tenant) / job.id
+            private_dirs(self.settings.jobs_dir, path)
         return path
 
     def validate(self, job: Job) -> None:
@@ -204,8 +210,12 @@ class Steps:
                     f"inference server did not load the adapter: {type(exc).__name__}") from exc
         with self.sessions() as session:
             row = self.leases.owned(session, job.id)
-            enqueue_event(session, self.topics.models, ready, job=row,
-                          event_id=f"{job.id}:model-ready")
+            event = enqueue_event(session, self.topics.models, ready, job=row,
+                                  event_id=f"{job.id}:model-ready")
+            audit.record(session, audit.Action.hand_off, actor=audit.SERVICE,
+                         tenant=row.tenant, job_id=row.id, event_id=event.id,
+                         payload_sha256=audit.sha256(event.to_bytes()),
+                         files_sha256=trained.files_sha256)
             advance(session, row, JobState.succeeded, self.topics, "model handed off")
             session.commit()
 

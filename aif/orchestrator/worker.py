@@ -13,9 +13,11 @@ import logging
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif import storage
 from aif.db.models import Job, utcnow
 from aif.launchers import Launcher
 from aif.orchestrator.errors import FinalError, LeaseLost, RetryableError, StageRunFailed
@@ -23,6 +25,7 @@ from aif.orchestrator.leases import Leases
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.steps import Steps, advance
 from aif.settings import Settings
+from events.recipe import Recipe
 from events.states import JobState
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,23 @@ class JobWorker:
         except LeaseLost as exc:
             log.info("%s", exc)
         finally:
+            self._remove_scratch(job_id)  # before letting go: an erasure waits for that
             self.leases.release(job_id)
+
+    def _remove_scratch(self, job_id: str) -> None:
+        """Once the job has ended, delete its scratch space (see `aif.storage.scratch`); a
+        cancelled job's stage was stopped and waited for by the runner before this."""
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.work_dir is None or not JobState(job.state).terminal:
+                return
+            recipe = Recipe.model_validate(job.recipe) if job.recipe else None
+            work_dir = Path(job.work_dir)
+        for path in storage.scratch(work_dir, recipe):
+            try:
+                storage.remove(path, digests=False)
+            except OSError as exc:
+                log.warning("job %s: scratch %s not removed: %s", job_id, path.name, exc)
 
     def _end(self, job_id: str, to: JobState, reason: str) -> None:
         with self.sessions() as session:

@@ -11,7 +11,6 @@ path is ours.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,8 +29,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from aif import audit, storage
 from aif.db.models import DataFile
+from aif.erasure import ErasureError, erase_file, jobs_trained_on
 from aif.quotas import dataset_limit
+from aif.storage import private_dirs
 from aif.web.deps import (
     CurrentTenant,
     Problem,
@@ -86,19 +88,6 @@ def _display_name(sent: bytes) -> str:
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - len(suffix)] + suffix
 
 
-def _private_dirs(root: Path, folder: Path) -> None:
-    """Create `folder` and the folders between it and `root` (and `root`), each new one
-    owner-only."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    current = root
-    for part in folder.relative_to(root).parts:
-        current /= part
-        try:
-            current.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-
-
 class _FilePart:
     """Multipart parser callbacks that write the one part named `file` into `folder`, with
     a running sha256 and size; any other part, or a second file, is refused."""
@@ -141,7 +130,7 @@ class _FilePart:
         suffix = Path(self.filename).suffix.lower()
         if suffix not in EXTENSIONS:
             raise _invalid("file: the file name must end in .jsonl, .csv or .parquet")
-        _private_dirs(self.root, self.folder)
+        private_dirs(self.root, self.folder)
         self.path = self.folder / f"data{suffix}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         self.out = os.fdopen(os.open(self.path, flags, 0o600), "wb")
@@ -241,7 +230,7 @@ async def upload_file(
     session.close()  # no database connection is held while the body streams in
     file_id = f"file-{secrets.token_hex(12)}"
     root = settings.data_root.resolve()
-    folder = root / principal.tenant / "files" / file_id
+    folder = storage.data_root(root, principal.tenant) / "files" / file_id
     part = _FilePart(root, folder, limit, rule)
     try:
         await _receive(request, part)
@@ -251,6 +240,8 @@ async def upload_file(
                        path=str(part.path), sha256=part.digest.hexdigest(),
                        size_bytes=part.size, rows=summary["rows"])
         session.add(row)
+        audit.record(session, audit.Action.upload, actor=audit.api_actor(principal.key_id),
+                     tenant=principal.tenant, file_id=file_id, payload_sha256=row.sha256)
         session.commit()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # refused or failed: keep no bytes
@@ -279,16 +270,35 @@ def read_file(file: FileDep) -> FilePublic:
     return FilePublic.model_validate(file)
 
 
-@router.delete("/{file_id}", status_code=204, responses=problems(403, 404))
-def delete_file(file: FileDep, principal: CurrentTenant, session: SessionDep) -> Response:
+@router.delete("/{file_id}", status_code=204, responses=problems(403, 404, 409, 503))
+def delete_file(
+    file: FileDep, principal: CurrentTenant, session: SessionDep, settings: SettingsDep,
+    request: Request,
+    cascade: Annotated[bool, Query(description="Also erase every job trained on the file: "
+                                   "its adapter, scores, samples and events; handed-off "
+                                   "models are announced as `model.retired`.")] = False,
+) -> Response:
     """Remove the stored bytes, then the record (bytes that cannot be removed keep the
-    record, so the delete can be retried). Jobs that named the file, and what was trained
-    on it, are left as they are."""
+    record, so the delete can be retried). While jobs that named the file exist, only
+    `cascade=true` deletes it (409 otherwise), erasing them with it."""
     changeable(file, principal, "file_id")
+    actor = audit.api_actor(principal.key_id)
+    if cascade:
+        session.close()  # erasure waits for running stages to stop, in sessions of its own
+        try:
+            erase_file(request.app.state.sessions, settings, file.id, actor)
+        except ErasureError as exc:
+            raise Problem(503, "Service unavailable", f"file_id: {exc}",
+                          field="file_id") from exc
+        return Response(status_code=204)
+    if trained := jobs_trained_on(session, file):
+        raise Problem(409, "Conflict", f"file_id: {len(trained)} job(s) were trained on this "
+                      "file; delete with cascade=true to erase them too", field="file_id")
     folder = Path(file.path).parent
-    if folder.name == file.id:  # the file's own folder, never one above it
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(folder)
+    # The file's own folder, never one above it.
+    removed = storage.remove(folder if folder.name == file.id else Path(file.path))
+    audit.record(session, audit.Action.file_deleted, actor=actor, tenant=file.tenant,
+                 file_id=file.id, cascade=False, files_sha256=removed)
     session.delete(file)
     session.commit()
     return Response(status_code=204)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif import audit
 from aif.db.models import Job, Outbox, SigningKey
 from aif.orchestrator.states import ALLOWED, transition
 from aif.orchestrator.throughput import Measured
@@ -314,23 +315,27 @@ async def job_events(
 
 
 @router.post("/{job_id}/cancel", responses=problems(403, 404, 409, 422))
-def cancel_job(job: OwnJobDep, session: SessionDep, settings: SettingsDep,
-               body: JobCancel | None = None) -> JobPublic:
+def cancel_job(job: OwnJobDep, principal: CurrentTenant, session: SessionDep,
+               settings: SettingsDep, body: JobCancel | None = None) -> JobPublic:
     """Cancel through the state machine; a running stage is stopped at its next heartbeat."""
     session.refresh(job, with_for_update=True)  # no worker moves it on meanwhile
     state = JobState(job.state)
     if JobState.cancelled not in ALLOWED[state]:
         raise Problem(409, "Conflict", f"the job is {state} and can no longer be cancelled",
                       field="job_id")
+    actor = audit.api_actor(principal.key_id)
+    audit.record(session, audit.Action.cancel, actor=actor, tenant=job.tenant, job_id=job.id)
     transition(session, job, JobState.cancelled, settings.topics,
-               (body.reason if body else "") or "cancelled through the API")
+               (body.reason if body else "") or "cancelled through the API", actor=actor)
     session.commit()
     return JobPublic.of(job)
 
 
 @router.post("/{job_id}/publish", responses=problems(403, 404))
-def publish_job(job: OwnJobDep, session: SessionDep) -> JobPublic:
+def publish_job(job: OwnJobDep, principal: CurrentTenant, session: SessionDep) -> JobPublic:
     """Show the job's scores to every tenant (never its data, reports or samples)."""
     job.public = True
+    audit.record(session, audit.Action.publish, actor=audit.api_actor(principal.key_id),
+                 tenant=job.tenant, job_id=job.id)
     session.commit()
     return JobPublic.of(job)
