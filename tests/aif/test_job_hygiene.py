@@ -79,7 +79,7 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         env.setenv("AIF_SIGNING_SECRET", key.secret)
         env.setenv("AIF_PII_POLICY", "redact")
         settings = Settings(home=home, data_root=data_root, database_url=db_url,
-                            topic_prefix="hygiene",
+                            topic_prefix="hygiene", base_model_roots=[tiny_model_dir],
                             kafka=KafkaConfig(bootstrap_servers=broker,
                                               sasl_plain_password=PASSWORD),
                             embedded_broker=False, max_poll_interval_ms=3000,
