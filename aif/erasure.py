@@ -82,7 +82,7 @@ def _stop_jobs(sessions: sessionmaker[Session], settings: Settings, job_ids: lis
         session.commit()
     deadline = time.monotonic() + timeout_s
     for job_id, ref in refs:
-        run = get_launcher(ref["launcher"], settings.slurm).attach(ref)
+        run = get_launcher(ref["launcher"], settings).attach(ref)
         if run.poll() is None and not stop(run, max(deadline - time.monotonic(), 0.0)):
             raise ErasureError(f"job {job_id}: its {ref.get('module')} stage did not stop "
                                f"within {timeout_s:g} s; run the erasure again")

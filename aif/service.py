@@ -59,7 +59,7 @@ class Service(AbstractContextManager["Service"]):
             metadata_max_age_ms=5000,  # notice a recreated requests topic within seconds
         )
         self.producer, self.consumer, self.keepers = producer, consumer, keepers
-        launcher = get_launcher(s.launcher, s.slurm)
+        launcher = get_launcher(s.launcher, s)
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure,
                         max_processes=launcher.max_processes,
                         require_signed_events=s.require_signed_events,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aif.launchers.slurm import SlurmConfig
+from aif.launchers import KubernetesConfig, SlurmConfig, check_launcher_name
 from aif.quotas import QuotaLimits
 from events.bus import KafkaConfig
 from events.recipe import PiiPolicy
@@ -100,10 +100,12 @@ class Settings(BaseSettings):
         PiiPolicy.report, description="The site's minimum personal-data policy (off, report, "
         "redact, reject); a recipe's data.pii may be stricter, never laxer.",
     )
-    launcher: Literal["local", "slurm"] = Field(
-        "local", description="Where stage processes run: this machine, or Slurm via sbatch."
+    launcher: Annotated[str, AfterValidator(check_launcher_name)] = Field(
+        "local", description="Where stage processes run: `local` (this machine), `slurm` "
+        "(sbatch) or `kubernetes` (a Job per run); see aif.launchers.LAUNCHERS.",
     )
     slurm: SlurmConfig = SlurmConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     inference_lora_url: HttpUrl | None = Field(
         None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
     )
@@ -123,6 +125,9 @@ class Settings(BaseSettings):
             self.data_root = self.home / "data"
         if self.s3_prefix is not None and "{tenant}" not in self.s3_prefix:
             raise ValueError("s3_prefix: must contain {tenant}, so each tenant has its own")
+        if self.launcher == "kubernetes" and not self.kubernetes.image:
+            raise ValueError("kubernetes.image: required with launcher kubernetes "
+                             "(AIF_KUBERNETES__IMAGE)")
         return self
 
     def retry_delay_s(self, attempts: int) -> float:

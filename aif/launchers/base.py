@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
-from aif.storage import DATASETS_CACHE
+from aif.storage import DATASETS_CACHE, PRIVATE_UMASK
+
+if TYPE_CHECKING:
+    from aif.settings import Settings
 
 LOST = -1000
 """poll() result for a run that vanished without an exit status (its node or wrapper died)."""
@@ -21,6 +24,16 @@ class StageCommand:
     spec_path: Path
     num_processes: int = 1
     distributed: bool = True
+
+    @property
+    def job_id(self) -> str:
+        """The job the run belongs to: its spec lies in `<jobs_dir>/<tenant>/<job id>/`
+        (aif.storage.jobs_root), so launchers can label and name the run without asking."""
+        return self.spec_path.parent.name
+
+    @property
+    def tenant(self) -> str:
+        return self.spec_path.parent.parent.name
 
     def env(self) -> dict[str, str]:
         """Environment of the stage beyond the service's own: the datasets cache inside the
@@ -50,6 +63,14 @@ class StageCommand:
             argv += ["--machine_rank", machine_rank, "--main_process_ip", str(main_address),
                      "--main_process_port", str(main_port)]
         return [*argv, "-m", self.module, str(self.spec_path)]
+
+
+WRAPPER = (f'umask {PRIVATE_UMASK:03o}; trap : TERM INT; "$@"; code=$?; '
+           'echo $code > "$AIF_EXIT_FILE"; exit $code')
+"""Runs the stage with an owner-only umask, then writes its status to `$AIF_EXIT_FILE` and
+exits with it. The trap keeps the shell alive on SIGTERM long enough to record how the stage
+ended; the stage still gets the signal. The exit status says the same where the file is gone
+(an erasure)."""
 
 
 class RecordedRun:
@@ -88,14 +109,38 @@ class RunHandle(Protocol):
         """The end of the run's combined output, for failure reasons."""
 
 
-class Launcher(Protocol):
-    name: str
+class Launcher:
+    """Starts stage runs that record their exit code and output in files beside the log
+    (`<log>.exit`), so any orchestrator can read both later; subclasses only submit."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None) -> Self:
+        """The launcher configured by the service's settings (None: its defaults)."""
+        return cls()
 
     @property
     def max_processes(self) -> int | None:
         """The most processes one stage run can get here (None: no known limit); a request
         asking for more is refused at intake instead of waiting for resources forever."""
+        return None
 
-    def start(self, command: StageCommand, log_path: Path) -> RunHandle: ...
+    def processes(self, requested: int) -> int:
+        """Processes a distributed stage run asking for `requested` gets here."""
+        return requested
 
-    def attach(self, ref: dict[str, Any]) -> RunHandle: ...
+    def start(self, command: StageCommand, log_path: Path) -> RunHandle:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        exit_file = log_path.with_suffix(".exit")
+        exit_file.unlink(missing_ok=True)
+        ref = {"launcher": self.name, "module": command.module, "exit_file": str(exit_file),
+               "log": str(log_path)}
+        return self.submit(command, ref)
+
+    def submit(self, command: StageCommand, ref: dict[str, Any]) -> RunHandle:
+        """Start the run; `ref` already names its exit file and log, add what attach needs."""
+        raise NotImplementedError
+
+    def attach(self, ref: dict[str, Any]) -> RunHandle:
+        raise NotImplementedError

@@ -14,14 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from aif.launchers.base import LOST, RecordedRun, StageCommand
-from aif.storage import PRIVATE_UMASK
-
-# Runs the command with an owner-only umask, then writes its status and exits with it. The
-# trap keeps the shell alive on SIGTERM long enough to record how the stage ended; the stage
-# still gets the signal. The exit status says the same where the file is gone (an erasure).
-WRAPPER = (f'umask {PRIVATE_UMASK:03o}; trap : TERM INT; "$@"; code=$?; '
-           'echo $code > "$AIF_EXIT_FILE"; exit $code')
+from aif.launchers.base import LOST, WRAPPER, Launcher, RecordedRun, StageCommand
 
 
 def _start_time(pid: int) -> str | None:
@@ -55,18 +48,15 @@ class LocalRun(RecordedRun):
             os.killpg(self.ref["pid"], signal.SIGTERM)
 
 
-class LocalLauncher:
+class LocalLauncher(Launcher):
     name = "local"
 
     @property
     def max_processes(self) -> int:
         return len(os.sched_getaffinity(0))
 
-    def start(self, command: StageCommand, log_path: Path) -> LocalRun:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        exit_file = log_path.with_suffix(".exit")
-        exit_file.unlink(missing_ok=True)
-        with log_path.open("ab") as log:
+    def submit(self, command: StageCommand, ref: dict[str, Any]) -> LocalRun:
+        with Path(ref["log"]).open("ab") as log:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", WRAPPER, "aif-stage", *command.argv()],
                 stdout=log,
@@ -74,12 +64,9 @@ class LocalLauncher:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: SIGTERM reaches every rank
                 env={**os.environ, **command.env(), "PYTHONUNBUFFERED": "1",
-                     "AIF_EXIT_FILE": str(exit_file)},
+                     "AIF_EXIT_FILE": ref["exit_file"]},
             )
-        ref = {"launcher": self.name, "module": command.module, "pid": proc.pid,
-               "started": _start_time(proc.pid), "exit_file": str(exit_file),
-               "log": str(log_path)}
-        return LocalRun(ref, proc)
+        return LocalRun({**ref, "pid": proc.pid, "started": _start_time(proc.pid)}, proc)
 
     def attach(self, ref: dict[str, Any]) -> LocalRun:
         return LocalRun(ref)

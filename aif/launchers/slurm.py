@@ -13,12 +13,15 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aif.launchers.base import LOST, RecordedRun, StageCommand
+from aif.launchers.base import LOST, Launcher, RecordedRun, StageCommand
 from aif.storage import PRIVATE_UMASK
+
+if TYPE_CHECKING:
+    from aif.settings import Settings
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
           "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -132,11 +135,15 @@ class SlurmRun(RecordedRun):
             _run(["scancel", "--signal=TERM", self.ref["job_id"]])
 
 
-class SlurmLauncher:
+class SlurmLauncher(Launcher):
     name = "slurm"
 
     def __init__(self, config: SlurmConfig | None = None) -> None:
         self.config = config or SlurmConfig()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None) -> SlurmLauncher:
+        return cls(settings.slurm if settings else None)
 
     @property
     def max_processes(self) -> int | None:
@@ -144,17 +151,15 @@ class SlurmLauncher:
         c = self.config
         return c.nodes * c.gpus_per_node if c.gpus_per_node else None
 
-    def start(self, command: StageCommand, log_path: Path) -> SlurmRun:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        exit_file = log_path.with_suffix(".exit")
-        exit_file.unlink(missing_ok=True)
+    def processes(self, requested: int) -> int:
+        return self.config.processes(requested)
+
+    def submit(self, command: StageCommand, ref: dict[str, Any]) -> SlurmRun:
+        log_path = Path(ref["log"])
         script = log_path.with_suffix(".sbatch")
-        script.write_text(batch_script(command, self.config, log_path, exit_file))
+        script.write_text(batch_script(command, self.config, log_path, Path(ref["exit_file"])))
         job_id = _run(["sbatch", "--parsable", f"--chdir={log_path.parent}", str(script)])
-        ref = {"launcher": self.name, "module": command.module,
-               "job_id": job_id.strip().split(";")[0], "exit_file": str(exit_file),
-               "log": str(log_path), "script": str(script)}
-        return SlurmRun(ref)
+        return SlurmRun({**ref, "job_id": job_id.strip().split(";")[0], "script": str(script)})
 
     def attach(self, ref: dict[str, Any]) -> SlurmRun:
         return SlurmRun(ref)

@@ -65,7 +65,7 @@ class StageRunner:
         run: RunHandle | None = None
         ref = job.run_ref
         if ref and ref.get("module") == command.module:
-            run = get_launcher(ref["launcher"], self.settings.slurm).attach(ref)
+            run = get_launcher(ref["launcher"], self.settings).attach(ref)
             if run.poll() == LOST:
                 log.warning("job %s: %s run vanished; starting it again", job.id, command.module)
                 run = None

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job
+from aif.launchers import get_launcher
 from aif.settings import Settings
 from events.compute import training_flops
 from events.jobspec import Throughput, TrainingResult
@@ -51,9 +52,7 @@ def measure(result: TrainingResult, recipe: Recipe, estimate: dict | None,
 
 def training_devices(settings: Settings, recipe: Recipe) -> int:
     """Processes the configured launcher starts for the recipe's training."""
-    if settings.launcher == "slurm":
-        return settings.slurm.processes(recipe.train.num_processes)
-    return recipe.train.num_processes
+    return get_launcher(settings.launcher, settings).processes(recipe.train.num_processes)
 
 
 def throughput(settings: Settings, recipe: Recipe, session: Session | None = None,

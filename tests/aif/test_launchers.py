@@ -4,9 +4,11 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from aif.launchers import LOST, Launcher, SlurmConfig, StageCommand, get_launcher
+from aif.launchers import LAUNCHERS, LOST, Launcher, SlurmConfig, StageCommand, get_launcher
 from aif.launchers.slurm import batch_script
+from aif.settings import Settings
 
 SLEEPER = """
 import json, sys, time
@@ -120,8 +122,22 @@ def test_unknown_launcher_suggests_one() -> None:
         get_launcher("locale")
 
 
+def test_the_settings_accept_only_registered_launchers() -> None:
+    assert set(LAUNCHERS) == {"local", "slurm", "kubernetes"}
+    assert all(LAUNCHERS[name].name == name for name in LAUNCHERS)
+    with pytest.raises(ValidationError, match="Did you mean 'kubernetes'"):
+        Settings(launcher="kubernets")
+    with pytest.raises(ValidationError, match=r"kubernetes\.image: required"):
+        Settings(launcher="kubernetes")
+    kube = Settings(launcher="kubernetes", kubernetes={"image": "aif:1", "nodes": 2})
+    assert get_launcher(kube.launcher, kube).processes(3) == 6
+
+
 def test_launchers_say_how_many_processes_a_stage_can_get() -> None:
     assert get_launcher("local").max_processes == len(os.sched_getaffinity(0))
-    gpus = SlurmConfig(nodes=2, gpus_per_node=4)
+    gpus = Settings(slurm=SlurmConfig(nodes=2, gpus_per_node=4))
     assert get_launcher("slurm", gpus).max_processes == 8
-    assert get_launcher("slurm", SlurmConfig(nodes=2)).max_processes is None  # CPU nodes
+    assert get_launcher("slurm", gpus).processes(1) == 8  # one per GPU on every node
+    cpus = Settings(slurm=SlurmConfig(nodes=2))
+    assert get_launcher("slurm", cpus).max_processes is None  # CPU nodes
+    assert get_launcher("local").processes(3) == 3
