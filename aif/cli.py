@@ -8,6 +8,7 @@ import signal
 import tempfile
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -50,6 +51,13 @@ app.command("audit")(audit_command)
 console = Console()
 
 Tenant = Annotated[str, typer.Option(help="Tenant the job belongs to.")]
+
+
+class Part(StrEnum):
+    orchestrator = "orchestrator"
+    web = "web"
+
+
 MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's training steps.")]
 EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
 TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
@@ -203,14 +211,18 @@ def _print_outcome(final: JobState, events: list[EventData]) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    only: Annotated[Part | None, typer.Option(
+        help="Run only this part (Kubernetes runs each in Deployments of its own).")] = None,
+) -> None:
     """Run the service (broker if needed, orchestrator, web app) until Ctrl-C."""
     from aif.service import Service
 
     settings = _setup()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Service(settings) as service:
+    with Service(settings, web=only in (None, Part.web),
+                 orchestrator=only in (None, Part.orchestrator)) as service:
         console.print(f"aif-tuning is up. Leaderboard: {service.url}  (Ctrl-C to stop)")
         try:
             while not stop.wait(1):

@@ -7,13 +7,17 @@ import os
 import threading
 from contextlib import AbstractContextManager
 from types import TracebackType
+from wsgiref.simple_server import WSGIServer
 
 import uvicorn
+from prometheus_client import start_http_server
+from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, stop_after_delay, wait_fixed
 
 from aif.broker import EmbeddedBroker, ensure_broker
 from aif.db.session import session_factory
 from aif.launchers import get_launcher
+from aif.metrics import ConsumerLagCollector, JobStoreCollector, registry
 from aif.orchestrator.intake import Intake
 from aif.orchestrator.references import References
 from aif.orchestrator.relay import OutboxRelay
@@ -28,28 +32,28 @@ log = logging.getLogger(__name__)
 
 
 class Service(AbstractContextManager["Service"]):
-    def __init__(self, settings: Settings, *, web: bool = True) -> None:
-        self.settings, self.web = settings, web
+    def __init__(self, settings: Settings, *, web: bool = True,
+                 orchestrator: bool = True) -> None:
+        """`web` / `orchestrator` False leave that part out: on Kubernetes each runs in
+        Deployments of its own."""
+        self.settings, self.web, self.orchestrator = settings, web, orchestrator
         self.broker: EmbeddedBroker | None = None
         self.threads: list[threading.Thread] = []
         self.stoppables: list[object] = []
         self.server: uvicorn.Server | None = None
+        self.metrics_server: WSGIServer | None = None
+        self.lag: ConsumerLagCollector | None = None
 
     @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
     def _topics(self, keeper: TopicKeeper) -> None:
         keeper.ensure()
 
-    def start(self) -> Service:
+    def _start_orchestrator(self, sessions: sessionmaker[Session]) -> None:
         s = self.settings
-        redaction.install(s)  # before any client is built: kafka-python logs its settings
-        # Job folders, specs, uploads and the SQLite file are the service user's alone.
-        self._umask = os.umask(PRIVATE_UMASK)
-        s.home.mkdir(parents=True, exist_ok=True)
         self.broker = ensure_broker(s.kafka.bootstrap_servers, s.embedded_broker,
                                     s.home / "broker.log")
         keepers = [TopicKeeper(s.kafka, s.topics.shared()) for _ in range(2)]  # one per thread
         self._topics(keepers[0])
-        sessions = session_factory(s.db_url)
         producer = make_producer(s.kafka)
         consumer = make_consumer(
             s.kafka, group_id=s.consumer_group,
@@ -67,14 +71,29 @@ class Service(AbstractContextManager["Service"]):
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
+        if s.metrics_port is not None:
+            self.lag = ConsumerLagCollector(s.kafka, s.consumer_group, s.topics.requests)
+            self.metrics_server, _ = start_http_server(
+                s.metrics_port, s.web_host, registry(JobStoreCollector(sessions), self.lag))
         for name, target in [("intake", intake.run), ("relay", relay.run)] + [
             (w.owner, w.run) for w in workers
         ]:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self.threads.append(t)
+
+    def start(self) -> Service:
+        s = self.settings
+        redaction.install(s)  # before any client is built: kafka-python logs its settings
+        # Job folders, specs, uploads and the SQLite file are the service user's alone.
+        self._umask = os.umask(PRIVATE_UMASK)
+        s.home.mkdir(parents=True, exist_ok=True)
+        sessions = session_factory(s.db_url)
+        if self.orchestrator:
+            self._start_orchestrator(sessions)
         if self.web:
-            config = uvicorn.Config(create_app(sessions, s, producer), host=s.web_host,
+            config = uvicorn.Config(create_app(sessions, s, getattr(self, "producer", None)),
+                                    host=s.web_host,
                                     port=s.web_port, log_level="warning")
             self.server = uvicorn.Server(config)
             t = threading.Thread(target=self.server.run, name="web", daemon=True)
@@ -91,10 +110,12 @@ class Service(AbstractContextManager["Service"]):
             part.stopping.set()  # type: ignore[attr-defined]
         if self.server is not None:
             self.server.should_exit = True
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         for t in self.threads:
             t.join(timeout=30)
         for closer in (getattr(self, "consumer", None), getattr(self, "producer", None),
-                       *getattr(self, "keepers", [])):
+                       *getattr(self, "keepers", []), self.lag):
             if closer is not None:
                 closer.close()
         if self.broker is not None:

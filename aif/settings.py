@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     )
     slurm: SlurmConfig = SlurmConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the orchestrator's Prometheus `/metrics` "
+        "listener (on web_host); unset: none. The web app serves `/metrics` on web_port.")
+    log_format: Literal["console", "json"] = Field(
+        "console", description="Service log lines: for a terminal, or one JSON object each "
+        "with the job id and tenant (containers).")
     inference_lora_url: HttpUrl | None = Field(
         None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
     )

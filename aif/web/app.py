@@ -14,11 +14,12 @@ from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
 from swagger_ui_bundle import swagger_ui_path
 
+from aif.metrics import JobStoreCollector, registry
 from aif.settings import Settings
 from aif.web import pages
 from aif.web.deps import install_problem_handlers
 from aif.web.kafka import RequestBus
-from aif.web.routes import artifacts, files, health, jobs, leaderboard, recipes
+from aif.web.routes import artifacts, files, health, jobs, leaderboard, metrics, recipes
 
 DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 
@@ -44,7 +45,8 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sessions, app.state.settings, app.state.bus = sessions, settings, bus
     install_problem_handlers(app)
-    for module in (jobs, artifacts, files, leaderboard, recipes, health):
+    app.state.metrics = registry(JobStoreCollector(sessions))
+    for module in (jobs, artifacts, files, leaderboard, recipes, health, metrics):
         app.include_router(module.router)
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
 
