@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import tempfile
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aif import logs
 from aif.audit_cli import audit_command
 from aif.follow import wait_for_job
 from aif.orchestrator.throughput import throughput
@@ -74,8 +74,8 @@ def _setup() -> Settings:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)
     redaction.install(settings)
     return settings
 

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         "console", description="Service log lines: for a terminal, or one JSON object each "
         "with the job id and tenant (containers).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     inference_lora_url: HttpUrl | None = Field(
         None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
     )

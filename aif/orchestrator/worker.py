@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif import storage
 from aif.db.models import Job, utcnow
 from aif.launchers import Launcher
+from aif.logs import job_context
 from aif.orchestrator.errors import FinalError, LeaseLost, RetryableError, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.stage_runs import StageRunner
@@ -137,7 +138,8 @@ class JobWorker:
                 continue
             log.info("%s runs job %s", self.owner, job_id)
             try:
-                self.run_job(job_id)
+                with job_context(self.sessions, job_id):
+                    self.run_job(job_id)
             except Exception as exc:  # the database went away while recording the outcome
                 log.warning("job %s: outcome not recorded (%s); it will be re-adopted",
                             job_id, type(exc).__name__)
