@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -115,10 +116,12 @@ class ConsumerLagCollector(Collector):
         self.kafka, self.group, self.topic = kafka, group, topic
         self._admin: KafkaAdminClient | None = None
         self._consumer: KafkaConsumer | None = None
+        self._lock = threading.Lock()  # scrapes run in threads; kafka clients are not safe
 
     def collect(self) -> Iterator[Metric]:
         try:
-            lag = self._lag()
+            with self._lock:
+                lag = self._lag()
         except Exception as exc:  # the broker away: the scrape still serves the job figures
             log.warning("metrics: consumer lag unavailable: %s", exc)
             return
