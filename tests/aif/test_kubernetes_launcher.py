@@ -23,13 +23,8 @@ import yaml
 from kubernetes import client
 
 from aif.launchers import LOST, StageCommand, get_launcher
-from aif.launchers.kubernetes import (
-    KubernetesConfig,
-    KubernetesLauncher,
-    build_job,
-    build_service,
-    job_name,
-)
+from aif.launchers.kubernetes import KubernetesConfig, KubernetesLauncher
+from aif.launchers.kubernetes_jobs import build_job, build_service, job_name
 from aif.settings import Settings
 
 RECORDED = Path(__file__).parent / "k8s"
