@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from httpx2 import Response  # what Starlette's TestClient answers with
 
 S = JobState
-NO_KEY_NEEDED = {("/healthz", "get"), ("/readyz", "get")}
+NO_KEY_NEEDED = {("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")}
 """The only operations of the document open to anyone (probes reveal no tenant's data)."""
 OUTSIDE_THE_DOCUMENT = {
     "/", "/docs", "/docs/assets", "/openapi.json", "/static",
