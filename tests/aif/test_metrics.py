@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -78,3 +79,21 @@ def test_the_orchestrator_serves_metrics_with_the_consumer_lag(
     assert got[("aif_jobs", (("state", "succeeded"),))] == 0
     lag = {k: v for k, v in got.items() if k[0] == "aif_consumer_lag"}
     assert lag and all(v == 0 for v in lag.values())  # nothing sent, nothing behind
+
+
+def test_the_web_part_alone_needs_no_broker(sessions: sessionmaker[Session], db_url: str,
+                                            tmp_path: Path) -> None:
+    """`aif up --only web`, as the chart's web Deployment runs it: no broker, no consumer."""
+    port = free_port()
+    settings = Settings(home=tmp_path, database_url=db_url,  # type: ignore[call-arg]
+                        kafka=KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+                        web_port=port)
+    with Service(settings, orchestrator=False) as service:
+        for _ in range(100):
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert service.broker is None and not service.stoppables
+    assert samples(answer.text)[("aif_queue_depth", ())] == 0
