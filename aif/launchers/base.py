@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
@@ -109,7 +110,7 @@ class RunHandle(Protocol):
         """The end of the run's combined output, for failure reasons."""
 
 
-class Launcher:
+class Launcher(ABC):
     """Starts stage runs that record their exit code and output in files beside the log
     (`<log>.exit`), so any orchestrator can read both later; subclasses only submit."""
 
@@ -138,9 +139,10 @@ class Launcher:
                "log": str(log_path)}
         return self.submit(command, ref)
 
+    @abstractmethod
     def submit(self, command: StageCommand, ref: dict[str, Any]) -> RunHandle:
         """Start the run; `ref` already names its exit file and log, add what attach needs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def attach(self, ref: dict[str, Any]) -> RunHandle:
-        raise NotImplementedError
+        """The handle of a run this or another orchestrator started, from its stored ref."""
