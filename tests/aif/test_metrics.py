@@ -7,15 +7,17 @@ from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
+from aif.metrics import ConsumerLagCollector, registry
 from aif.orchestrator.states import transition
 from aif.service import Service
 from aif.settings import Settings
 from aif.web.app import create_app
-from events.bus import KafkaConfig
+from events.bus import KafkaConfig, ensure_topics, make_producer
 from events.states import JobState
 from events.topics import Topics
 from tests.aif.conftest import store_trusted
@@ -97,3 +99,20 @@ def test_the_web_part_alone_needs_no_broker(sessions: sessionmaker[Session], db_
                 time.sleep(0.1)
         assert service.broker is None and not service.stoppables
     assert samples(answer.text)[("aif_queue_depth", ())] == 0
+
+
+def test_the_consumer_lag_counts_what_the_group_has_not_consumed(broker: str,
+                                                                topics: Topics) -> None:
+    kafka = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(kafka, [topics.requests])
+    producer = make_producer(kafka)
+    for n in range(3):
+        producer.send(topics.requests, key=b"k", value=b"record %d" % n).get(timeout=30)
+    producer.close()
+    lag = ConsumerLagCollector(kafka, "a-group-that-never-read", topics.requests)
+    try:
+        got = samples(generate_latest(registry(lag)).decode())
+    finally:
+        lag.close()
+    behind = {k: v for k, v in got.items() if k[0] == "aif_consumer_lag"}
+    assert len(behind) == 3 and sum(behind.values()) == 3  # one key: all on one partition
