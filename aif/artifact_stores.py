@@ -106,7 +106,7 @@ def artifact_store(uri: str, endpoint_url: str | None = None) -> ArtifactStore:
     """The store a URI names; an unknown scheme is refused with the ones there are."""
     scheme = urlsplit(uri).scheme
     if scheme not in STORES:
-        hint = get_close_matches(scheme, STORES, n=1)
+        hint = get_close_matches(scheme, STORES, n=1, cutoff=0.5)
         did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
         raise ArtifactStoreError(f"AIF_ARTIFACT_STORE: unknown scheme {scheme!r}.{did_you_mean}"
                                  f" Available: {', '.join(STORES)}")

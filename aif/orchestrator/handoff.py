@@ -17,7 +17,10 @@ from sqlalchemy.orm import Session
 
 from aif import registry
 from aif.db.models import Job, RegisteredModel
+from aif.orchestrator.ai_act_pack import CARD
 from aif.settings import Settings
+from events.ai_act import AI_ACT_PACK
+from events.checksums import MANIFEST
 from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
 from events.messages import (
     AdapterShape,
@@ -48,6 +51,18 @@ def serving_check_spec(job: Job, recipe: Recipe, trained: TrainingResult,
                             recipe=recipe, evaluation_dir=str(evaluation_dir),
                             stored_score=stored, metric=gate.metric, sample_docs=n,
                             tolerance=tolerance, probe_prompts=settings.serving_probe_prompts)
+
+
+REWRITTEN = frozenset({CARD, AI_ACT_PACK, MANIFEST})
+"""Adapter files the hand-off itself rewrites (`write_pack`); training wrote the others."""
+
+
+def expected_digests(trained: TrainingResult, packed: dict[str, str]) -> dict[str, str]:
+    """What each published file must hash to: training's own record for the files it
+    wrote, so bytes changed anywhere since (shared file system, upload) stop the hand-off,
+    and the pack's for the files the hand-off rewrote."""
+    return {**packed, **{name: digest for name, digest in trained.files_sha256.items()
+                         if name in packed and name not in REWRITTEN}}
 
 
 def load_path(uri: str) -> str:

@@ -200,7 +200,8 @@ class Steps:
                                   base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
                       for s in row.scores]
             lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
-            files_sha256 = write_pack(row, recipe, trained, scores, lm_eval_version)
+            files_sha256 = handoff.expected_digests(trained, write_pack(
+                row, recipe, trained, scores, lm_eval_version))
             name, version = handoff.version_of(session, row)
             replaces = max((v.version for v in registry.live_versions(session, job.tenant, name)
                             if v.version != version), default=None)
