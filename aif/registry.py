@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
-from aif.artifact_stores import artifact_store
+from aif.artifact_stores import ArtifactStore, artifact_store
 from aif.db.models import Job, RegisteredModel, utcnow
 from aif.orchestrator.states import enqueue_event
 from aif.serving_endpoints import Endpoints
@@ -89,6 +89,21 @@ def find(session: Session, tenant: str | None, name: str, version: int | None
     return row
 
 
+def published_store(settings: Settings) -> ArtifactStore:
+    """The site's artifact store (`AIF_ARTIFACT_STORE`, default `<home>/published`)."""
+    return artifact_store(settings.artifact_store or settings.published_dir.as_uri(),
+                          settings.s3_endpoint_url)
+
+
+def withdraw(session: Session, settings: Settings, job_ids: list[str]) -> None:
+    """Unload and delete every published version these jobs trained (an erasure; their
+    registry rows are deleted with the jobs' other rows)."""
+    rows = session.scalars(select(RegisteredModel).where(RegisteredModel.job_id.in_(job_ids)))
+    for row in rows:
+        endpoints(settings).unload(row.served_name)
+        published_store(settings).remove(row.served_name)
+
+
 def endpoints(settings: Settings) -> Endpoints:
     return Endpoints([str(u) for u in settings.serving_endpoints], settings.serving_timeout_s,
                      settings.serving_attempts)
@@ -116,8 +131,7 @@ def retire_row(session: Session, settings: Settings, row: RegisteredModel, reaso
     if outcomes:
         record_serving(session, settings, row, job, outcomes,
                        f"{job.id}:serving:v{row.version}:unload")
-    artifact_store(settings.artifact_store or settings.published_dir.as_uri(),
-                   settings.s3_endpoint_url).remove(row.served_name)
+    published_store(settings).remove(row.served_name)
     row.status, row.retired_at = Status.retired, utcnow()
     event = enqueue_event(session, settings.topics.models, ModelRetired(
         job_id=job.id, tenant=row.tenant, adapter_uri=row.adapter_uri, reason=reason,

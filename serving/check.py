@@ -57,7 +57,7 @@ def check_limits(config: dict, limits: ServingLimits) -> None:
         raise Refused(f"adapter_config.peft_type: {config.get('peft_type')!r} is not LORA")
     if config["r"] > limits.max_lora_rank:
         raise Refused(f"adapter_config.r: {config['r']} is above the servers' max_lora_rank "
-                      f"{limits.max_lora_rank} (AIF_SERVING_MAX_LORA_RANK)")
+                      f"{limits.max_lora_rank} (AIF_SERVING_LIMITS__MAX_LORA_RANK)")
     if config.get("modules_to_save") and not limits.allow_modules_to_save:
         raise Refused(f"adapter_config.modules_to_save: {sorted(config['modules_to_save'])} "
                       "is not loadable by the servers (vLLM refuses modules_to_save)")

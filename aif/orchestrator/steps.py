@@ -22,7 +22,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit, quotas, registry
-from aif.artifact_stores import ArtifactStoreError, artifact_store
+from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job
 from aif.launchers import StageCommand
 from aif.orchestrator import handoff, specs
@@ -214,10 +214,8 @@ class Steps:
         check = _read(ServingCheckResult, work / SERVING_CHECK_RESULT)
         served = registry.served_name(name, version)
         try:
-            adapter_uri = artifact_store(
-                self.settings.artifact_store or self.settings.published_dir.as_uri(),
-                self.settings.s3_endpoint_url).publish(Path(trained.adapter_dir), served,
-                                                       files_sha256)
+            adapter_uri = registry.published_store(self.settings).publish(
+                Path(trained.adapter_dir), served, files_sha256)
         except ArtifactStoreError as exc:
             raise FinalError(f"hand-off stopped: {exc}") from exc
         outcomes = registry.endpoints(self.settings).load(served, handoff.load_path(adapter_uri))

@@ -132,7 +132,7 @@ def test_a_rank_above_the_servers_limit_fails_the_job_before_publishing(
     job = run_to_the_end(settings, sessions, _short(tiny_request, r=32, alpha=64))
     assert job.state == JobState.failed
     assert job.reason == ("serving check: adapter_config.r: 32 is above the servers' "
-                          "max_lora_rank 16 (AIF_SERVING_MAX_LORA_RANK)")
+                          "max_lora_rank 16 (AIF_SERVING_LIMITS__MAX_LORA_RANK)")
     assert _events(sessions, job.id, ModelReady) == _events(sessions, job.id, ModelReadyV2) == []
     assert not settings.published_dir.exists()
     with sessions() as s:

@@ -1,6 +1,7 @@
 """A consumer that shares no code with the project (`inference_consumer.py`, run as its own
 process) reads the hand-off from the tenant's models topic, verifies every file and the base
-model's revision, and loads the adapter with plain peft: same greedy answer as the stage's."""
+model's revision, and loads the adapter with plain peft: same greedy answer as the stage's.
+Erasing the tenant afterwards withdraws the published copy."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db.models import RegisteredModel
+from aif.erasure import erase_tenant
 from aif.settings import Settings
 from events.bus import KafkaConfig
 from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
@@ -61,3 +65,9 @@ def test_an_independent_consumer_verifies_and_loads_the_handed_off_adapter(
             "README.md"} <= set(said["verified"])
     check = ServingCheckResult.read(Path(job.work_dir or "") / SERVING_CHECK_RESULT)
     assert said["greedy"] == check.greedy["Hello"]
+
+    # Erasing the tenant withdraws the published copy with the registry row.
+    erase_tenant(sessions, settings, "acme")
+    assert not (settings.published_dir / said["served_name"]).exists()
+    with sessions() as s:
+        assert s.scalars(select(RegisteredModel)).all() == []

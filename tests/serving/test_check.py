@@ -50,7 +50,7 @@ def _run(base: Path, adapter: Path, tmp_path: Path, limits: ServingLimits
      "['q_proj', 'v_proj']"),
     ({"target_modules": ["q_proj"]}, ServingLimits(max_lora_rank=1),
      "serving check: adapter_config.r: 8 is above the servers' max_lora_rank 1 "
-     "(AIF_SERVING_MAX_LORA_RANK)"),
+     "(AIF_SERVING_LIMITS__MAX_LORA_RANK)"),
 ])
 def test_adapters_a_server_cannot_load_are_refused_with_the_rule(
     tiny_model_dir: Path, tmp_path: Path, lora: dict, limits: ServingLimits, reason: str,
