@@ -48,8 +48,9 @@ class Endpoints:
     def _one(self, base: str, verb: str, served_name: str, path: str | None = None) -> str:
         body = {"lora_name": served_name} | ({"lora_path": path} if path else {})
         try:
-            if verb == "unload" and served_name not in self.listed(base):
-                return UNLOADED  # already gone (a restarted server): nothing to do
+            if (served_name in self.listed(base)) == (verb == "load"):
+                # Already so: a hand-off tried again after a crash, or a restarted server.
+                return LOADED if verb == "load" else UNLOADED
             self._call(f"{base}/v1/{verb}_lora_adapter", body)
             present = served_name in self.listed(base)
         except httpx.HTTPStatusError as exc:
@@ -57,5 +58,5 @@ class Endpoints:
         except httpx.HTTPError as exc:
             return f"failed: {type(exc).__name__}"
         if present != (verb == "load"):
-            return f"failed: /v1/models {'does not list' if present is False else 'still lists'}"
+            return f"failed: /v1/models {'still lists' if present else 'does not list'}"
         return LOADED if verb == "load" else UNLOADED

@@ -22,10 +22,17 @@ from events.bus import KafkaConfig
 from events.checksums import sha256_file
 from events.envelope import CloudEvent
 from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
-from events.messages import FineTuneRequested, ModelReady, ModelReadyV2, ModelRetired
+from events.messages import (
+    FineTuneRequested,
+    ModelReady,
+    ModelReadyV2,
+    ModelRetired,
+    ModelServing,
+)
 from events.states import JobState
 from events.topics import Topics
 from tests.aif.conftest import run_to_the_end
+from tests.conftest import free_port
 
 
 def _settings(tmp_path: Path, db_url: str, broker: str, topics: Topics, **more: object
@@ -55,7 +62,9 @@ def test_a_passing_model_is_checked_published_registered_and_retired(
     broker: str, topics: Topics, db_url: str, sessions: sessionmaker[Session],
     tiny_request: FineTuneRequested, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = _settings(tmp_path, db_url, broker, topics,
+    away = f"http://127.0.0.1:{free_port()}"  # an inference server that is down
+    settings = _settings(tmp_path, db_url, broker, topics, serving_endpoints=[away],
+                         serving_attempts=2,
                          served_base_models={str(tiny_request.recipe_inline.model.base):
                                              "tiny-base"})
     job = run_to_the_end(settings, sessions, _short(tiny_request))
@@ -80,9 +89,13 @@ def test_a_passing_model_is_checked_published_registered_and_retired(
     assert {n: sha256_file(published / n) for n in ready.files_sha256} == ready.files_sha256
     assert ready.scores[0].tuned == check.rescored  # the score plain peft reproduced
 
+    # The server that is down is reported, and does not fail the hand-off.
+    (serving,) = _events(sessions, job.id, ModelServing)
+    assert serving.outcomes == {away: "failed: ConnectError"}
     with sessions() as s:
         (row,) = s.scalars(select(RegisteredModel)).all()
         assert (row.status, row.job_id, row.tenant) == ("ready", job.id, "acme")
+        assert row.serving == {away: "failed: ConnectError"}
         acme = {"Authorization": f"Bearer {add_api_key(s, 'acme')[1]}"}
         create_tenant(s, "globex")
         globex = {"Authorization": f"Bearer {add_api_key(s, 'globex')[1]}"}
