@@ -194,8 +194,11 @@ class ServedBase(BaseModel):
 
     model_config = OPEN
     id: str = Field(description="The id the inference server serves the base model under.")
-    revision: str = Field(description="sha256 over the base model's files (name and digest).")
-    tokenizer_sha256: str = Field(description="sha256 of the tokenizer and chat template files.")
+    revision: str = Field(description="sha256 of the lines `<relative path>  <sha256>\\n` of "
+                          "every file in the base model's directory, sorted by path.")
+    tokenizer_sha256: str = Field(description="The same over the tokenizer and chat-template "
+                                  "files only (tokenizer.json, tokenizer_config.json, "
+                                  "special_tokens_map.json, chat_template.jinja, if present).")
 
 
 class ModelIntent(StrEnum):
