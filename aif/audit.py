@@ -37,6 +37,7 @@ class Action(StrEnum):
     upload = "upload"
     file_deleted = "file-deleted"
     erase = "erase"
+    retire = "model-retired"
 
 
 def api_actor(key_id: str) -> str:

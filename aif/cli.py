@@ -20,6 +20,7 @@ from rich.table import Table
 from aif import logs
 from aif.audit_cli import audit_command
 from aif.follow import wait_for_job
+from aif.models_cli import models_app
 from aif.orchestrator.throughput import throughput
 from aif.settings import Settings, get_settings
 from aif.tenants_cli import tenants_app
@@ -47,6 +48,7 @@ app = typer.Typer(help="aif-tuning: event-driven LoRA fine-tuning and evaluation
 recipes_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(models_app, name="models")
 app.command("audit")(audit_command)
 console = Console()
 

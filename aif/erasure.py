@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, Table, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import audit, storage
+from aif import audit, registry, storage
 from aif.db.models import (
     ApiKey,
     Audit,
@@ -146,6 +146,7 @@ def _erase_jobs(session: Session, settings: Settings, jobs: list[Job], reason: s
     """Delete every row about `jobs` and announce each handed-off model as retired."""
     ids = [j.id for j in jobs]
     handed_off = [j for j in jobs if j.state == JobState.succeeded]
+    registry.withdraw(session, settings, ids)  # published copies and loaded adapters
     for table, column in _job_tables():
         _delete(session, table, table.c[column].in_(ids), erased)
     for job in handed_off:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from aif.launchers import KubernetesConfig, SlurmConfig, check_launcher_name
 from aif.quotas import QuotaLimits
 from events.bus import KafkaConfig
+from events.jobspec import ServingLimits
 from events.recipe import PiiPolicy
 from events.topics import Topics
 
@@ -113,9 +114,6 @@ class Settings(BaseSettings):
         "console", description="Service log lines: for a terminal, or one JSON object each "
         "with the job id and tenant (containers).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
-    inference_lora_url: HttpUrl | None = Field(
-        None, description="Inference server's LoRA-loading endpoint, called on hand-off if set."
-    )
     max_upload_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest training file POST /v1/files stores; larger: 413."
     )
@@ -125,6 +123,28 @@ class Settings(BaseSettings):
         "gives it its own; unset: unlimited.")
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+    # Hand-off and serving (aif.registry, aif.artifact_stores, aif.serving_endpoints).
+    serving_limits: ServingLimits = Field(
+        ServingLimits(), description="What the inference servers accept: max_lora_rank, "
+        "allowed_target_modules, allow_modules_to_save, allow_dora; checked before publishing.")
+    serving_check_docs: int = Field(
+        200, ge=1, description="Documents of the primary task the serving check re-scores "
+        "(at most the evaluation's own limit, so the same documents are scored).")
+    serving_probe_prompts: list[str] = Field(
+        default_factory=lambda: ["Hello"], description="Prompts whose greedy completions "
+        "the serving check records (a JSON list).")
+    served_base_models: dict[str, str] = Field(
+        default_factory=dict, description="Recipe `model.base` -> the id the inference "
+        "servers serve it under (a JSON object); unlisted: the recipe's name.")
+    artifact_store: str = Field(
+        "", description="Where adapters are published, one folder per model version: a "
+        "file:// or s3:// URI (s3 credentials from the AWS environment, endpoint from "
+        "s3_endpoint_url); empty: <home>/published.")
+    serving_endpoints: list[HttpUrl] = Field(
+        default_factory=list, description="vLLM-compatible servers (replicas) that load each "
+        "handed-off adapter (POST /v1/load_lora_adapter); a JSON list of base URLs.")
+    serving_timeout_s: float = Field(30.0, gt=0.0, description="Per request to an endpoint.")
+    serving_attempts: int = Field(4, ge=1, le=20, description="Tries per endpoint request.")
 
     @model_validator(mode="after")
     def default_data_root(self) -> Settings:
@@ -152,6 +172,11 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return (self.home / "jobs").resolve()
+
+    @property
+    def published_dir(self) -> Path:
+        """The default artifact store: handed-off adapters, one folder per model version."""
+        return (self.home / "published").resolve()
 
     @property
     def models_dir(self) -> Path:

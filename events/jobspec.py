@@ -25,6 +25,8 @@ EVALUATION_RESULT = "evaluation_result.json"
 EVAL_COMMANDS = "lm_eval_commands.json"
 """Beside the result: model (base, tuned) -> the equivalent `lm_eval` command line."""
 PROGRESS_LOG = "progress.jsonl"
+SERVING_CHECK_SPEC = "serving_check_spec.json"
+SERVING_CHECK_RESULT = "serving_check_result.json"
 
 
 class _Frozen(BaseModel):
@@ -170,3 +172,52 @@ class ProgressLine(_Frozen):
     loss: float | None = None
     tokens_per_s: float | None = None
     eta_s: float | None = None
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for `--max-lora-rank`."""
+
+
+class ServingLimits(_Frozen):
+    """What the site's inference servers accept (vLLM's defaults: rank 16, no
+    `modules_to_save`, no DoRA)."""
+
+    max_lora_rank: int = Field(16, description=f"One of {VLLM_LORA_RANKS}.")
+    allowed_target_modules: list[str] | None = Field(
+        None, description="Modules an adapter may target; None: any.")
+    allow_modules_to_save: bool = False
+    allow_dora: bool = False
+
+
+class ServingCheckSpec(_Frozen):
+    """The serving-compatibility stage's input: answers with SERVING_CHECK_RESULT."""
+
+    job_id: str
+    base_model_dir: str
+    adapter_dir: str
+    limits: ServingLimits
+    recipe: Recipe = Field(description="The job's recipe: its primary task is re-scored.")
+    evaluation_dir: str = Field(description="The evaluation stage's output (its task files).")
+    stored_score: float = Field(description="The tuned score of the primary task's metric.")
+    metric: str
+    sample_docs: int = Field(ge=1, description="Documents of the primary task re-scored.")
+    tolerance: float = Field(ge=0.0, description="Largest accepted |rescored - stored|: none "
+                             "on the evaluation's own documents, sampling error on fewer.")
+    probe_prompts: list[str] = Field(description="Prompts whose greedy outputs are recorded.")
+    max_new_tokens: int = 16
+
+
+class ServingCheckResult(_Frozen):
+    peft_type: str
+    r: int
+    lora_alpha: float
+    target_modules: list[str]
+    use_dora: bool
+    modules_to_save: list[str]
+    dtype: str
+    min_max_lora_rank: int
+    base_revision: str = Field(description="sha256 over the base model's files' digests.")
+    tokenizer_sha256: str
+    rescored: float = Field(description="The primary task's metric on the sample, plain peft.")
+    sample_docs: int
+    greedy: dict[str, str] = Field(description="Probe prompt -> greedy completion (plain peft).")

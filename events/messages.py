@@ -10,6 +10,7 @@ fields they do not know (the committed schemas allow them).
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -172,6 +173,76 @@ class ModelReady(JobEvent):
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
+class AdapterShape(BaseModel):
+    """What a serving layer checks before it loads an adapter (vLLM refuses a rank above its
+    `--max-lora-rank`, `modules_to_save` and DoRA)."""
+
+    model_config = OPEN
+    peft_type: str
+    r: int
+    lora_alpha: float
+    target_modules: list[str]
+    use_dora: bool
+    modules_to_save: list[str]
+    dtype: str
+    min_max_lora_rank: int = Field(
+        description="The smallest `--max-lora-rank` a vLLM server needs for this adapter.")
+
+
+class ServedBase(BaseModel):
+    """The base model as a server serves it: its id and the content it must have."""
+
+    model_config = OPEN
+    id: str = Field(description="The id the inference server serves the base model under.")
+    revision: str = Field(description="sha256 of the lines `<relative path>  <sha256>\\n` of "
+                          "every file in the base model's directory, sorted by path.")
+    tokenizer_sha256: str = Field(description="The same over the tokenizer and chat-template "
+                                  "files only (tokenizer.json, tokenizer_config.json, "
+                                  "special_tokens_map.json, chat_template.jinja, if present).")
+
+
+class ModelIntent(StrEnum):
+    load = "load"
+    replace = "replace"
+    retire = "retire"
+
+
+class ModelReadyV2(JobEvent):
+    """Service -> inference module: a registered model version, everything a server needs to
+    decide whether it can load the adapter and to verify every file it fetches."""
+
+    TYPE: ClassVar[str] = f"{TYPE_PREFIX}.model.ready.v2"
+    tenant: str
+    name: str = Field(description="Registry name `<tenant>/<recipe or label>`.")
+    version: int = Field(ge=1)
+    served_name: str = Field(description="The adapter's name on a server and the name of its "
+                             "directory in the published layout: `<tenant>.<label>.v<version>`.")
+    intent: ModelIntent
+    base_model: ServedBase
+    adapter_uri: str = Field(description="The published adapter directory (file:// or s3://).")
+    files_sha256: dict[str, str]
+    adapter: AdapterShape
+    scores: list[MetricScore]
+    gate: GateDecision
+    model_card_uri: str
+    merged_uri: str | None = None
+    merged_files_sha256: dict[str, str] = Field(default_factory=dict)
+    replaces_version: int | None = Field(None, description="With intent `replace`.")
+
+
+class ModelServing(JobEvent):
+    """Service -> tenant: how loading a model version on each configured endpoint went."""
+
+    TYPE: ClassVar[str] = f"{TYPE_PREFIX}.model.serving.v1"
+    tenant: str
+    name: str
+    version: int
+    served_name: str
+    outcomes: dict[str, str] = Field(
+        description="Endpoint URL -> `loaded`, `unloaded` or `failed: <reason>`.")
+    at: datetime
+
+
 class ModelRetired(JobEvent):
     """Service -> inference module: a model announced by `model.ready` is withdrawn (its
     tenant or its training data was erased); unload it, its files are gone."""
@@ -181,6 +252,8 @@ class ModelRetired(JobEvent):
     adapter_uri: str | None = Field(None, description="The adapter `model.ready` announced.")
     reason: str = Field(description="Why, e.g. `tenant-erased` or `file-erased`.")
     at: datetime
+    name: str | None = Field(None, description="Registry name, for models handed off since v2.")
+    version: int | None = None
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {
@@ -192,6 +265,8 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobProgress,
         EvaluationCompleted,
         ModelReady,
+        ModelReadyV2,
+        ModelServing,
         ModelRetired,
     )
 }

@@ -254,3 +254,31 @@ class Audit(Base):
     event_id: Mapped[str | None] = mapped_column(String(300))
     sha256: Mapped[str | None] = mapped_column(String(64))  # of the act's payload
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class RegisteredModel(Base):
+    """One handed-off adapter version of a tenant's model (`aif.registry`): what it is, where
+    its files are and how to verify them, how it scored and where it is served."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant", "name", "version", name="uq_models_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # "<tenant>/<recipe or label>"
+    version: Mapped[int] = mapped_column(Integer)
+    served_name: Mapped[str] = mapped_column(String(300), unique=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[str] = mapped_column(String(20))  # ready, serving, retired
+    base_model: Mapped[str] = mapped_column(String(500))
+    base_revision: Mapped[str] = mapped_column(String(64))
+    adapter_uri: Mapped[str] = mapped_column(Text)
+    files_sha256: Mapped[dict] = mapped_column(JSON)
+    merged_uri: Mapped[str | None] = mapped_column(Text)
+    merged_files_sha256: Mapped[dict] = mapped_column(JSON, default=dict)
+    adapter: Mapped[dict] = mapped_column(JSON)  # events.messages.AdapterShape
+    scores: Mapped[list] = mapped_column(JSON)
+    gate_reason: Mapped[str] = mapped_column(Text)
+    serving: Mapped[dict] = mapped_column(JSON, default=dict)  # endpoint -> outcome
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

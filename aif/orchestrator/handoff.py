@@ -1,18 +1,118 @@
-"""Optional call to the inference server's LoRA-loading endpoint (vLLM's API shape)."""
+"""Hand-off of a passing model: the serving check's spec, publication and the registry row.
+
+The steps (`Steps.hand_off`) run them in this order: the serving-compatibility stage in its
+own process, the upload to the artifact store (every digest verified), active loading on
+the configured endpoints, then one transaction that registers the version and queues
+`model.ready` (v1 and v2), `model.serving` and the job's `succeeded`.
+"""
 
 from __future__ import annotations
 
-import httpx
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+import math
+from pathlib import Path
+from urllib.parse import urlsplit
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-@retry(
-    retry=retry_if_exception_type(httpx.TransportError),
-    stop=stop_after_attempt(5),
-    wait=wait_exponential(multiplier=0.5, max=8),
-    reraise=True,
+from aif import registry
+from aif.db.models import Job, RegisteredModel
+from aif.orchestrator.ai_act_pack import CARD
+from aif.settings import Settings
+from events.ai_act import AI_ACT_PACK
+from events.checksums import MANIFEST
+from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
+from events.messages import (
+    AdapterShape,
+    GateDecision,
+    MetricScore,
+    ModelIntent,
+    ModelReady,
+    ModelReadyV2,
+    ServedBase,
 )
-def notify_inference(url: str, lora_name: str, adapter_dir: str) -> None:
-    """Ask the server to load the adapter; 4xx/5xx are final, connection errors are retried."""
-    response = httpx.post(url, json={"lora_name": lora_name, "lora_path": adapter_dir}, timeout=30)
-    response.raise_for_status()
+from events.recipe import Recipe
+
+
+def serving_check_spec(job: Job, recipe: Recipe, trained: TrainingResult,
+                       scores: list[MetricScore], settings: Settings, evaluation_dir: Path
+                       ) -> ServingCheckSpec:
+    """Re-score the evaluation's own documents where there are at most
+    `serving_check_docs` of them (the score must then be equal), else a sample of that size
+    (it must then be within three binomial standard errors)."""
+    gate = recipe.gate
+    stored = next(s.tuned for s in scores if s.task == gate.task and s.metric == gate.metric)
+    limit = recipe.eval.limit
+    same_docs = limit is not None and limit <= settings.serving_check_docs
+    n = limit if same_docs and limit else settings.serving_check_docs
+    tolerance = 1e-6 if same_docs else 3 * math.sqrt(stored * (1 - stored) / n) + 1 / n
+    return ServingCheckSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
+                            adapter_dir=trained.adapter_dir, limits=settings.serving_limits,
+                            recipe=recipe, evaluation_dir=str(evaluation_dir),
+                            stored_score=stored, metric=gate.metric, sample_docs=n,
+                            tolerance=tolerance, probe_prompts=settings.serving_probe_prompts)
+
+
+REWRITTEN = frozenset({CARD, AI_ACT_PACK, MANIFEST})
+"""Adapter files the hand-off itself rewrites (`write_pack`); training wrote the others."""
+
+
+def expected_digests(trained: TrainingResult, packed: dict[str, str]) -> dict[str, str]:
+    """What each published file must hash to: training's own record for the files it
+    wrote, so bytes changed anywhere since (shared file system, upload) stop the hand-off,
+    and the pack's for the files the hand-off rewrote."""
+    return {**packed, **{name: digest for name, digest in trained.files_sha256.items()
+                         if name in packed and name not in REWRITTEN}}
+
+
+def load_path(uri: str) -> str:
+    """What a server's load call is given: a local folder for file://, else the URI."""
+    parts = urlsplit(uri)
+    return parts.path if parts.scheme == "file" else uri
+
+
+def version_of(session: Session, job: Job) -> tuple[str, int]:
+    """The job's model name and version: the one registered for it (a re-adopted job), else
+    the next free one."""
+    name = registry.model_name(job)
+    mine = session.scalar(select(RegisteredModel.version).where(
+        RegisteredModel.job_id == job.id))
+    return name, mine or registry.next_version(session, job.tenant, name)
+
+
+def register(session: Session, settings: Settings, job: Job, recipe: Recipe,
+             trained: TrainingResult, check: ServingCheckResult, files_sha256: dict[str, str],
+             scores: list[MetricScore], adapter_uri: str, version: int, replaces: int | None
+             ) -> tuple[RegisteredModel, tuple[ModelReady, ModelReadyV2]]:
+    """The registry row of the version and the events announcing it (v1 for old readers)."""
+    name = registry.model_name(job)
+    base = ServedBase(id=settings.served_base_models.get(recipe.model.base, recipe.model.base),
+                      revision=check.base_revision, tokenizer_sha256=check.tokenizer_sha256)
+    shape = AdapterShape(peft_type=check.peft_type, r=check.r, lora_alpha=check.lora_alpha,
+                         target_modules=check.target_modules, use_dora=check.use_dora,
+                         modules_to_save=check.modules_to_save, dtype=check.dtype,
+                         min_max_lora_rank=check.min_max_lora_rank)
+    row = RegisteredModel(
+        tenant=job.tenant, name=name, version=version,
+        served_name=registry.served_name(name, version), job_id=job.id,
+        status=registry.Status.ready, base_model=base.id, base_revision=base.revision,
+        adapter_uri=adapter_uri, files_sha256=files_sha256,
+        merged_uri=Path(trained.merged_dir).as_uri() if trained.merged_dir else None,
+        merged_files_sha256=trained.merged_files_sha256, adapter=shape.model_dump(mode="json"),
+        scores=[s.model_dump(mode="json") for s in scores], gate_reason=job.gate_reason or "",
+        serving={})
+    session.add(row)
+    v1 = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
+                    adapter_uri=Path(trained.adapter_dir).as_uri(), files_sha256=files_sha256,
+                    scores=scores, merged_uri=row.merged_uri,
+                    merged_files_sha256=trained.merged_files_sha256)
+    v2 = ModelReadyV2(
+        job_id=job.id, tenant=job.tenant, name=name, version=version,
+        served_name=row.served_name,
+        intent=ModelIntent.replace if replaces else ModelIntent.load, base_model=base,
+        adapter_uri=adapter_uri, files_sha256=files_sha256, adapter=shape, scores=scores,
+        gate=GateDecision(passed=True, reason=row.gate_reason),
+        model_card_uri=adapter_uri.rstrip("/") + "/README.md", merged_uri=row.merged_uri,
+        merged_files_sha256=row.merged_files_sha256,
+        replaces_version=replaces)
+    return row, (v1, v2)

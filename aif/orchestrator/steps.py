@@ -6,7 +6,7 @@
 | queued       | -> training                                                          |
 | training     | run the training stage -> evaluating                                 |
 | evaluating   | run the evaluation stage, record scores, gate -> handing_off/rejected |
-| handing_off  | announce the model (and load it where configured) -> succeeded        |
+| handing_off  | serving check stage, publish, load, register, announce -> succeeded   |
 
 A step raises FinalError or RetryableError (see `errors`); the worker turns them into a
 terminal state or a back-off. Every move goes through `advance`, in the transaction that
@@ -21,13 +21,13 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import audit, quotas
+from aif import audit, quotas, registry
+from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job
 from aif.launchers import StageCommand
-from aif.orchestrator import specs
+from aif.orchestrator import handoff, specs
 from aif.orchestrator.ai_act_pack import write_pack
-from aif.orchestrator.errors import RetryableError, StageRunFailed
-from aif.orchestrator.handoff import notify_inference
+from aif.orchestrator.errors import FinalError, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.references import References
 from aif.orchestrator.scores import record_evaluation
@@ -42,19 +42,22 @@ from events.jobspec import (
     EVALUATION_SPEC,
     PREFLIGHT_SPEC,
     PROGRESS_LOG,
+    SERVING_CHECK_RESULT,
+    SERVING_CHECK_SPEC,
     TRAINING_RESULT,
     TRAINING_SPEC,
     EvaluationResult,
+    ServingCheckResult,
     TrainingResult,
 )
-from events.messages import FineTuneRequested, MetricScore, ModelReady
+from events.messages import FineTuneRequested, MetricScore
 from events.preflight_report import PREFLIGHT, PreflightReport
 from events.recipe import Recipe
 from events.remote_data import localised
 from events.states import JobState
 from events.topics import Topics
 
-R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult)
+R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
 
 
 def advance(session: Session, job: Job, to: JobState, topics: Topics, reason: str = "") -> None:
@@ -185,38 +188,59 @@ class Steps:
             session.commit()
 
     def hand_off(self, job: Job) -> None:
+        """Prove a server can load the adapter (a stage), publish and verify its files, load
+        it on the endpoints, then register and announce it with the job's success."""
         failpoint("worker.before_handoff")
         recipe = Recipe.model_validate(job.recipe)
-        trained = _read(TrainingResult, self.work_dir(job) / TRAINING_RESULT)
+        work = self.work_dir(job)
+        trained = _read(TrainingResult, work / TRAINING_RESULT)
         with self.sessions() as session:
             row = self.leases.owned(session, job.id)
             scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
                                   base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
                       for s in row.scores]
             lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
-            files_sha256 = write_pack(row, recipe, trained, scores, lm_eval_version)
-        ready = ModelReady(job_id=job.id, tenant=job.tenant, base_model=recipe.model.base,
-                           adapter_uri=Path(trained.adapter_dir).as_uri(),
-                           files_sha256=files_sha256, scores=scores,
-                           merged_uri=(Path(trained.merged_dir).as_uri() if trained.merged_dir
-                                       else None),
-                           merged_files_sha256=trained.merged_files_sha256)
-        if self.settings.inference_lora_url is not None:
-            try:
-                notify_inference(str(self.settings.inference_lora_url), job.id,
-                                 trained.adapter_dir)
-            except Exception as exc:
-                raise RetryableError(
-                    f"inference server did not load the adapter: {type(exc).__name__}") from exc
+            files_sha256 = handoff.expected_digests(trained, write_pack(
+                row, recipe, trained, scores, lm_eval_version))
+            name, version = handoff.version_of(session, row)
+            replaces = max((v.version for v in registry.live_versions(session, job.tenant, name)
+                            if v.version != version), default=None)
+        spec_path = work / SERVING_CHECK_SPEC
+        handoff.serving_check_spec(job, recipe, trained, scores, self.settings,
+                                   work / "evaluation").write(spec_path)
+        self.runner.run(job, JobState.handing_off,
+                        StageCommand("serving.check", spec_path, distributed=False),
+                        work / "serving_check.log", work / "serving_progress.jsonl")
+        check = _read(ServingCheckResult, work / SERVING_CHECK_RESULT)
+        served = registry.served_name(name, version)
+        try:
+            adapter_uri = registry.published_store(self.settings).publish(
+                Path(trained.adapter_dir), served, files_sha256)
+        except ArtifactStoreError as exc:
+            raise FinalError(f"hand-off stopped: {exc}") from exc
+        outcomes = registry.endpoints(self.settings).load(served, handoff.load_path(adapter_uri))
         with self.sessions() as session:
             row = self.leases.owned(session, job.id)
-            event = enqueue_event(session, self.topics.models, ready, job=row,
+            model, announced = handoff.register(
+                session, self.settings, row, recipe, trained, check, files_sha256, scores,
+                adapter_uri, version, replaces)
+            event = enqueue_event(session, self.topics.models, announced[0], job=row,
                                   event_id=f"{job.id}:model-ready")
+            enqueue_event(session, self.topics.models, announced[1], job=row,
+                          event_id=f"{job.id}:model-ready:v2")
+            if outcomes:
+                registry.record_serving(session, self.settings, model, row, outcomes,
+                                        f"{job.id}:serving:v{version}:load")
+            for old in registry.live_versions(session, job.tenant, name):
+                if old.version != version:
+                    registry.retire_row(session, self.settings, old,
+                                        f"replaced by version {version}", audit.SERVICE)
             audit.record(session, audit.Action.hand_off, actor=audit.SERVICE,
                          tenant=row.tenant, job_id=row.id, event_id=event.id,
                          payload_sha256=audit.sha256(event.to_bytes()),
-                         files_sha256=trained.files_sha256)
-            advance(session, row, JobState.succeeded, self.topics, "model handed off")
+                         files_sha256=trained.files_sha256, model=model.name, version=version)
+            advance(session, row, JobState.succeeded, self.topics,
+                    f"model handed off as {model.name}:{version}")
             session.commit()
 
 

@@ -19,7 +19,7 @@ from aif.settings import Settings
 from aif.web import pages
 from aif.web.deps import install_problem_handlers
 from aif.web.kafka import RequestBus
-from aif.web.routes import artifacts, files, health, jobs, leaderboard, metrics, recipes
+from aif.web.routes import artifacts, files, health, jobs, leaderboard, metrics, models, recipes
 
 DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 
@@ -46,7 +46,7 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
     app.state.sessions, app.state.settings, app.state.bus = sessions, settings, bus
     install_problem_handlers(app)
     app.state.metrics = registry(JobStoreCollector(sessions))
-    for module in (jobs, artifacts, files, leaderboard, recipes, health, metrics):
+    for module in (jobs, artifacts, files, leaderboard, models, recipes, health, metrics):
         app.include_router(module.router)
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
 
