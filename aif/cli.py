@@ -299,9 +299,15 @@ def eval_(
     limit: EvalLimit = None,
     output: Annotated[Path | None, typer.Option(
         help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Score the base model again (and store that) even if its scores "
+        "on these tasks with these settings are cached.")] = False,
 ) -> None:
-    """Evaluate a model, with or without an adapter, outside any job."""
+    """Evaluate a model, with or without an adapter, outside any job. The base model's
+    scores on shipped tasks are kept (AIF_HOME/base_scores) and reused; other tasks belong
+    to no tenant here and are always scored."""
     from aif.orchestrator.gate import decide
+    from aif.orchestrator.specs import base_score_cache
     from evaluation.run import run
     from evaluation.runner import cli_command
     from events.jobspec import EvaluationSpec
@@ -322,7 +328,8 @@ def eval_(
     out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
     spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
                           adapter_dir=str(adapter.resolve()) if adapter else None, recipe=r,
-                          output_dir=str(out.resolve()))
+                          output_dir=str(out.resolve()),
+                          base_cache=base_score_cache(settings, None, r, refresh=no_cache))
     try:
         with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
             result = run(spec)
@@ -340,6 +347,9 @@ def eval_(
         t = tuned.get((m.task, m.metric))
         table.add_row(m.task, m.metric, f"{m.value:.4f}", "" if t is None else f"{t:.4f}")
     console.print(table)
+    if result.base_from_cache:
+        console.print(f"base scores of {', '.join(result.base_from_cache)} from the cache "
+                      "(--no-cache scores them again)")
     if adapter is not None:
         _, decision = decide(r, result)
         console.print(f"gate: {'passed' if decision.passed else 'failed'} - {decision.reason}")

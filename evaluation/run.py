@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from evaluation.base_cache import evaluate_base
 from evaluation.runner import AdapterNotAppliedError, cli_command, evaluate_model
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
@@ -38,9 +39,12 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
     is_main = int(os.environ.get("RANK", "0")) == 0
     tasks = materialise_tasks(spec.recipe.eval, output_dir)
     models = [None] if spec.adapter_dir is None else [None, spec.adapter_dir]
-    scored = []
+    scored, cached = [], []
     for step, adapter_dir in enumerate(models, start=1):
-        metrics, _ = evaluate_model(spec, adapter_dir, tasks)
+        if adapter_dir is None and spec.base_cache is not None:
+            metrics, cached = evaluate_base(spec, spec.base_cache, tasks)
+        else:
+            metrics, _ = evaluate_model(spec, adapter_dir, tasks)
         scored.append(metrics)
         if is_main:
             line = ProgressLine(stage="evaluation", step=step, total_steps=len(models))
@@ -54,6 +58,7 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
         lm_eval_version=importlib.metadata.version("lm_eval"),
         task_config_sha256=tasks.sha256,
         wall_s=time.monotonic() - started,
+        base_from_cache=cached,
     )
     result.write(output_dir / EVALUATION_RESULT)
     # The pages show how to rerun each score by hand; only this stage may import lm-eval's

@@ -136,12 +136,26 @@ class TrainingResult(_Frozen):
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
+class BaseScoreCache(_Frozen):
+    """Where the evaluation stage keeps base-model scores, chosen by the orchestrator: the
+    stage never picks a tenant, it only files each task's scores where it is told."""
+
+    shared_dir: str = Field(description="Scores of public tasks: shipped or lm-eval's own.")
+    tenant_dir: str | None = Field(
+        None, description="The job's tenant's own tasks; None: such tasks are not cached.")
+    shared_tasks: list[str] = Field(
+        default_factory=list, description="Tasks whose scores may go to `shared_dir`.")
+    refresh: bool = Field(False, description="Score again and overwrite what is stored.")
+
+
 class EvaluationSpec(_Frozen):
     job_id: str
     base_model_dir: str
     adapter_dir: str | None = Field(None, description="None scores the base model alone.")
     recipe: Recipe
     output_dir: str
+    base_cache: BaseScoreCache | None = Field(
+        None, description="None: base scores are neither read from nor written to a cache.")
 
 
 class TaskMetric(_Frozen):
@@ -159,6 +173,8 @@ class EvaluationResult(_Frozen):
     lm_eval_version: str
     task_config_sha256: dict[str, str]
     wall_s: float
+    base_from_cache: list[str] = Field(
+        default_factory=list, description="Tasks whose base scores were read from the cache.")
 
 
 class ProgressLine(_Frozen):
