@@ -12,17 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
+from events.checksums import sha256_file
+
 MEMO_FILE = "content_hashes.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def remembered_sha256(path: Path, memo_dir: Path | None) -> str:
@@ -43,9 +38,10 @@ def remembered_sha256(path: Path, memo_dir: Path | None) -> str:
     digest = sha256_file(path)
     memo[str(path)] = {"stamp": stamp, "sha256": digest}
     memo_dir.mkdir(parents=True, exist_ok=True)
-    tmp = memo_path.with_name(f".{MEMO_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-    tmp.replace(memo_path)  # atomic; a concurrent writer's entry may be lost, never corrupted
+    fd, tmp = tempfile.mkstemp(prefix=f".{MEMO_FILE}.", dir=memo_dir)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(memo, fh, indent=1, sort_keys=True)
+    os.replace(tmp, memo_path)  # atomic: a concurrent writer's entry may be lost, no file torn
     return digest
 
 
