@@ -48,10 +48,16 @@ def check_adapter_applied(base_model_dir: str, adapter_dir: str) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
-    inputs = tokenizer(PROBE_PROMPT, return_tensors="pt")
+    tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
+    return probe_adapter(tuned, tokenizer, adapter_dir, base_model_dir)
+
+
+def probe_adapter(tuned: Any, tokenizer: Any, adapter_dir: str, base_model_dir: str) -> float:
+    """The probe on a loaded peft model, its active adapter against the adapter disabled."""
+    inputs = tokenizer(PROBE_PROMPT, return_tensors="pt").to(tuned.device)
     with torch.no_grad():
-        base_logits = model(**inputs).logits
-        tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
+        with tuned.disable_adapter():
+            base_logits = tuned(**inputs).logits
         tuned_logits = tuned(**inputs).logits
     diff = (tuned_logits - base_logits).abs().max().item()
     if not diff >= PROBE_TOLERANCE:

@@ -156,6 +156,9 @@ class EvaluationSpec(_Frozen):
     output_dir: str
     base_cache: BaseScoreCache | None = Field(
         None, description="None: base scores are neither read from nor written to a cache.")
+    more_adapter_dirs: list[str] = Field(
+        default_factory=list, description="Further adapters of the same base, scored after "
+        "`adapter_dir` with one base load.")
 
 
 class TaskMetric(_Frozen):
@@ -170,6 +173,8 @@ class TaskMetric(_Frozen):
 class EvaluationResult(_Frozen):
     base: list[TaskMetric]
     tuned: list[TaskMetric]
+    more_tuned: list[list[TaskMetric]] = Field(
+        default_factory=list, description="Each of the spec's `more_adapter_dirs`, in order.")
     lm_eval_version: str
     task_config_sha256: dict[str, str]
     wall_s: float
