@@ -26,10 +26,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db.models import Job
 from aif.db.session import session_factory
 from aif.launchers import get_launcher
 from aif.orchestrator.intake import accept
 from aif.orchestrator.stage_runs import stop
+from aif.orchestrator.states import transition
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.tenants import create_tenant
@@ -67,6 +69,10 @@ def one_request(settings: Settings, sessions: sessionmaker[Session], recipe: str
     worker.stopping.set()
     stop(get_launcher("local").attach(job.run_ref))
     thread.join(timeout=60)
+    with sessions() as session:  # ended, so the next request's worker claims the next job
+        transition(session, session.get_one(Job, job_id), JobState.cancelled, settings.topics,
+                   "benchmark: training started")
+        session.commit()
     return {"total_s": started - accepted, "to_queued_s": queued - accepted,
             "queued_to_started_s": started - queued}
 

@@ -2,7 +2,7 @@
 write instead, same model, data, LoRA, batch size, steps and machine, in one run.
 
     .venv/bin/python -m benchmarks.train_throughput [--recipe grid-ticket-routing]
-        [--steps 10] [--rounds 1] [--rows 400] [--all-variants] [--train-file F]
+        [--steps 4] [--rounds 1] [--rows 200] [--all-variants] [--train-file F]
 
 Two data sets: the recipe's own (short prompts, one- or two-token answers) and a generated
 variable-length set in its columns (rows of 20 to 600 tokens, log-uniform, as instruction
@@ -122,7 +122,7 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
         for packing in (True, False) if all_variants else (True,):
             name = "recipe trainer, " + ("packed" if packing else "pad to longest")
             runs.setdefault(name, []).append(recipe_trainer(
-                recipe, steps, packing, models_dir, tmp / f"{recipe.name}-{r}-{packing}"))
+                recipe, steps, packing, models_dir, tmp / f"{r}-{packing}"))
     median = {name: {key: statistics.median(run[key] for run in got) for key in got[0]}
               for name, got in runs.items()}
     from transformers import AutoConfig
@@ -145,9 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="grid-ticket-routing")
     parser.add_argument("--train-file", help="other data with the recipe's columns")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=400, help="rows of the variable-length set")
+    parser.add_argument("--rows", type=int, default=200, help="rows of the variable-length set")
     parser.add_argument("--all-variants", action="store_true",
                         help="also pad to max_seq_len (plain) and padded batches (recipe)")
     parser.add_argument("--models-dir", type=Path, default=Path(".aif/models"))
@@ -168,8 +168,9 @@ def main() -> None:
             (args.recipe, recipe),
             ("variable-length", variable_length_set(recipe, Path(tmp) / "var.jsonl", args.rows)),
         ):
+            (Path(tmp) / name).mkdir()
             figures[name] = got = measure(data_recipe, model_dir, models_dir, args.steps,
-                                          args.rounds, args.all_variants, Path(tmp))
+                                          args.rounds, args.all_variants, Path(tmp) / name)
             print(f"{name}: {args.steps} steps x batch {got['batch_size']}, max_seq_len "
                   f"{got['max_seq_len']}, {args.rounds} round(s), median")
             print(f"{'variant':34} {'real tokens/s':>14} {'peak MiB':>9} {'packed is':>10}")
