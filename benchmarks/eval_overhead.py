@@ -46,7 +46,7 @@ def random_adapter(base: Path, out: Path) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                        init_lora_weights="gaussian")
+                        init_lora_weights=False)  # random A and B: it changes outputs
     get_peft_model(model, config).save_pretrained(out)
     return out
 
