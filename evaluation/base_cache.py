@@ -46,6 +46,7 @@ def settings_key(spec: EvaluationSpec, memo_dir: Path | None) -> dict[str, Any]:
         "seed": settings.seed,
         "batch_size": settings.batch_size,
         "num_processes": settings.num_processes,
+        "log_samples": settings.log_samples,  # no number changes, but what an entry holds
         **{f"{lib}_version": importlib.metadata.version(lib)
            for lib in ("lm_eval", "transformers", "torch")},
     }
@@ -93,7 +94,8 @@ def evaluate_base(spec: EvaluationSpec, cache: BaseScoreCache,
     """The base model's metrics on every task, read from the cache where stored; the missed
     tasks are scored together and stored. Returns (metrics, tasks read from the cache),
     written down as `evaluate_model` does; nothing on non-main ranks."""
-    memo = Path(cache.shared_dir)
+    # The base model may be a tenant's own: its paths are remembered in the tenant's folder.
+    memo = Path(cache.tenant_dir or cache.shared_dir)
     common = settings_key(spec, memo)
     keys: dict[str, dict[str, Any]] = {}
     entries: dict[str, Path] = {}
