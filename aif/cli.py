@@ -304,8 +304,9 @@ def demo(
 @app.command("eval")
 def eval_(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file; its eval tasks run.")],
-    adapter: Annotated[Path | None, typer.Option(
-        help="LoRA adapter directory: scores base and base + adapter, and applies the gate.",
+    adapter: Annotated[list[Path] | None, typer.Option(
+        help="LoRA adapter directory: scores base and base + adapter, and applies the gate. "
+        "Repeat it for several adapters of the same base: the base is loaded once.",
     )] = None,
     base: Annotated[str | None, typer.Option(
         help="Base model (registered name, HF directory, GGUF file, hub id); default: recipe's.",
@@ -313,9 +314,15 @@ def eval_(
     limit: EvalLimit = None,
     output: Annotated[Path | None, typer.Option(
         help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Score the base model again (and store that) even if its scores "
+        "on these tasks with these settings are cached.")] = False,
 ) -> None:
-    """Evaluate a model, with or without an adapter, outside any job."""
+    """Evaluate a model, with or without an adapter, outside any job. The base model's
+    scores on shipped tasks are kept (AIF_HOME/base_scores) and reused; other tasks belong
+    to no tenant here and are always scored."""
     from aif.orchestrator.gate import decide
+    from aif.orchestrator.specs import base_score_cache
     from evaluation.run import run
     from evaluation.runner import cli_command
     from events.jobspec import EvaluationSpec
@@ -330,13 +337,17 @@ def eval_(
     except (RecipeError, BaseModelError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        console.print(f"[red]--adapter {adapter}: no adapter_config.json there[/red]")
-        raise typer.Exit(2)
+    adapters = [str(a.resolve()) for a in adapter or []]
+    for given in adapter or []:
+        if not (given / "adapter_config.json").is_file():
+            console.print(f"[red]--adapter {given}: no adapter_config.json there[/red]")
+            raise typer.Exit(2)
     out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
     spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
-                          adapter_dir=str(adapter.resolve()) if adapter else None, recipe=r,
-                          output_dir=str(out.resolve()))
+                          adapter_dir=adapters[0] if adapters else None,
+                          more_adapter_dirs=adapters[1:], recipe=r,
+                          output_dir=str(out.resolve()),
+                          base_cache=base_score_cache(settings, None, r, refresh=no_cache))
     try:
         with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
             result = run(spec)
@@ -347,16 +358,24 @@ def eval_(
         console.print("[red]RANK is set and not 0: only the main process reports[/red]")
         raise typer.Exit(1)
     table = Table(title=f"{r.name}: {base or r.model.base}")
-    for col in ("task", "metric", "base", "tuned"):
+    tuned_sets = [result.tuned, *result.more_tuned] if adapters else []
+    for col in ("task", "metric", "base", *(
+            "tuned" if len(adapters) == 1 else f"tuned {i + 1}" for i in range(len(adapters)))):
         table.add_column(col)
-    tuned = {(m.task, m.metric): m.value for m in result.tuned}
+    tuned = [{(m.task, m.metric): m.value for m in got} for got in tuned_sets]
     for m in result.base:
-        t = tuned.get((m.task, m.metric))
-        table.add_row(m.task, m.metric, f"{m.value:.4f}", "" if t is None else f"{t:.4f}")
+        values = [t.get((m.task, m.metric)) for t in tuned]
+        table.add_row(m.task, m.metric, f"{m.value:.4f}",
+                      *("" if v is None else f"{v:.4f}" for v in values))
     console.print(table)
-    if adapter is not None:
-        _, decision = decide(r, result)
-        console.print(f"gate: {'passed' if decision.passed else 'failed'} - {decision.reason}")
+    if result.base_from_cache:
+        console.print(f"base scores of {', '.join(result.base_from_cache)} from the cache "
+                      "(--no-cache scores them again)")
+    for i, (adapter_dir, got) in enumerate(zip(adapters, tuned_sets, strict=True)):
+        _, decision = decide(r, result.model_copy(update={"tuned": got}))
+        label = "" if len(adapters) == 1 else f" ({i + 1}: {adapter_dir})"
+        console.print(f"gate{label}: {'passed' if decision.passed else 'failed'} - "
+                      f"{decision.reason}")
     console.print(f"results in {out}; the same run with the lm_eval command line:\n"
                   + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
 

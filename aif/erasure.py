@@ -186,7 +186,8 @@ def erase_tenant(sessions: sessionmaker[Session], settings: Settings, tenant: st
         jobs = list(session.scalars(select(Job).where(Job.tenant == tenant)))
         _remove_files([*_folders(settings, jobs),
                        storage.data_root(settings.data_root, tenant),
-                       storage.jobs_root(settings.jobs_dir, tenant)], erased)
+                       storage.jobs_root(settings.jobs_dir, tenant),
+                       storage.base_scores(settings.base_scores_dir, tenant)], erased)
         _erase_jobs(session, settings, jobs, ERASED, erased)
         for table in _tenant_tables():
             _delete(session, table, table.c.tenant == tenant, erased)

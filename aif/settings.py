@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return (self.home / "models").resolve()
 
+    @property
+    def base_scores_dir(self) -> Path:
+        """Base-model scores kept across jobs (`aif.storage.base_scores`)."""
+        return (self.home / "base_scores").resolve()
+
 
 def get_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]

@@ -4,8 +4,9 @@ Everything the service keeps for a tenant lies under two per-tenant roots: uploa
 `<data_root>/<tenant>/` and jobs under `<home>/jobs/<tenant>/<job id>/` (data copies, the
 datasets cache of the stage, checkpoints, adapter, evaluation samples). Folders the service
 creates there are owner-only (0700) and stage processes run with umask 077, so their files
-are 0600. Only the converted base models (`<home>/models`) are shared: they hold no tenant
-data.
+are 0600. Only the converted base models (`<home>/models`) and the base-model scores of
+public tasks (`<home>/base_scores/shared`) are shared: they hold no tenant data. Scores on a
+tenant's own evaluation tasks are kept under `<home>/base_scores/tenants/<tenant>/`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def data_root(root: Path, tenant: str) -> Path:
 
 def jobs_root(jobs_dir: Path, tenant: str) -> Path:
     return jobs_dir / tenant
+
+
+def base_scores(root: Path, tenant: str | None) -> Path:
+    """Cached base-model scores: of public tasks (`tenant` None), or of a tenant's own."""
+    return root / "shared" if tenant is None else root / "tenants" / tenant
 
 
 def private_dirs(root: Path, folder: Path) -> None:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from evaluation.adapters import evaluate_adapters, result_name
+from evaluation.base_cache import evaluate_base
 from evaluation.runner import AdapterNotAppliedError, cli_command, evaluate_model
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
@@ -31,35 +33,50 @@ from events.tasks import TaskConfigError
 
 
 def run(spec: EvaluationSpec) -> EvaluationResult | None:
-    """Score base then tuned; return None on non-main ranks, which write nothing."""
+    """Score base then tuned (each adapter); return None on non-main ranks, which write
+    nothing."""
     started = time.monotonic()
     output_dir = Path(spec.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     is_main = int(os.environ.get("RANK", "0")) == 0
     tasks = materialise_tasks(spec.recipe.eval, output_dir)
-    models = [None] if spec.adapter_dir is None else [None, spec.adapter_dir]
-    scored = []
-    for step, adapter_dir in enumerate(models, start=1):
-        metrics, _ = evaluate_model(spec, adapter_dir, tasks)
-        scored.append(metrics)
+    adapters = [] if spec.adapter_dir is None else [spec.adapter_dir, *spec.more_adapter_dirs]
+    total = 1 + len(adapters)
+
+    def progress(step: int) -> None:
         if is_main:
-            line = ProgressLine(stage="evaluation", step=step, total_steps=len(models))
+            line = ProgressLine(stage="evaluation", step=step, total_steps=total)
             with (output_dir / PROGRESS_LOG).open("a") as log:
                 log.write(line.model_dump_json() + "\n")
+
+    if spec.base_cache is not None:
+        base, cached = evaluate_base(spec, spec.base_cache, tasks)
+    else:
+        (base, _), cached = evaluate_model(spec, None, tasks), []
+    progress(1)
+    if len(adapters) > 1:  # one base load for all of them
+        tuned = evaluate_adapters(spec, adapters, tasks)
+        progress(total)
+    else:
+        tuned = [evaluate_model(spec, a, tasks)[0] for a in adapters]
+        if adapters:
+            progress(total)
     if not is_main:
         return None
     result = EvaluationResult(
-        base=scored[0],
-        tuned=scored[1] if len(scored) > 1 else [],
+        base=base,
+        tuned=tuned[0] if tuned else [],
+        more_tuned=tuned[1:],
         lm_eval_version=importlib.metadata.version("lm_eval"),
         task_config_sha256=tasks.sha256,
         wall_s=time.monotonic() - started,
+        base_from_cache=cached,
     )
     result.write(output_dir / EVALUATION_RESULT)
     # The pages show how to rerun each score by hand; only this stage may import lm-eval's
     # side of things, so it writes the command lines down.
-    commands = {"base" if a is None else "tuned": cli_command(spec, a, output_dir)
-                for a in models}
+    commands = {"base": cli_command(spec, None, output_dir)} | {
+        result_name(i): cli_command(spec, a, output_dir) for i, a in enumerate(adapters)}
     (output_dir / EVAL_COMMANDS).write_text(json.dumps(commands, indent=2))
     return result
 

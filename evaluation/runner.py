@@ -24,7 +24,7 @@ class AdapterNotAppliedError(RuntimeError):
     """Base and base+adapter give the same logits: the adapter would be silently ignored."""
 
 
-def _device() -> str:
+def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -33,7 +33,7 @@ def model_args(base_model_dir: str, adapter_dir: str | None) -> str:
     args = [f"pretrained={base_model_dir}"]
     if adapter_dir is not None:
         args.append(f"peft={adapter_dir}")
-    args.append("dtype=float32" if _device() == "cpu" else "dtype=auto")
+    args.append("dtype=float32" if device() == "cpu" else "dtype=auto")
     return ",".join(args)
 
 
@@ -48,10 +48,16 @@ def check_adapter_applied(base_model_dir: str, adapter_dir: str) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
-    inputs = tokenizer(PROBE_PROMPT, return_tensors="pt")
+    tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
+    return probe_adapter(tuned, tokenizer, adapter_dir, base_model_dir)
+
+
+def probe_adapter(tuned: Any, tokenizer: Any, adapter_dir: str, base_model_dir: str) -> float:
+    """The probe on a loaded peft model, its active adapter against the adapter disabled."""
+    inputs = tokenizer(PROBE_PROMPT, return_tensors="pt").to(tuned.device)
     with torch.no_grad():
-        base_logits = model(**inputs).logits
-        tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
+        with tuned.disable_adapter():
+            base_logits = tuned(**inputs).logits
         tuned_logits = tuned(**inputs).logits
     diff = (tuned_logits - base_logits).abs().max().item()
     if not diff >= PROBE_TOLERANCE:
@@ -71,24 +77,33 @@ def evaluate_model(
     Returns empty results on non-main ranks under `accelerate launch`, where lm-eval
     gathers everything on rank 0.
     """
+    if adapter_dir is not None:
+        check_adapter_applied(spec.base_model_dir, adapter_dir)
+    tasks = tasks or materialise_tasks(spec.recipe.eval, Path(spec.output_dir))
+    raw = score(spec, model_args(spec.base_model_dir, adapter_dir), tasks)
+    if raw is None:
+        return [], {}
+    return keep_results(Path(spec.output_dir), "base" if adapter_dir is None else "tuned",
+                        raw), raw
+
+
+def score(spec: EvaluationSpec, model: str | Any, tasks: MaterialisedTasks) -> dict | None:
+    """lm-eval's results (JSON-safe, samples included) for `model`: `model_args` or a loaded
+    lm-eval model; None on non-main ranks."""
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
-    output_dir = Path(spec.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if adapter_dir is not None:
-        check_adapter_applied(spec.base_model_dir, adapter_dir)
-    tasks = tasks or materialise_tasks(spec.recipe.eval, output_dir)
+    Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
     settings = spec.recipe.eval
     raw = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=model_args(spec.base_model_dir, adapter_dir),
+        model=model if not isinstance(model, str) else "hf",
+        model_args=model if isinstance(model, str) else None,
         tasks=tasks.names,
         task_manager=_task_manager(tasks),
         num_fewshot=settings.num_fewshot,
         batch_size=settings.batch_size,
         limit=settings.limit,
-        device=_device(),
+        device=device(),
         log_samples=settings.log_samples,
         apply_chat_template=settings.apply_chat_template,
         fewshot_as_multiturn=settings.apply_chat_template,
@@ -98,9 +113,14 @@ def evaluate_model(
         fewshot_random_seed=settings.seed,
     )
     if raw is None:
-        return [], {}
-    raw = json.loads(json.dumps(raw, default=handle_non_serializable))
-    model = "base" if adapter_dir is None else "tuned"
+        return None
+    return json.loads(json.dumps(raw, default=handle_non_serializable))
+
+
+def keep_results(output_dir: Path, model: str, raw: dict[str, Any]) -> list[TaskMetric]:
+    """Write `lm_eval_<model>.json` (and its samples beside) and return its metrics."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    raw = dict(raw)
     samples = raw.pop("samples", None)
     if samples is not None:  # per task, one line per document, beside the results
         with (output_dir / f"samples_{model}.jsonl").open("w") as fh:
@@ -108,7 +128,7 @@ def evaluate_model(
                 for row in rows:
                     fh.write(json.dumps({"task": task, **row}) + "\n")
     (output_dir / f"lm_eval_{model}.json").write_text(json.dumps(raw, indent=2))
-    return extract_metrics(raw), raw
+    return extract_metrics(raw)
 
 
 def _task_manager(tasks: MaterialisedTasks) -> Any:
@@ -168,7 +188,7 @@ def cli_command(spec: EvaluationSpec, adapter_dir: str | None, output_path: Path
         "--tasks", ",".join(tasks.names),
         "--num_fewshot", str(settings.num_fewshot),
         "--batch_size", str(settings.batch_size),
-        "--device", _device(),
+        "--device", device(),
         "--seed", ",".join([str(settings.seed)] * 4),
         "--output_path", str(output_path),
     ]  # fmt: skip

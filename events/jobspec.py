@@ -138,12 +138,29 @@ class TrainingResult(_Frozen):
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)
 
 
+class BaseScoreCache(_Frozen):
+    """Where the evaluation stage keeps base-model scores, chosen by the orchestrator: the
+    stage never picks a tenant, it only files each task's scores where it is told."""
+
+    shared_dir: str = Field(description="Scores of public tasks: shipped or lm-eval's own.")
+    tenant_dir: str | None = Field(
+        None, description="The job's tenant's own tasks; None: such tasks are not cached.")
+    shared_tasks: list[str] = Field(
+        default_factory=list, description="Tasks whose scores may go to `shared_dir`.")
+    refresh: bool = Field(False, description="Score again and overwrite what is stored.")
+
+
 class EvaluationSpec(_Frozen):
     job_id: str
     base_model_dir: str
     adapter_dir: str | None = Field(None, description="None scores the base model alone.")
     recipe: Recipe
     output_dir: str
+    base_cache: BaseScoreCache | None = Field(
+        None, description="None: base scores are neither read from nor written to a cache.")
+    more_adapter_dirs: list[str] = Field(
+        default_factory=list, description="Further adapters of the same base, scored after "
+        "`adapter_dir` with one base load.")
 
 
 class TaskMetric(_Frozen):
@@ -158,9 +175,13 @@ class TaskMetric(_Frozen):
 class EvaluationResult(_Frozen):
     base: list[TaskMetric]
     tuned: list[TaskMetric]
+    more_tuned: list[list[TaskMetric]] = Field(
+        default_factory=list, description="Each of the spec's `more_adapter_dirs`, in order.")
     lm_eval_version: str
     task_config_sha256: dict[str, str]
     wall_s: float
+    base_from_cache: list[str] = Field(
+        default_factory=list, description="Tasks whose base scores were read from the cache.")
 
 
 class ProgressLine(_Frozen):

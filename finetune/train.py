@@ -57,6 +57,7 @@ from finetune.data import (
     load_examples,
     real_tokens,
 )
+from finetune.loss import causal_lm_loss
 from finetune.model_card import write_extras, write_manifest
 
 EXIT_BAD_INPUT = 2
@@ -218,16 +219,16 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
     while step < train_cfg.max_steps:
         batch = next(batches)
         with acc.accumulate(model):
-            output = model(**batch)
-            acc.backward(output.loss)
+            batch_loss = causal_lm_loss(model, batch)
+            acc.backward(batch_loss)
             if acc.sync_gradients:  # norm of the synchronised gradients: equal on every rank
                 norm = float(acc.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
                 if not math.isfinite(norm):  # name the cause when it is the loss itself
-                    check_finite(float(output.loss), step + 1)
+                    check_finite(float(batch_loss), step + 1)
                 check_grad_norm(norm, train_cfg.grad_norm_limit, step + 1)
             optimizer.step()
             optimizer.zero_grad()
-        window_loss += output.loss.detach()
+        window_loss += batch_loss.detach()
         micro_batches += 1
         consumed += 1
         window_tokens += real_tokens(batch)
@@ -281,7 +282,7 @@ def validation_loss(setup: Setup) -> float | None:
     with torch.no_grad():
         for batch in setup.validation:
             trained = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()  # the loss's own tokens
-            total += model(**batch).loss * trained
+            total += causal_lm_loss(model, batch) * trained
             count += trained
     model.train()
     return (acc.reduce(total, "sum") / acc.reduce(count, "sum")).item()

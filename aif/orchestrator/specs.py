@@ -10,11 +10,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from aif import storage
 from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
 from aif.orchestrator.references import References
 from aif.settings import Settings
 from events.jobspec import (
+    BaseScoreCache,
     EvaluationSpec,
     PreflightSpec,
     Throughput,
@@ -25,7 +27,7 @@ from events.messages import FineTuneRequested
 from events.recipe import EvalTask, Recipe, RecipeError
 from events.remote_data import url_scheme
 from events.tasks import TaskConfigError, eval_data_files
-from recipes import load_recipe
+from recipes import RECIPES_DIR, load_recipe
 
 
 def effective_recipe(request: FineTuneRequested, references: References, tenant: str,
@@ -85,8 +87,25 @@ def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> T
                         model_cache_dir=str(settings.models_dir))
 
 
-def evaluation_spec(job: Job, recipe: Recipe, trained: TrainingResult,
-                    output_dir: Path) -> EvaluationSpec:
+SHIPPED_TASKS = RECIPES_DIR.resolve()
+"""Task YAMLs under here are the project's own: their base scores may be shared."""
+
+
+def base_score_cache(settings: Settings, tenant: str | None, recipe: Recipe,
+                     refresh: bool = False) -> BaseScoreCache:
+    """Where the base model's scores are kept: shipped and built-in tasks in the shared
+    folder, every other task in `tenant`'s own (not cached without a tenant)."""
+    shared = [t.name for t in recipe.eval.tasks
+              if t.yaml is None or Path(t.yaml).resolve().is_relative_to(SHIPPED_TASKS)]
+    own = None if tenant is None else storage.base_scores(settings.base_scores_dir, tenant)
+    return BaseScoreCache(shared_dir=str(storage.base_scores(settings.base_scores_dir, None)),
+                          tenant_dir=None if own is None else str(own), shared_tasks=shared,
+                          refresh=refresh)
+
+
+def evaluation_spec(job: Job, recipe: Recipe, trained: TrainingResult, output_dir: Path,
+                    settings: Settings) -> EvaluationSpec:
     return EvaluationSpec(job_id=job.id, base_model_dir=trained.base_model_dir,
                           adapter_dir=trained.adapter_dir, recipe=recipe,
-                          output_dir=str(output_dir))
+                          output_dir=str(output_dir),
+                          base_cache=base_score_cache(settings, job.tenant, recipe))

@@ -174,7 +174,7 @@ class Steps:
         spec_path = work / EVALUATION_SPEC
         out = work / "evaluation"
         out.mkdir(exist_ok=True)
-        specs.evaluation_spec(job, recipe, trained, out).write(spec_path)
+        specs.evaluation_spec(job, recipe, trained, out, self.settings).write(spec_path)
         self.runner.run(job, JobState.evaluating,
                         StageCommand("evaluation.run", spec_path, recipe.eval.num_processes,
                                      distributed=recipe.eval.num_processes > 1),

@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import audit
+from aif import audit, storage
 from aif.db.models import Audit, Base, Job, Outbox, Score, Tenant
 from aif.erasure import erase_tenant
 from aif.launchers import StageCommand, get_launcher
@@ -74,6 +74,9 @@ def _world(sessions: sessionmaker[Session], settings: Settings, client: TestClie
                  "evaluation/samples_tuned.jsonl", "preflight.json"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(f"{_marker(tenant)} {name}")
+    own_scores = storage.base_scores(settings.base_scores_dir, tenant) / "entry.json"
+    own_scores.parent.mkdir(parents=True)  # base scores on the tenant's own tasks
+    own_scores.write_text(f"{_marker(tenant)} scores")
     with sessions() as s:
         job = s.get_one(Job, done)
         job.work_dir, job.adapter_uri = str(work), (work / "adapter").as_uri()
@@ -157,7 +160,8 @@ def test_erasing_a_tenant_leaves_nothing_of_it_and_everything_of_the_other(
                                   "job_transitions": 9, "outbox": 10, "scores": 1,
                                   "signing_keys": 1}
     assert row.detail["retired"] == [gone["done"]]
-    assert len(row.detail["files_sha256"]) == 5  # upload, adapter, checkpoint, samples, report
+    # upload, adapter, checkpoint, samples, report, cached base scores of its own tasks
+    assert len(row.detail["files_sha256"]) == 6
     assert erased.files == row.detail["files_sha256"]
     assert all(_marker("acme") not in json.dumps(a.detail) for a in s.scalars(select(Audit)))
 

@@ -17,11 +17,11 @@ RECIPE = REPO / "recipes/energy/grid_ticket_routing/recipe.yaml"
 SpecFactory = Callable[[Path, Path | None], EvaluationSpec]
 
 
-def _adapter(model_dir: Path, path: Path, init_lora_weights: bool) -> Path:
+def _adapter(model_dir: Path, path: Path, init_lora_weights: bool, seed: int = 1) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=init_lora_weights
@@ -34,6 +34,12 @@ def _adapter(model_dir: Path, path: Path, init_lora_weights: bool) -> Path:
 def random_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random A and B: the adapter changes every output."""
     return _adapter(tiny_model_dir, tmp_path_factory.mktemp("random-lora"), False)
+
+
+@pytest.fixture(scope="session")
+def other_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another random adapter: other outputs than `random_adapter_dir`'s."""
+    return _adapter(tiny_model_dir, tmp_path_factory.mktemp("other-lora"), False, seed=2)
 
 
 @pytest.fixture(scope="session")

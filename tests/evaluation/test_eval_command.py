@@ -47,3 +47,29 @@ def test_directory_without_adapter_is_refused(tiny_model_dir: Path, tmp_path: Pa
                      home=tmp_path)
     assert done.returncode == 2
     assert "no adapter_config.json" in done.stdout
+
+
+def test_several_adapters_reuse_the_cached_base_scores_unless_told_not_to(
+    tiny_model_dir: Path, random_adapter_dir: Path, other_adapter_dir: Path, tmp_path: Path,
+) -> None:
+    common = (str(RECIPE), "--base", str(tiny_model_dir), "--limit", "4")
+    first = _aif_eval(*common, "--adapter", str(random_adapter_dir), "--output",
+                      str(tmp_path / "one"), home=tmp_path / "home")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "from the cache" not in first.stdout
+    both = _aif_eval(*common, "--adapter", str(random_adapter_dir), "--adapter",
+                     str(other_adapter_dir), "--output", str(tmp_path / "two"),
+                     home=tmp_path / "home")
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert "from the cache (--no-cache scores them again)" in " ".join(both.stdout.split())
+    assert both.stdout.count("gate (") == 2
+    one = json.loads((tmp_path / "one" / "evaluation_result.json").read_text())
+    two = json.loads((tmp_path / "two" / "evaluation_result.json").read_text())
+    assert two["base"] == one["base"] and two["tuned"] == one["tuned"]
+    assert len(two["more_tuned"]) == 1 and two["more_tuned"][0] != two["tuned"]
+    again = _aif_eval(*common, "--no-cache", "--output", str(tmp_path / "three"),
+                      home=tmp_path / "home")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "from the cache" not in again.stdout
+    three = json.loads((tmp_path / "three" / "evaluation_result.json").read_text())
+    assert three["base"] == one["base"] and three["base_from_cache"] == []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from events import content_hash
 from finetune import base_model
 from finetune.base_model import COMPLETE_MARKER, BaseModelError, resolve_base_model
 
@@ -104,3 +105,49 @@ def test_registered_model_converts_to_a_loadable_safetensors_directory(tmp_path:
     assert "quantization_config" not in (out / "config.json").read_text()
     assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 49152
+
+
+def test_gguf_metadata_is_extracted_once_per_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"weights")
+    extracted: list[Path] = []
+    hashed: list[Path] = []
+
+    def extract(source: Path, out: Path) -> None:
+        extracted.append(source)
+        (out / "parameters.json").write_text('{"parameters": 7}')
+
+    real_hash = content_hash.sha256_file
+    monkeypatch.setattr(base_model, "_extract_metadata", extract)
+    monkeypatch.setattr(content_hash, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    cache = tmp_path / "cache"
+    assert [base_model.gguf_parameter_count(gguf, cache) for _ in range(3)] == [7, 7, 7]
+    assert extracted == [gguf] and hashed == [gguf]  # hashed once, then remembered
+    (folder,) = (p for p in (cache / base_model.GGUF_METADATA).iterdir() if p.is_dir())
+    assert folder.name == hashlib.sha256(b"weights").hexdigest()
+
+    gguf.write_bytes(b"weightz")  # same size, other content: hashed again, extracted again
+    base_model.gguf_parameter_count(gguf, cache)
+    assert len(extracted) == 2 and len(hashed) == 2
+    assert len([p for p in (cache / base_model.GGUF_METADATA).iterdir() if p.is_dir()]) == 2
+
+
+def test_the_preflight_tokenizer_is_the_gguf_files(tmp_path: Path) -> None:
+    """The cached tokenizer encodes and renders chats exactly like the GGUF file's own."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    gguf = base_model.gguf_file("smollm2-135m-instruct")
+    direct = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    cached = [base_model.load_tokenizer("smollm2-135m-instruct", tmp_path) for _ in range(2)]
+    text = "Ticket: Stromausfall in der Hauptstraße 12, bitte sofort!\nTeam: dispatch"
+    chat = [{"role": "user", "content": text}]
+    for tokenizer in cached:
+        assert tokenizer(text)["input_ids"] == direct(text)["input_ids"]
+        assert tokenizer.apply_chat_template(chat, tokenize=False) == (
+            direct.apply_chat_template(chat, tokenize=False))
+        assert (tokenizer.eos_token, tokenizer.pad_token) == (direct.eos_token, direct.pad_token)
+    assert base_model.gguf_parameter_count(gguf, tmp_path) == sum(
+        int(t.n_elements) for t in GGUFReader(gguf).tensors)

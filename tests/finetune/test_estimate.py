@@ -54,9 +54,10 @@ def test_parameters_are_counted_without_loading_weights(tiny_model_dir: Path,
                                                         tmp_path: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert parameter_count(str(tiny_model_dir), tmp_path) == loaded.num_parameters()
-    # The shipped GGUF: its tensor table, no conversion (SmolLM2-135M, tied embeddings).
+    # The shipped GGUF: its tensor table, no conversion (SmolLM2-135M, tied embeddings); only
+    # its metadata (tokenizer, parameter count) is kept.
     assert parameter_count("smollm2-135m-instruct", tmp_path) == 134_515_008
-    assert not list(tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["content_hashes.json", "gguf-metadata"]
     with pytest.raises(BaseModelError, match="no such GGUF file"):
         parameter_count(str(tmp_path / "missing.gguf"), tmp_path)
 

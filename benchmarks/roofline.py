@@ -1,0 +1,59 @@
+"""Achieved FLOP/s of the training loop against a matmul roofline measured on this machine.
+
+The loop's useful work per real token, for LoRA on frozen weights: 4 x the matmul
+parameters of the transformer body (forward 2x, backward through the frozen weights 2x, no
+weight gradients), attention (forward 4 x context x hidden per layer, backward twice that)
+and the vocabulary projection at the positions carrying loss only (4 x vocabulary x hidden).
+The roofline is torch's own matmul on the same shapes (one micro-batch of tokens against
+each projection, forward and backward), same threads, in the same process and run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class TokenMix:
+    """What the loop's cost depends on, measured on the data it trains on."""
+
+    tokens_per_micro_batch: float
+    mean_context: float  # tokens a token attends to, on average (causal, per example)
+    loss_fraction: float  # tokens carrying loss / real tokens
+
+
+def _projections(config: PretrainedConfig) -> list[tuple[int, int]]:
+    """(in, out) of each matmul of one decoder layer."""
+    d, inter = config.hidden_size, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    return [(d, q), (d, kv), (d, kv), (q, d), (d, inter), (d, inter), (inter, d)]
+
+
+def flops_per_token(config: PretrainedConfig, mix: TokenMix) -> float:
+    layers, d = config.num_hidden_layers, config.hidden_size
+    body = layers * sum(i * o for i, o in _projections(config))
+    attention = layers * 12 * mix.mean_context * d
+    head = 4 * config.vocab_size * d * mix.loss_fraction
+    return 4 * body + attention + head
+
+
+def matmul_roofline(config: PretrainedConfig, tokens: int, seconds: float = 3.0) -> float:
+    """FLOP/s of float32 matmuls of `tokens` rows through each projection's forward and
+    input-gradient shapes, repeated for about `seconds`."""
+    shapes = [(tokens, i, o) for i, o in _projections(config)]
+    shapes += [(tokens, o, i) for i, o in _projections(config)]  # gradients w.r.t. inputs
+    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    per_pass = sum(2 * m * k * n for m, k, n in shapes)
+    for a, b in operands:  # warm up the kernels and caches
+        a @ b
+    passes, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for a, b in operands:
+            a @ b
+        passes += 1
+    return passes * per_pass / (time.perf_counter() - started)

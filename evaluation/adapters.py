@@ -1,0 +1,52 @@
+"""Several adapters of one base model scored with one base load.
+
+Loading the base (and lm-eval's model wrapper around it) is a fixed cost per model scored;
+with N adapters of the same base it is paid once: the adapters are loaded side by side
+with peft's multi-adapter API and switched with `set_adapter`. The model lm-eval scores is
+the same PeftModel over the same weights, dtype and tokenizer as `model_args(..., peft=...)`
+builds, so each adapter's scores equal a separate run's (tests/evaluation/test_multi_adapter.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from evaluation.runner import device, keep_results, probe_adapter, score
+from evaluation.tasks import MaterialisedTasks
+from events.jobspec import EvaluationSpec, TaskMetric
+
+
+def result_name(index: int) -> str:
+    """`tuned` for the first adapter (as a one-adapter job), `tuned-2`, ... after it."""
+    return "tuned" if index == 0 else f"tuned-{index + 1}"
+
+
+def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str],
+                      tasks: MaterialisedTasks) -> list[list[TaskMetric]]:
+    """Each adapter's metrics, in order; each probed before it is scored. Empty lists on
+    non-main ranks."""
+    from lm_eval.models.huggingface import HFLM
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32 if device() == "cpu" else "auto"  # as `model_args` asks lm-eval
+    base = AutoModelForCausalLM.from_pretrained(spec.base_model_dir, dtype=dtype)
+    base = base.to(device()).eval()
+    names = [f"adapter-{i}" for i in range(len(adapter_dirs))]
+    tuned = PeftModel.from_pretrained(base, adapter_dirs[0], adapter_name=names[0])
+    for name, adapter_dir in zip(names[1:], adapter_dirs[1:], strict=True):
+        tuned.load_adapter(adapter_dir, adapter_name=name)
+    tuned.eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
+    model = HFLM(pretrained=tuned, tokenizer=spec.base_model_dir,
+                 batch_size=spec.recipe.eval.batch_size)
+    scored = []
+    for index, (name, adapter_dir) in enumerate(zip(names, adapter_dirs, strict=True)):
+        tuned.set_adapter(name)
+        probe_adapter(tuned, tokenizer, adapter_dir, spec.base_model_dir)
+        raw = score(spec, model, tasks)
+        scored.append([] if raw is None else
+                      keep_results(Path(spec.output_dir), result_name(index), raw))
+    return scored
