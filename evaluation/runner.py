@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from evaluation.baselines import with_class_stats
 from evaluation.tasks import MaterialisedTasks, materialise_tasks
 from events.jobspec import EvaluationSpec, TaskMetric
 
@@ -89,7 +90,7 @@ def evaluate_model(
         batch_size=settings.batch_size,
         limit=settings.limit,
         device=_device(),
-        log_samples=settings.log_samples,
+        log_samples=True,  # evaluation.baselines reads every document's answer
         apply_chat_template=settings.apply_chat_template,
         fewshot_as_multiturn=settings.apply_chat_template,
         random_seed=settings.seed,
@@ -101,14 +102,14 @@ def evaluate_model(
         return [], {}
     raw = json.loads(json.dumps(raw, default=handle_non_serializable))
     model = "base" if adapter_dir is None else "tuned"
-    samples = raw.pop("samples", None)
-    if samples is not None:  # per task, one line per document, beside the results
+    samples = raw.pop("samples", None) or {}
+    if settings.log_samples:  # per task, one line per document, beside the results
         with (output_dir / f"samples_{model}.jsonl").open("w") as fh:
             for task, rows in samples.items():
                 for row in rows:
                     fh.write(json.dumps({"task": task, **row}) + "\n")
     (output_dir / f"lm_eval_{model}.json").write_text(json.dumps(raw, indent=2))
-    return extract_metrics(raw), raw
+    return with_class_stats(extract_metrics(raw), samples), raw
 
 
 def _task_manager(tasks: MaterialisedTasks) -> Any:

@@ -138,6 +138,14 @@ class MetricScore(BaseModel):
     tuned: float
     base_stderr: float | None = None
     tuned_stderr: float | None = None
+    # Multiple-choice tasks (`acc`): what a constant answer and a guess score on the same
+    # documents, and how each model's answers spread over the classes.
+    majority: float | None = None
+    chance: float | None = None
+    base_macro_f1: float | None = None
+    tuned_macro_f1: float | None = None
+    base_recall: dict[str, float] | None = None
+    tuned_recall: dict[str, float] | None = None
 
     @property
     def delta(self) -> float:

@@ -254,6 +254,14 @@ class GateSection(_Strict):
     guards: list[GuardTask] = Field(
         default_factory=list, description="Regression checks on general tasks."
     )
+    majority_margin: float = Field(
+        0.05, description="On multiple-choice tasks tuned must also beat the constant "
+        "majority answer by this much (absolute), and by stderr_factor combined stderrs.",
+    )
+    max_class_share: float = Field(
+        0.9, gt=0.0, le=1.0, description="A tuned model giving one answer to more than this "
+        "share of the documents (and to more than the targets hold) has collapsed onto it.",
+    )
 
 
 class OutputSection(_Strict):
