@@ -122,6 +122,17 @@ class DataSection(_Strict):
         description="The format's column name -> the file's, e.g. {output: answer}, for data "
         "whose columns are named otherwise (such as a hub data set's).",
     )
+    max_eval_overlap: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of training rows that may share a long string "
+        "with the evaluation documents the job uses; above it the pre-flight warns (or with "
+        "eval_overlap: refuse, refuses).",
+    )
+    eval_overlap: Literal["warn", "refuse"] = "warn"
+    label_map: dict[str, dict[str, str | int]] = Field(
+        default_factory=dict,
+        description="Column -> {a data set's label: the recipe's}, applied to every row before "
+        "the templates, for data sets whose classes are named or cut otherwise.",
+    )
     pii: PiiPolicy = Field(
         PiiPolicy.off, description="Personal-data scan in the pre-flight (e-mail, phone, IBAN, "
         "card and VAT numbers): off, report, redact (train on a copy with placeholders) or "
@@ -254,6 +265,12 @@ class GateSection(_Strict):
     guards: list[GuardTask] = Field(
         default_factory=list, description="Regression checks on general tasks."
     )
+    max_needed_gain: float = Field(
+        0.25, gt=0.0, le=1.0, description="The pre-flight warns (or with noise: refuse, "
+        "refuses) when the evaluation's documents are so few that the noise alone demands a "
+        "larger gain than this; a gain no model can make is always refused.",
+    )
+    noise: Literal["warn", "refuse"] = "warn"
     majority_margin: float = Field(
         0.05, description="On multiple-choice tasks tuned must also beat the constant "
         "majority answer by this much (absolute), and by stderr_factor combined stderrs.",
