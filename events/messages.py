@@ -73,6 +73,15 @@ class FineTuneRequested(EventData):
         description="Id of a training file this tenant uploaded (POST /v1/files); replaces the "
         "recipe's training file like `train_file`.",
     )
+    eval_file: str | None = Field(
+        None, description="The tenant's own evaluation rows (same columns as training): the "
+        "gate's primary task, scored with the recipe's task template; a path or URL checked "
+        "like `train_file`.",
+    )
+    eval_split: float | None = Field(
+        None, gt=0.0, le=0.5, description="Instead of eval_file: hold this seeded share of the "
+        "training rows out of training as the gate's primary task.",
+    )
     overrides: HyperparameterOverrides = HyperparameterOverrides()
     extra_eval_tasks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
         default_factory=list, max_length=16,
@@ -102,6 +111,8 @@ class FineTuneRequested(EventData):
             raise ValueError("give exactly one of 'recipe' (a name) or 'recipe_inline'")
         if sum(x is not None for x in (self.train_file, self.dataset, self.file_id)) > 1:
             raise ValueError("give at most one of 'train_file' or 'dataset' or 'file_id'")
+        if self.eval_file is not None and self.eval_split is not None:
+            raise ValueError("give at most one of 'eval_file' or 'eval_split'")
         return self
 
 

@@ -11,7 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.recipe import DataSection, PiiPolicy
+from events.recipe import DataSection, PiiPolicy, Recipe
 
 PREFLIGHT = "preflight.json"
 
@@ -106,6 +106,22 @@ class Estimate(_Frozen):
                 f"{self.launcher} ({self.devices} {self.device}, {self.throughput_from})")
 
 
+class HeldOut(_Frozen):
+    """`data.eval_split` applied: the training source cut in two copies in the job directory
+    (`finetune.held_out`); training reads the one, the gate scores the other."""
+
+    source: str
+    train_file: str
+    eval_file: str
+    train_rows: int
+    eval_rows: int
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        data = recipe.data.model_copy(update={"train_file": self.train_file,
+                                              "eval_file": self.eval_file, "eval_split": 0.0})
+        return recipe.model_copy(update={"data": data}).gated_on_own_eval()
+
+
 class GateNoise(_Frozen):
     """Whether the gate task's documents are enough for the gate to tell a gain from noise
     (`finetune.gate_noise`)."""
@@ -131,6 +147,7 @@ class PreflightReport(_Frozen):
     reason: str = ""
     pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
     estimate: Estimate | None = None
+    held_out: HeldOut | None = Field(None, description="With data.eval_split: the copies.")
     gate_noise: GateNoise | None = None
     warnings: list[str] = Field(default_factory=list, description="What may make the job "
                                 "worthless without making it unusable, one sentence each.")
@@ -171,6 +188,10 @@ class PreflightReport(_Frozen):
             lines += [f"  {c.role} data redacted into {c.path}" for c in self.pii.redacted]
         if self.estimate is not None:
             lines.append(self.estimate.clause())
+        if self.held_out is not None:
+            h = self.held_out
+            lines.append(f"held out for evaluation: {h.eval_rows} of {h.source}'s rows "
+                         f"({h.eval_file}); {h.train_rows} train")
         if self.gate_noise is not None:
             lines.append(f"gate noise: {self.gate_noise.sentence}")
         lines += [f"warning: {w}" for w in self.warnings]

@@ -28,7 +28,7 @@ def gate_noise(recipe: Recipe) -> GateNoise | None:
         return None
     labels = task_labels(recipe)
     rows, chance = 0, 0.0
-    for path in local_data_files(Path(task.yaml), task.name):
+    for path in local_data_files(Path(task.yaml), task.name, task.data_file):
         for _, raw in read_rows(path):
             rows += 1
             if labels is not None:

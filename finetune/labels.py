@@ -19,7 +19,7 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from events.recipe import Recipe
-from events.tasks import task_config
+from events.tasks import task_config, yaml_task_name
 from finetune.rows import RowError
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -75,7 +75,7 @@ def task_labels(recipe: Recipe) -> TaskLabels | None:
     task = next(t for t in recipe.eval.tasks if t.name == recipe.gate.task)
     if task.yaml is None:
         return None
-    config = task_config(Path(task.yaml), task.name)
+    config = task_config(Path(task.yaml), yaml_task_name(task))
     if config.get("output_type") != "multiple_choice" or "doc_to_choice" not in config:
         return None
     return TaskLabels(config)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from finetune.data import (
 )
 from finetune.estimate import Estimator
 from finetune.gate_noise import gate_noise
+from finetune.held_out import hold_out
 from finetune.labels import task_labels
 
 EXIT_UNUSABLE = 2
@@ -77,6 +79,10 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
     if recipe.data.pii is not PiiPolicy.off:
         scan = pii.scan(recipe.data, recipe.language, recipe.data.pii, work_dir)
         recipe = recipe.model_copy(update={"data": scan.applied_to(recipe.data)})
+    held = None
+    if recipe.data.eval_split:
+        held = hold_out(recipe, work_dir or Path(tempfile.mkdtemp(prefix="aif-preflight-")))
+        recipe = held.applied_to(recipe)
     data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
                          task_labels(recipe))
     eval_strings = _eval_strings(recipe.eval)
@@ -112,6 +118,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         reason="\n".join(reasons),
         pii=scan,
         estimate=estimator(given, data.train) if estimator else None,
+        held_out=held,
         gate_noise=noise,
         warnings=warnings,
     )
