@@ -35,6 +35,9 @@ class TaskLabels:
 
     def check(self, row: dict[str, Any]) -> None:
         """RowError naming the label and the choices unless the row's target is a choice."""
+        missing = [c for c in self.label_columns if c not in row]
+        if missing:  # worded as the templates word it
+            raise RowError(f"missing column {missing[0]!r}")
         choices, target = _attempt(self.choices, row), _attempt(self._target, row)
         if choices is not None and (
             (isinstance(target, int) and 0 <= target < len(choices))

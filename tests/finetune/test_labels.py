@@ -79,3 +79,10 @@ def test_a_choice_column_and_a_target_column() -> None:
     labels.check({"options": ["a", "b"], "gold": 1})
     with pytest.raises(Exception, match=r"label 2 is not one of the task's choices \(a, b\)"):
         labels.check({"options": ["a", "b"], "gold": 2})
+
+
+def test_a_row_without_the_label_column_says_so(tmp_path: Path, write_jsonl: Callable,
+                                                tokenizer: PreTrainedTokenizerBase) -> None:
+    recipe = _on(TENANCY, write_jsonl(tmp_path / "t.jsonl", [{"Text": SENTENCE}]))
+    with pytest.raises(DataValidationError, match="line 1: missing column 'Funktion'"):
+        load_examples(recipe.data, tokenizer, 256, task=task_labels(recipe))
