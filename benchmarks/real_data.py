@@ -114,14 +114,18 @@ SETS: dict[str, Callable[[], tuple[Rows, Rows]]] = {
 
 def split(recipe: str, train_rows: int, eval_rows: int, seed: int = 0) -> tuple[Rows, Rows]:
     """Seeded, disjoint samples: evaluation rows from the validation split where the set has
-    one, else held out of the training split."""
-    train, validation = SETS[recipe]()
+    one, else held out of the training split; a row repeated in the set (the tenancy corpus
+    has some) is kept once, so no evaluation row is also a training row."""
+    train, validation = (list({json.dumps(r, sort_keys=True): r for r in rows}.values())
+                         for rows in SETS[recipe]())
     rng = random.Random(seed)
     rng.shuffle(train)
     if not validation:
         validation, train = train[:eval_rows], train[eval_rows:]
     rng.shuffle(validation)
-    return train[:train_rows], validation[:eval_rows]
+    held_out = validation[:eval_rows]
+    seen = {json.dumps(r, sort_keys=True) for r in held_out}
+    return [r for r in train if json.dumps(r, sort_keys=True) not in seen][:train_rows], held_out
 
 
 def _write(path: Path, rows: Rows) -> Path:
