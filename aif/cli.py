@@ -64,6 +64,12 @@ MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's traini
 EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
 TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
 Dataset = Annotated[str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")]
+EvalFile = Annotated[Path | None, typer.Option(
+    help="Own evaluation rows (the training columns): the gate's primary task, scored with "
+         "the recipe's task template; the recipe's test set is still reported.")]
+EvalSplit = Annotated[float | None, typer.Option(
+    help="Instead of --eval-file: hold this share of the training rows out as the gate's "
+         "primary task (seeded).")]
 SigningKeyId = Annotated[str | None, typer.Option(
     envvar="AIF_SIGNING_KEY_ID", help="Id of the tenant's signing key (from `aif tenants "
     "create`); with --signing-secret the request is signed.")]
@@ -84,10 +90,11 @@ def _setup() -> Settings:
 
 def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
             eval_limit: int | None, train_file: str | None, dataset: str | None = None,
-            signing_key: SigningKey | None = None, labels: dict[str, str] | None = None) -> str:
+            signing_key: SigningKey | None = None, labels: dict[str, str] | None = None,
+            eval_file: Path | None = None, eval_split: float | None = None) -> str:
     event = finetune_request(
         tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
-        dataset=dataset,
+        dataset=dataset, eval_file=eval_file and str(eval_file), eval_split=eval_split,
         overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
         labels=labels,
     )
@@ -109,10 +116,12 @@ def _api_key() -> str:
 
 
 def _submit_http(api: str, recipe: str, max_steps: int | None, eval_limit: int | None,
-                 train_file: str | None, dataset: str | None) -> str:
+                 train_file: str | None, dataset: str | None, eval_file: Path | None = None,
+                 eval_split: float | None = None) -> str:
     """The same request as `_submit`, through POST /v1/jobs (which signs and publishes it)."""
     request = FineTuneRequested(
         recipe=recipe, train_file=train_file, dataset=dataset,
+        eval_file=eval_file and str(eval_file), eval_split=eval_split,
         overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit))
     try:
         return api_client.submit(api, _api_key(), request)
@@ -241,6 +250,8 @@ def submit(
     eval_limit: EvalLimit = None,
     train_file: TrainFile = None,
     dataset: Dataset = None,
+    eval_file: EvalFile = None,
+    eval_split: EvalSplit = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
     signing_key_id: SigningKeyId = None,
     signing_secret: SigningSecret = None,
@@ -256,11 +267,12 @@ def submit(
     """
     settings = _setup()
     if api:
-        job_id = _submit_http(api, recipe, max_steps, eval_limit, train_file, dataset)
+        job_id = _submit_http(api, recipe, max_steps, eval_limit, train_file, dataset,
+                              eval_file, eval_split)
     else:
         key = _signing_key(signing_key_id, signing_secret)
         job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset,
-                         signing_key=key)
+                         signing_key=key, eval_file=eval_file, eval_split=eval_split)
     console.print(f"submitted job {job_id}")
     if wait:
         final, events = _follow(settings, tenant, job_id, api)
@@ -312,6 +324,7 @@ def eval_(
         help="Base model (registered name, HF directory, GGUF file, hub id); default: recipe's.",
     )] = None,
     limit: EvalLimit = None,
+    eval_file: EvalFile = None,
     output: Annotated[Path | None, typer.Option(
         help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
     no_cache: Annotated[bool, typer.Option(
@@ -333,6 +346,9 @@ def eval_(
         r = _recipe(recipe)
         if limit is not None:
             r = r.model_copy(update={"eval": r.eval.model_copy(update={"limit": limit})})
+        if eval_file is not None:
+            r = r.model_copy(update={"data": r.data.with_eval(str(eval_file.resolve()), None)})
+            r = r.gated_on_own_eval()
         base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
     except (RecipeError, BaseModelError) as exc:
         console.print(f"[red]{exc}[/red]")
@@ -360,13 +376,16 @@ def eval_(
     table = Table(title=f"{r.name}: {base or r.model.base}")
     tuned_sets = [result.tuned, *result.more_tuned] if adapters else []
     for col in ("task", "metric", "base", *(
-            "tuned" if len(adapters) == 1 else f"tuned {i + 1}" for i in range(len(adapters)))):
+            "tuned" if len(adapters) == 1 else f"tuned {i + 1}" for i in range(len(adapters))),
+            "majority", "macro-F1 base / tuned"):
         table.add_column(col)
-    tuned = [{(m.task, m.metric): m.value for m in got} for got in tuned_sets]
+    tuned = [{(m.task, m.metric): m for m in got} for got in tuned_sets]
     for m in result.base:
-        values = [t.get((m.task, m.metric)) for t in tuned]
+        got = [t.get((m.task, m.metric)) for t in tuned]
+        f1 = " / ".join(f"{x.classes.macro_f1:.4f}" for x in (m, *got) if x and x.classes)
         table.add_row(m.task, m.metric, f"{m.value:.4f}",
-                      *("" if v is None else f"{v:.4f}" for v in values))
+                      *("" if t is None else f"{t.value:.4f}" for t in got),
+                      f"{m.classes.majority:.4f}" if m.classes else "", f1)
     console.print(table)
     if result.base_from_cache:
         console.print(f"base scores of {', '.join(result.base_from_cache)} from the cache "

@@ -48,5 +48,6 @@ def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str],
         probe_adapter(tuned, tokenizer, adapter_dir, spec.base_model_dir)
         raw = score(spec, model, tasks)
         scored.append([] if raw is None else
-                      keep_results(Path(spec.output_dir), result_name(index), raw))
+                      keep_results(Path(spec.output_dir), result_name(index), raw,
+                                   spec.recipe.eval.log_samples))
     return scored

@@ -46,7 +46,6 @@ def settings_key(spec: EvaluationSpec, memo_dir: Path | None) -> dict[str, Any]:
         "seed": settings.seed,
         "batch_size": settings.batch_size,
         "num_processes": settings.num_processes,
-        "log_samples": settings.log_samples,  # no number changes, but what an entry holds
         **{f"{lib}_version": importlib.metadata.version(lib)
            for lib in ("lm_eval", "transformers", "torch")},
     }
@@ -123,7 +122,8 @@ def evaluate_base(spec: EvaluationSpec, cache: BaseScoreCache,
     merged = _merge(raw, parts)
     merged["results"] = dict(sorted(merged["results"].items(),
                                     key=lambda kv: order.get(kv[0], len(order))))
-    return keep_results(Path(spec.output_dir), "base", merged), sorted(hits)
+    return keep_results(Path(spec.output_dir), "base", merged,
+                        spec.recipe.eval.log_samples), sorted(hits)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

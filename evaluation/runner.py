@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from evaluation.baselines import with_class_stats
 from evaluation.tasks import MaterialisedTasks, materialise_tasks
 from events.jobspec import EvaluationSpec, TaskMetric
 
@@ -84,7 +85,7 @@ def evaluate_model(
     if raw is None:
         return [], {}
     return keep_results(Path(spec.output_dir), "base" if adapter_dir is None else "tuned",
-                        raw), raw
+                        raw, spec.recipe.eval.log_samples), raw
 
 
 def score(spec: EvaluationSpec, model: str | Any, tasks: MaterialisedTasks) -> dict | None:
@@ -104,7 +105,7 @@ def score(spec: EvaluationSpec, model: str | Any, tasks: MaterialisedTasks) -> d
         batch_size=settings.batch_size,
         limit=settings.limit,
         device=device(),
-        log_samples=settings.log_samples,
+        log_samples=True,  # evaluation.baselines reads every document's answer
         apply_chat_template=settings.apply_chat_template,
         fewshot_as_multiturn=settings.apply_chat_template,
         random_seed=settings.seed,
@@ -117,18 +118,20 @@ def score(spec: EvaluationSpec, model: str | Any, tasks: MaterialisedTasks) -> d
     return json.loads(json.dumps(raw, default=handle_non_serializable))
 
 
-def keep_results(output_dir: Path, model: str, raw: dict[str, Any]) -> list[TaskMetric]:
-    """Write `lm_eval_<model>.json` (and its samples beside) and return its metrics."""
+def keep_results(output_dir: Path, model: str, raw: dict[str, Any], log_samples: bool
+                 ) -> list[TaskMetric]:
+    """Write `lm_eval_<model>.json` (and, with `log_samples`, its samples beside) and return
+    its metrics with the class statistics read from every document's answer."""
     output_dir.mkdir(parents=True, exist_ok=True)
     raw = dict(raw)
-    samples = raw.pop("samples", None)
-    if samples is not None:  # per task, one line per document, beside the results
+    samples = raw.pop("samples", None) or {}
+    if log_samples:  # per task, one line per document, beside the results
         with (output_dir / f"samples_{model}.jsonl").open("w") as fh:
             for task, rows in samples.items():
                 for row in rows:
                     fh.write(json.dumps({"task": task, **row}) + "\n")
     (output_dir / f"lm_eval_{model}.json").write_text(json.dumps(raw, indent=2))
-    return extract_metrics(raw)
+    return with_class_stats(extract_metrics(raw), samples)
 
 
 def _task_manager(tasks: MaterialisedTasks) -> Any:

@@ -31,7 +31,7 @@ def materialise_tasks(eval_section: EvalSection, output_dir: Path) -> Materialis
     for task in eval_section.tasks:
         if task.yaml is None:
             continue
-        text = materialise_one(Path(task.yaml), task.name)
+        text = materialise_one(Path(task.yaml), task.name, task.data_file)
         include_dir.mkdir(parents=True, exist_ok=True)
         (include_dir / f"{task.name}.yaml").write_text(text)
         sha256[task.name] = hashlib.sha256(text.encode()).hexdigest()

@@ -40,11 +40,15 @@ def finetune_request(
     dataset: str | None = None,
     overrides: HyperparameterOverrides | None = None,
     labels: dict[str, str] | None = None,
+    eval_file: str | None = None,
+    eval_split: float | None = None,
 ) -> CloudEvent:
     data = FineTuneRequested(
         recipe=recipe,
         train_file=train_file,
         dataset=dataset,
+        eval_file=eval_file,
+        eval_split=eval_split,
         overrides=overrides or HyperparameterOverrides(),
         labels=labels or {},
     )

@@ -163,6 +163,30 @@ class EvaluationSpec(_Frozen):
         "`adapter_dir` with one base load.")
 
 
+class ClassStats(_Frozen):
+    """How a model's answers on a multiple-choice task spread over the classes, beside the
+    scores a constant answer and a uniform guess get on the same documents.
+
+    Accuracy alone cannot tell a model that learned the task from one that learned the label
+    prior; these figures can (`evaluation.baselines`).
+    """
+
+    documents: int = Field(ge=1)
+    majority: float = Field(description="Accuracy of always answering the commonest target.")
+    majority_stderr: float
+    majority_class: str
+    chance: float = Field(description="Expected accuracy of a uniform guess among the choices.")
+    macro_f1: float = Field(description="Unweighted mean of the per-class F1 (argmax answers).")
+    recall: dict[str, float] = Field(description="Target class -> share of its documents "
+                                     "answered right.")
+    predicted: dict[str, int] = Field(description="Answered class -> documents.")
+
+    def top_share(self) -> tuple[str, float]:
+        """The class the model answers most often, and the share of documents it gets."""
+        top = max(self.predicted, key=lambda c: self.predicted[c])
+        return top, self.predicted[top] / self.documents
+
+
 class TaskMetric(_Frozen):
     task: str
     metric: str
@@ -170,6 +194,9 @@ class TaskMetric(_Frozen):
     stderr: float | None
     num_fewshot: int
     samples: int
+    classes: ClassStats | None = Field(
+        None, description="For the `acc` of multiple-choice tasks: baselines and class spread."
+    )
 
 
 class EvaluationResult(_Frozen):

@@ -74,6 +74,15 @@ class FineTuneRequested(EventData):
         description="Id of a training file this tenant uploaded (POST /v1/files); replaces the "
         "recipe's training file like `train_file`.",
     )
+    eval_file: str | None = Field(
+        None, description="The tenant's own evaluation rows (same columns as training): the "
+        "gate's primary task, scored with the recipe's task template; a path or URL checked "
+        "like `train_file`.",
+    )
+    eval_split: float | None = Field(
+        None, gt=0.0, le=0.5, description="Instead of eval_file: hold this seeded share of the "
+        "training rows out of training as the gate's primary task.",
+    )
     overrides: HyperparameterOverrides = HyperparameterOverrides()
     extra_eval_tasks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
         default_factory=list, max_length=16,
@@ -103,6 +112,8 @@ class FineTuneRequested(EventData):
             raise ValueError("give exactly one of 'recipe' (a name) or 'recipe_inline'")
         if sum(x is not None for x in (self.train_file, self.dataset, self.file_id)) > 1:
             raise ValueError("give at most one of 'train_file' or 'dataset' or 'file_id'")
+        if self.eval_file is not None and self.eval_split is not None:
+            raise ValueError("give at most one of 'eval_file' or 'eval_split'")
         return self
 
 
@@ -139,6 +150,14 @@ class MetricScore(BaseModel):
     tuned: float
     base_stderr: float | None = None
     tuned_stderr: float | None = None
+    # Multiple-choice tasks (`acc`): what a constant answer and a guess score on the same
+    # documents, and how each model's answers spread over the classes.
+    majority: float | None = None
+    chance: float | None = None
+    base_macro_f1: float | None = None
+    tuned_macro_f1: float | None = None
+    base_recall: dict[str, float] | None = None
+    tuned_recall: dict[str, float] | None = None
 
     @property
     def delta(self) -> float:

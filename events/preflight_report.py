@@ -11,7 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.recipe import DataSection, PiiPolicy
+from events.recipe import DataSection, PiiPolicy, Recipe
 
 PREFLIGHT = "preflight.json"
 
@@ -106,6 +106,36 @@ class Estimate(_Frozen):
                 f"{self.launcher} ({self.devices} {self.device}, {self.throughput_from})")
 
 
+class HeldOut(_Frozen):
+    """`data.eval_split` applied: the training source cut in two copies in the job directory
+    (`finetune.held_out`); training reads the one, the gate scores the other."""
+
+    source: str
+    train_file: str
+    eval_file: str
+    train_rows: int
+    eval_rows: int
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        data = recipe.data.model_copy(update={"train_file": self.train_file,
+                                              "eval_file": self.eval_file, "eval_split": 0.0})
+        return recipe.model_copy(update={"data": data}).gated_on_own_eval()
+
+
+class GateNoise(_Frozen):
+    """Whether the gate task's documents are enough for the gate to tell a gain from noise
+    (`finetune.gate_noise`)."""
+
+    documents: int = Field(description="Documents the gate task will score (after eval.limit).")
+    combined_stderr: float = Field(description="Of tuned minus base at accuracy 0.5, the "
+                                   "worst case.")
+    needed_gain: float = Field(description="max(min_gain, stderr_factor x combined_stderr).")
+    possible_gain: float = Field(description="1 - chance: what a perfect model gains over a "
+                                 "base that guesses.")
+    verdict: Literal["ok", "warn", "refuse"]
+    sentence: str
+
+
 class PreflightReport(_Frozen):
     recipe: str
     base_model: str
@@ -117,6 +147,10 @@ class PreflightReport(_Frozen):
     reason: str = ""
     pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
     estimate: Estimate | None = None
+    held_out: HeldOut | None = Field(None, description="With data.eval_split: the copies.")
+    gate_noise: GateNoise | None = None
+    warnings: list[str] = Field(default_factory=list, description="What may make the job "
+                                "worthless without making it unusable, one sentence each.")
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
@@ -137,6 +171,8 @@ class PreflightReport(_Frozen):
             line += f"; personal data ({self.pii.policy.value}): {self.pii.describe()}"
         if self.estimate is not None:
             line += f"; {self.estimate.clause()}"
+        if self.warnings:
+            line += f"; {len(self.warnings)} warning{'s' * (len(self.warnings) != 1)}"
         return line
 
     def to_text(self) -> str:
@@ -152,6 +188,13 @@ class PreflightReport(_Frozen):
             lines += [f"  {c.role} data redacted into {c.path}" for c in self.pii.redacted]
         if self.estimate is not None:
             lines.append(self.estimate.clause())
+        if self.held_out is not None:
+            h = self.held_out
+            lines.append(f"held out for evaluation: {h.eval_rows} of {h.source}'s rows "
+                         f"({h.eval_file}); {h.train_rows} train")
+        if self.gate_noise is not None:
+            lines.append(f"gate noise: {self.gate_noise.sentence}")
+        lines += [f"warning: {w}" for w in self.warnings]
         lines.append("verdict: usable" if self.usable else f"verdict: REJECTED\n{self.reason}")
         return "\n".join(lines)
 

@@ -106,6 +106,15 @@ class DataSection(_Strict):
         0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out for "
         "validation (seeded by train.seed) when no validation file or split is given.",
     )
+    eval_file: str | None = Field(
+        None, description="The tenant's own evaluation rows, in the training file's columns: "
+        "scored with the gate task's template, they become the gate's primary task (named "
+        "<gate task>_own) and the recipe's own test set is only reported.",
+    )
+    eval_split: float = Field(
+        0.0, ge=0.0, le=0.5, description="Without eval_file: hold this seeded share (by "
+        "train.seed) of the training rows out of training and use it as eval_file.",
+    )
     max_bad_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="Bad rows are skipped up to this fraction of the rows "
         "read; above it the job is rejected before training.",
@@ -122,6 +131,17 @@ class DataSection(_Strict):
         description="The format's column name -> the file's, e.g. {output: answer}, for data "
         "whose columns are named otherwise (such as a hub data set's).",
     )
+    max_eval_overlap: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of training rows that may share a long string "
+        "with the evaluation documents the job uses; above it the pre-flight warns (or with "
+        "eval_overlap: refuse, refuses).",
+    )
+    eval_overlap: Literal["warn", "refuse"] = "warn"
+    label_map: dict[str, dict[str, str | int]] = Field(
+        default_factory=dict,
+        description="Column -> {a data set's label: the recipe's}, applied to every row before "
+        "the templates, for data sets whose classes are named or cut otherwise.",
+    )
     pii: PiiPolicy = Field(
         PiiPolicy.off, description="Personal-data scan in the pre-flight (e-mail, phone, IBAN, "
         "card and VAT numbers): off, report, redact (train on a copy with placeholders) or "
@@ -132,6 +152,8 @@ class DataSection(_Strict):
     def check_source(self) -> DataSection:
         if self.train_file is None and self.dataset is None:
             raise ValueError("data needs train_file (a local file) or dataset (a hub id)")
+        if self.eval_split and self.eval_file:
+            raise ValueError("data.eval_split: give it only without eval_file")
         if self.validation_split and (self.validation_file or self.dataset_validation_split):
             raise ValueError("data.validation_split: give it only without validation_file "
                              "and dataset_validation_split")
@@ -145,6 +167,14 @@ class DataSection(_Strict):
             raise ValueError(
                 "format 'prompt_completion' needs prompt_template and completion_template"
             )
+        return self
+
+    def with_eval(self, eval_file: str | None, eval_split: float | None) -> DataSection:
+        """A request's own evaluation rows: a file, or a share of the training rows."""
+        if eval_file is not None:
+            return self.model_copy(update={"eval_file": eval_file, "eval_split": 0.0})
+        if eval_split is not None:
+            return self.model_copy(update={"eval_file": None, "eval_split": eval_split})
         return self
 
     def with_source(
@@ -216,6 +246,13 @@ class EvalTask(_Strict):
     yaml: str | None = Field(
         None, description="lm-eval task YAML shipped with the recipe; None for built-in tasks."
     )
+    data_file: str | None = Field(
+        None, description="Score the YAML's task on this file's rows instead of its own "
+        "data, under `name` (data.eval_file sets it).",
+    )
+
+
+OWN_EVAL_SUFFIX = "_own"
 
 
 class EvalSection(_Strict):
@@ -253,6 +290,20 @@ class GateSection(_Strict):
     )
     guards: list[GuardTask] = Field(
         default_factory=list, description="Regression checks on general tasks."
+    )
+    max_needed_gain: float = Field(
+        0.25, gt=0.0, le=1.0, description="The pre-flight warns (or with noise: refuse, "
+        "refuses) when the evaluation's documents are so few that the noise alone demands a "
+        "larger gain than this; a gain no model can make is always refused.",
+    )
+    noise: Literal["warn", "refuse"] = "warn"
+    majority_margin: float = Field(
+        0.05, description="On multiple-choice tasks tuned must also beat the constant "
+        "majority answer by this much (absolute), and by stderr_factor combined stderrs.",
+    )
+    max_class_share: float = Field(
+        0.9, gt=0.0, le=1.0, description="A tuned model giving one answer to more than this "
+        "share of the documents (and to more than the targets hold) has collapsed onto it.",
     )
 
 
@@ -302,6 +353,23 @@ class Recipe(_Strict):
                 )
         return self
 
+    def gated_on_own_eval(self) -> Recipe:
+        """With `data.eval_file`: the gate task again over those rows, as the gate's task;
+        the recipe's own test set stays as a reported task. Unchanged without one."""
+        eval_file = self.data.eval_file
+        gate_task = next(t for t in self.eval.tasks if t.name == self.gate.task)
+        if eval_file is None or gate_task.data_file == eval_file:
+            return self
+        if gate_task.yaml is None:
+            raise RecipeError(f"data.eval_file: the gate task {gate_task.name!r} is built "
+                              "into lm-eval; own evaluation rows need a task YAML of the recipe")
+        own = EvalTask(name=gate_task.name + OWN_EVAL_SUFFIX, yaml=gate_task.yaml,
+                       data_file=eval_file)
+        tasks = [own, *(t for t in self.eval.tasks if t.name != own.name)]
+        return self.model_copy(update={
+            "eval": self.eval.model_copy(update={"tasks": tasks}),
+            "gate": self.gate.model_copy(update={"task": own.name})})
+
     def with_pii_at_least(self, floor: PiiPolicy) -> Recipe:
         """The recipe with `data.pii` raised to a site's minimum (never lowered)."""
         data = self.data.model_copy(update={"pii": self.data.pii.at_least(floor)})
@@ -317,9 +385,11 @@ class Recipe(_Strict):
             update={
                 "train_file": _abs(self.data.train_file),
                 "validation_file": _abs(self.data.validation_file),
+                "eval_file": _abs(self.data.eval_file),
             }
         )
-        tasks = [t.model_copy(update={"yaml": _abs(t.yaml)}) for t in self.eval.tasks]
+        tasks = [t.model_copy(update={"yaml": _abs(t.yaml), "data_file": _abs(t.data_file)})
+                 for t in self.eval.tasks]
         return self.model_copy(
             update={"data": data, "eval": self.eval.model_copy(update={"tasks": tasks})}
         )
@@ -365,6 +435,6 @@ def load_recipe_file(path: Path) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping")
     try:
-        return Recipe.model_validate(raw).resolve_paths(path.parent)
+        return Recipe.model_validate(raw).resolve_paths(path.parent).gated_on_own_eval()
     except ValidationError as exc:
         raise RecipeError(f"{path}: {describe_validation_error(exc)}") from exc

@@ -13,16 +13,20 @@ from typing import Any
 
 import yaml
 
-from events.recipe import EvalSection
+from events.recipe import OWN_EVAL_SUFFIX, EvalSection, EvalTask
 
 
 class TaskConfigError(ValueError):
     """A recipe's task YAML cannot be used; the message names the YAML file."""
 
 
-def local_data_files(path: Path, name: str) -> list[Path]:
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+"""lm-eval (datasets) loader by file suffix, for a tenant's own evaluation file."""
+
+
+def local_data_files(path: Path, name: str, data_file: str | None = None) -> list[Path]:
     """The local files a recipe's task YAML reads its documents from (URLs left out)."""
-    files = data_file_names(yaml.safe_load(materialise_one(path, name)))
+    files = data_file_names(yaml.safe_load(materialise_one(path, name, data_file)))
     return [Path(f) for f in files if "://" not in f]
 
 
@@ -59,11 +63,25 @@ def task_config(path: Path, name: str) -> dict[str, Any]:
     return config
 
 
-def materialise_one(path: Path, name: str) -> str:
-    """The task YAML as lm-eval should read it: checked, with absolute data paths."""
-    config = task_config(path, name)
+def yaml_task_name(task: EvalTask) -> str:
+    """The name the task's YAML defines: a task over own rows borrows another's YAML."""
+    return task.name.removesuffix(OWN_EVAL_SUFFIX) if task.data_file else task.name
+
+
+def materialise_one(path: Path, name: str, data_file: str | None = None) -> str:
+    """The task YAML as lm-eval should read it: checked, with absolute data paths; with
+    `data_file`, the same templates renamed `name` over that file's rows as the test split."""
+    config = task_config(path, name.removesuffix(OWN_EVAL_SUFFIX) if data_file else name)
     kwargs = config.get("dataset_kwargs") or {}
-    if "data_files" in kwargs:
+    if data_file is not None:
+        own = Path(data_file).resolve()
+        if own.suffix not in LOADERS or not own.is_file():
+            raise TaskConfigError(f"data.eval_file: no {'/'.join(LOADERS)} file at {own}")
+        for split in ("training_split", "validation_split", "fewshot_split"):
+            config.pop(split, None)  # they name the recipe's own data
+        config |= {"task": name, "test_split": "test", "dataset_path": LOADERS[own.suffix],
+                   "dataset_kwargs": {**kwargs, "data_files": {"test": str(own)}}}
+    elif "data_files" in kwargs:
         kwargs["data_files"] = _absolute(kwargs["data_files"], path)
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
@@ -87,4 +105,4 @@ def _absolute(data_files: object, yaml_path: Path) -> object:
 def eval_data_files(section: EvalSection) -> list[Path]:
     """Every local data file of the section's own tasks (built-in tasks live on the hub)."""
     return [path for task in section.tasks if task.yaml is not None
-            for path in local_data_files(Path(task.yaml), task.name)]
+            for path in local_data_files(Path(task.yaml), task.name, task.data_file)]

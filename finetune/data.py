@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from events.recipe import DataFormat, DataSection
+from finetune.labels import TaskLabels, mapped
 from finetune.rows import DataValidationError, HubSplit, RowError, check_counts, read_rows, record
 
 IGNORE_INDEX = -100
@@ -79,32 +80,36 @@ class TokenizedData:
 
 
 def read_examples(
-    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0
+    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0,
+    task: TaskLabels | None = None,
 ) -> TokenizedData:
-    """Read, validate and tokenise the training and validation rows; bad rows are listed in
-    each split's `skipped`, not raised (see `load_examples`)."""
+    """Read, validate and tokenise the training and validation rows; bad rows (a label that
+    is not one of the `task`'s choices among them) are listed in each split's `skipped`, not
+    raised (see `load_examples`)."""
     if tokenizer.eos_token_id is None:
         raise TokenizerUnfitError(
             "the tokenizer has no EOS token, so the model could not learn to stop")
     encode = _encoder(data, tokenizer)
     train_source, validation_source = sources(data)
-    train = _read_split(train_source, encode, max_seq_len)
+    read = lambda source: _read_split(source, encode, max_seq_len, task, data.label_map)  # noqa: E731
+    train = read(train_source)
     if validation_source is not None:
-        return TokenizedData(train, _read_split(validation_source, encode, max_seq_len))
+        return TokenizedData(train, read(validation_source))
     if data.validation_split and train.encoded:
         return TokenizedData(*_hold_out(train, data.validation_split, seed))
     return TokenizedData(train)
 
 
 def load_examples(
-    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0
+    data: DataSection, tokenizer: PreTrainedTokenizerBase, max_seq_len: int, seed: int = 0,
+    task: TaskLabels | None = None,
 ) -> TokenizedData:
     """`read_examples`, refusing any split with more bad rows than `data.max_bad_fraction`.
 
     Bad rows within the fraction are skipped and listed; above it DataValidationError names
     every one by line, before any training starts.
     """
-    data_read = read_examples(data, tokenizer, max_seq_len, seed)
+    data_read = read_examples(data, tokenizer, max_seq_len, seed, task)
     for split in (data_read.train, data_read.validation):
         if split is not None:
             split.check(data.max_bad_fraction)
@@ -149,14 +154,17 @@ def sources(data: DataSection) -> tuple[Path | HubSplit, Path | HubSplit | None]
     return train, None
 
 
-def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int) -> Split:
+def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int,
+                task: TaskLabels | None, label_map: dict[str, dict[str, str | int]]) -> Split:
     encoded: list[Encoded] = []
     problems: list[str] = []
     rows = 0
     for where, raw in read_rows(source):
         rows += 1
         try:
-            row = record(raw)
+            row = mapped(record(raw), label_map)
+            if task is not None:  # before the templates, which may fail on such a label
+                task.check(row)
             ids, labels = encode(row)
             example = _fit(ids, labels, max_seq_len)
         except RowError as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from events.jobspec import FailureKind, PreflightSpec, record_failure
 from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
-from events.recipe import EvalSection, PiiPolicy, Recipe
+from events.recipe import DataSection, EvalSection, PiiPolicy, Recipe
 from events.remote_data import RemoteDataError, fetch_all
 from events.tasks import TaskConfigError, eval_data_files
 from finetune import pii
@@ -51,6 +52,9 @@ from finetune.data import (
     read_examples,
 )
 from finetune.estimate import Estimator
+from finetune.gate_noise import gate_noise
+from finetune.held_out import hold_out
+from finetune.labels import task_labels
 
 EXIT_UNUSABLE = 2
 
@@ -75,7 +79,12 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
     if recipe.data.pii is not PiiPolicy.off:
         scan = pii.scan(recipe.data, recipe.language, recipe.data.pii, work_dir)
         recipe = recipe.model_copy(update={"data": scan.applied_to(recipe.data)})
-    data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed)
+    held = None
+    if recipe.data.eval_split:
+        held = hold_out(recipe, work_dir or Path(tempfile.mkdtemp(prefix="aif-preflight-")))
+        recipe = held.applied_to(recipe)
+    data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
+                         task_labels(recipe))
     eval_strings = _eval_strings(recipe.eval)
     reasons = []
     if scan is not None and scan.policy is PiiPolicy.reject and scan.kinds:
@@ -87,18 +96,44 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
                 split.check(recipe.data.max_bad_fraction)
         except DataValidationError as exc:
             reasons.append(str(exc))
+    train = _split_report(data.train, tokenizer, eval_strings)
+    noise = gate_noise(recipe)
+    warnings: list[str] = []
+    checks = [_overlap_check(recipe.data, train)]
+    if noise is not None:
+        checks.insert(0, (noise.verdict, noise.sentence))
+    for verdict, sentence in checks:
+        if verdict == "refuse":
+            reasons.append(sentence)
+        elif verdict == "warn":
+            warnings.append(sentence)
     return PreflightReport(
         recipe=recipe.name,
         base_model=recipe.model.base,
         max_seq_len=recipe.train.max_seq_len,
         max_bad_fraction=recipe.data.max_bad_fraction,
-        train=_split_report(data.train, tokenizer, eval_strings),
+        train=train,
         validation=data.validation and _split_report(data.validation, tokenizer, eval_strings),
         usable=not reasons,
         reason="\n".join(reasons),
         pii=scan,
         estimate=estimator(given, data.train) if estimator else None,
+        held_out=held,
+        gate_noise=noise,
+        warnings=warnings,
     )
+
+
+def _overlap_check(data: DataSection, train: SplitReport) -> tuple[str, str]:
+    """(verdict, sentence) on the share of training rows found in the evaluation documents."""
+    share = train.eval_overlap / max(1, train.rows_usable)
+    if share <= data.max_eval_overlap:
+        return "ok", ""
+    return data.eval_overlap, (
+        f"{train.eval_overlap} of {train.rows_usable} training rows ({share:.1%}) share a "
+        f"string of {MIN_OVERLAP_CHARS}+ characters with the evaluation documents, above "
+        f"data.max_eval_overlap {data.max_eval_overlap:.1%}: those scores would measure "
+        "memory, not the task")
 
 
 def render(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:

@@ -57,6 +57,7 @@ from finetune.data import (
     load_examples,
     real_tokens,
 )
+from finetune.labels import task_labels
 from finetune.loss import causal_lm_loss
 from finetune.model_card import write_extras, write_manifest
 
@@ -147,7 +148,8 @@ def build(spec: TrainingSpec) -> Setup:
     with accelerator.main_process_first():
         base_model_dir = resolve_base_model(recipe.model.base, Path(spec.model_cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed)
+    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
+                         task_labels(recipe))  # the rows the pre-flight accepted
     if accelerator.is_main_process:
         print(
             f"finetune: {len(data.train.examples)} examples, {data.train.truncated} truncated to "

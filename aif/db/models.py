@@ -100,6 +100,14 @@ class Score(Base):
     tuned: Mapped[float] = mapped_column(Float)
     base_stderr: Mapped[float | None] = mapped_column(Float)
     tuned_stderr: Mapped[float | None] = mapped_column(Float)
+    # Multiple-choice tasks (evaluation.baselines): the constant majority answer and a uniform
+    # guess on the same documents, and each model's macro-F1 and recall per target class.
+    majority: Mapped[float | None] = mapped_column(Float)
+    chance: Mapped[float | None] = mapped_column(Float)
+    base_macro_f1: Mapped[float | None] = mapped_column(Float)
+    tuned_macro_f1: Mapped[float | None] = mapped_column(Float)
+    base_recall: Mapped[dict | None] = mapped_column(JSON)
+    tuned_recall: Mapped[dict | None] = mapped_column(JSON)
     num_fewshot: Mapped[int] = mapped_column(Integer)
     samples: Mapped[int] = mapped_column(Integer)
     lm_eval_version: Mapped[str] = mapped_column(String(40))

@@ -55,7 +55,8 @@ class Admission:
             return str(exc)
         problems = trainability_problems(recipe, self.max_processes)
         if self.references is not None:
-            data = recipe.data.with_source(request.train_file, request.dataset)
+            data = recipe.data.with_source(request.train_file, request.dataset).with_eval(
+                request.eval_file, request.eval_split)
             problems += self.references.refusals(
                 request, recipe.model_copy(update={"data": data}), tenant)
         return "; ".join(problems) or None

@@ -127,6 +127,9 @@ class References:
         if ref.kind is Kind.model:
             return self._base_model(ref, offline=offline)
         if url_scheme(ref.value) is not None:
+            if ref.field == "data.eval_file":
+                raise FinalError("data.eval_file: must be a file in the tenant's data root "
+                                 "(evaluation rows are not fetched from URLs)")
             return self._url(ref, tenant, offline=offline)
         path = self._path(ref.field, ref.value, tenant, offline=offline)
         if ref.kind is Kind.data and not offline and (kind := _archive(ref.field, path)):
@@ -247,6 +250,8 @@ def named(request: FineTuneRequested, recipe: Recipe, replaced: bool) -> Iterato
         yield Reference("data.train_file", Kind.data, data.train_file)
     if inline and data.validation_file is not None:
         yield Reference("data.validation_file", Kind.data, data.validation_file)
+    if data.eval_file is not None and (inline or request.eval_file):
+        yield Reference("data.eval_file", Kind.data, data.eval_file)
     if data.train_file is None and data.dataset is not None and (inline or request.dataset):
         yield Reference("data.dataset", Kind.dataset, data.dataset)
     if inline:

@@ -25,6 +25,9 @@ def record_evaluation(session: Session, job: Job, recipe: Recipe, result: Evalua
         session.add(Score(
             job_id=job.id, task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
             base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
+            majority=s.majority, chance=s.chance, base_macro_f1=s.base_macro_f1,
+            tuned_macro_f1=s.tuned_macro_f1, base_recall=s.base_recall,
+            tuned_recall=s.tuned_recall,
             num_fewshot=m.num_fewshot, samples=m.samples,
             lm_eval_version=result.lm_eval_version,
             task_config_sha256=result.task_config_sha256.get(s.task, ""),

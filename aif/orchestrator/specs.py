@@ -40,8 +40,10 @@ def effective_recipe(request: FineTuneRequested, references: References, tenant:
         recipe = request.overrides.apply(recipe)
         recipe = with_extra_tasks(recipe, request.extra_eval_tasks)
         recipe = recipe.model_copy(update={"data": recipe.data.with_source(
-            uploaded or request.train_file, request.dataset)})
+            uploaded or request.train_file, request.dataset).with_eval(
+            request.eval_file, request.eval_split)})
         recipe = references.confine(request, recipe, tenant, uploaded is not None)
+        recipe = recipe.gated_on_own_eval()
         train_file = recipe.data.train_file
         if train_file is not None and url_scheme(train_file) is None and not Path(
                 train_file).is_file():

@@ -124,6 +124,8 @@ class Steps:
         recipe = recipe.model_copy(update={"data": localised(recipe.data, work)})  # URLs
         if report.pii is not None:  # training reads the redacted copies, if any
             recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
+        if report.held_out is not None:  # data.eval_split: training reads the rest only
+            recipe = report.held_out.applied_to(recipe)
         frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:

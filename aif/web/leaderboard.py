@@ -34,6 +34,12 @@ class LeaderboardRowPublic(BaseModel):
     base_stderr: float | None
     tuned_stderr: float | None
     samples: int
+    majority: float | None = None
+    chance: float | None = None
+    base_macro_f1: float | None = None
+    tuned_macro_f1: float | None = None
+    base_recall: dict[str, float] | None = None
+    tuned_recall: dict[str, float] | None = None
     gate_passed: bool | None
     gate_reason: str | None
     finished_at: datetime
@@ -77,7 +83,9 @@ def leaderboard_rows(session: Session, visible: ColumnElement[bool],
             job_id=job.id, tenant=job.tenant, public=job.public, recipe=job.recipe_name,
             base_model=_base_model(job), state=job.state, task=s.task, metric=s.metric,
             base=s.base, tuned=s.tuned, delta=s.tuned - s.base, base_stderr=s.base_stderr,
-            tuned_stderr=s.tuned_stderr, samples=s.samples, gate_passed=job.gate_passed,
+            tuned_stderr=s.tuned_stderr, samples=s.samples, majority=s.majority,
+            chance=s.chance, base_macro_f1=s.base_macro_f1, tuned_macro_f1=s.tuned_macro_f1,
+            base_recall=s.base_recall, tuned_recall=s.tuned_recall, gate_passed=job.gate_passed,
             gate_reason=job.gate_reason, finished_at=job.updated_at,
         )
         for job, s in session.execute(query).all()

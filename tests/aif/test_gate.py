@@ -49,16 +49,16 @@ def test_guard_allows_at_most_its_regression(recipe: Recipe, tuned_guard: float,
                      [_metric(0.9, 0.01), _metric(tuned_guard, 0.05, task=GUARD)])
     _, decision = decide(gated, result)
     assert decision.passed is passed
-    assert f"guard acc on {GUARD}: {tuned_guard:.3f} vs base 0.700" in decision.reason
+    assert f"The guard acc on {GUARD}: tuned {tuned_guard:.3f} vs base 0.700," in decision.reason
     if not passed:
-        assert decision.reason.endswith(f"failed: guard acc on {GUARD} regressed by 0.100")
+        assert decision.reason.endswith(f"Failed: guard acc on {GUARD} regressed by 0.100.")
 
 
 def test_guard_without_scores_fails(recipe: Recipe) -> None:
     gated = _recipe(recipe, guards=[GuardTask(task=GUARD)])
     _, decision = decide(gated, _result([_metric(0.4, 0.01)], [_metric(0.9, 0.01)]))
     assert not decision.passed
-    assert decision.reason.endswith(f"failed: guard acc on {GUARD} missing")
+    assert decision.reason.endswith(f"Failed: guard acc on {GUARD} missing.")
 
 
 def test_pass_states_the_numbers(recipe: Recipe) -> None:
@@ -70,8 +70,8 @@ def test_pass_states_the_numbers(recipe: Recipe) -> None:
 
     assert decision.passed
     assert decision.reason == (
-        "acc on grid_ticket_routing: 0.912 vs base 0.385 (+0.527); "
-        "needs >= +0.050 and > 2.0 x stderr 0.041"
+        "acc on grid_ticket_routing: tuned 0.912 vs base 0.385 (+0.527), "
+        "needs >= +0.050 and > 2.0 x stderr 0.041."
     )
     assert [(s.metric, s.base, s.tuned, s.base_stderr, s.tuned_stderr) for s in scores] == [
         ("acc", 0.385, 0.912, 0.03, 0.028),
@@ -84,14 +84,14 @@ def test_fail_by_min_gain(recipe: Recipe) -> None:
         _recipe(recipe, min_gain=0.1), _result([_metric(0.5, 0.0)], [_metric(0.55, 0.0)])
     )
     assert not decision.passed
-    assert decision.reason.endswith("failed: below min_gain")
+    assert decision.reason.endswith("Failed: below min_gain.")
 
 
 def test_fail_by_stderr(recipe: Recipe) -> None:
     _, decision = decide(_recipe(recipe), _result([_metric(0.5, 0.04)], [_metric(0.6, 0.04)]))
     assert not decision.passed
     assert "(+0.100)" in decision.reason
-    assert decision.reason.endswith("x stderr 0.057 - failed: within stderr")
+    assert decision.reason.endswith("x stderr 0.057. Failed: within stderr.")
 
 
 def test_missing_stderr_counts_as_zero(recipe: Recipe) -> None:
@@ -106,7 +106,7 @@ def test_no_gain_fails_both(recipe: Recipe) -> None:
         _result([_metric(0.5, 0.0)], [_metric(0.5, 0.0)]),
     )
     assert not decision.passed
-    assert decision.reason.endswith("failed: below min_gain, within stderr")
+    assert decision.reason.endswith("Failed: below min_gain, within stderr.")
 
 
 def test_stderr_factor_zero_leaves_the_decision_to_min_gain(recipe: Recipe) -> None:
@@ -114,7 +114,7 @@ def test_stderr_factor_zero_leaves_the_decision_to_min_gain(recipe: Recipe) -> N
     _, decision = decide(lenient, _result([_metric(0.5, 0.2)], [_metric(0.45, 0.2)]))
     assert decision.passed
     _, decision = decide(lenient, _result([_metric(0.5, 0.2)], [_metric(0.35, 0.2)]))
-    assert decision.reason.endswith("failed: below min_gain")
+    assert decision.reason.endswith("Failed: below min_gain.")
 
 
 @pytest.mark.parametrize(

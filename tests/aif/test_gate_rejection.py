@@ -33,7 +33,7 @@ def test_failed_gate_rejects_the_job_and_publishes_no_model(
     )
     job = run_to_the_end(settings, sessions, FineTuneRequested(recipe_inline=impossible))
     assert job.state == JobState.rejected
-    assert job.gate_passed is False and "failed: below min_gain" in job.gate_reason
+    assert job.gate_passed is False and "Failed: below min_gain" in job.gate_reason
     assert job.reason == job.gate_reason
     # The compute it was admitted with, and what its training measured (rows at random from
     # a part epoch: the estimate takes their mean length).

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.orchestrator.admission import Admission
+from aif.orchestrator.errors import FinalError
 from aif.orchestrator.intake import Outcome, accept
 from aif.orchestrator.references import References
 from aif.orchestrator.specs import effective_recipe
@@ -584,3 +585,28 @@ def test_hub_datasets_when_enabled_are_hub_ids_never_paths(
     request = FineTuneRequested(recipe="grid-ticket-routing", dataset=dataset)
     refusal = Admission(None, references).refusal(request, "acme")
     assert refusal == reason if reason is None else refusal.startswith(reason)
+
+
+@pytest.mark.parametrize("spelling", [
+    lambda site: str(site.outside), lambda site: "../../outside/secret.jsonl", _symlink,
+    lambda site: str(site.globex_upload), lambda site: "http://127.0.0.1/own.jsonl",
+])
+def test_an_eval_file_is_confined_like_a_train_file(
+    tmp_path: Path, site: Site, spelling: Callable[[Site], str]
+) -> None:
+    references = References.of(Settings(home=tmp_path))  # type: ignore[call-arg]
+    request = FineTuneRequested(recipe="grid-ticket-routing", eval_file=spelling(site))
+    with pytest.raises(FinalError, match=r"^data\.eval_file: ") as refused:
+        effective_recipe(request, references, "acme")
+    assert MARKER not in str(refused.value)
+
+
+def test_an_eval_file_in_the_root_gates_the_job(tmp_path: Path, site: Site) -> None:
+    references = References.of(Settings(home=tmp_path))  # type: ignore[call-arg]
+    own = _write(site.root / "own" / "eval.jsonl")
+    request = FineTuneRequested(recipe="grid-ticket-routing", eval_file="own/eval.jsonl")
+    assert Admission(None, references).refusal(request, "acme") is None
+    recipe = effective_recipe(request, references, "acme")
+    assert recipe.gate.task == "grid_ticket_routing_own"
+    assert recipe.eval.tasks[0].data_file == str(own.resolve())
+    assert "grid_ticket_routing" in [t.name for t in recipe.eval.tasks]  # still reported

@@ -33,6 +33,7 @@ from events.envelope import job_id_for
 from events.jobspec import (
     EVAL_COMMANDS,
     TRAINING_RESULT,
+    ClassStats,
     EvaluationResult,
     TaskMetric,
     TrainingResult,
@@ -52,10 +53,12 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
                request_id: str, *, recipe: str = "grid-ticket-routing",
                scores: dict[str, tuple[float, float]] | None = None, labels: dict[str, str]
                | None = None, public: bool = False, work_dir: Path | None = None,
-               losses: list[float] = LOSSES) -> str:
+               losses: list[float] = LOSSES,
+               classes: dict[str, tuple[ClassStats, ClassStats]] | None = None) -> str:
     """A job moved through every state as the worker does: progress events while training,
     then the evaluation recorded and gated by `record_evaluation`. `scores` is task ->
-    (base, tuned) of `acc`; tasks the recipe does not name are scored too."""
+    (base, tuned) of `acc`; tasks the recipe does not name are scored too; `classes` is
+    task -> (base, tuned) class figures, as the evaluation stage reports them."""
     frozen = load_recipe(recipe)
     scores = scores or {t.name: (0.3, 0.8) for t in frozen.eval.tasks}
     with sessions() as s:
@@ -73,11 +76,12 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
                 job_id=job.id, stage="training", step=step, total_steps=len(losses),
                 loss=loss, tokens_per_s=100.0 + step), job=job)
         transition(s, job, S.evaluating, settings.topics, "trained")
-        metric = lambda task, value: TaskMetric(  # noqa: E731
-            task=task, metric="acc", value=value, stderr=0.02, num_fewshot=0, samples=200)
+        metric = lambda task, value, run: TaskMetric(  # noqa: E731
+            task=task, metric="acc", value=value, stderr=0.02, num_fewshot=0, samples=200,
+            classes=(classes or {}).get(task, (None, None))[run])
         result = EvaluationResult(
-            base=[metric(t, b) for t, (b, _) in scores.items()],
-            tuned=[metric(t, u) for t, (_, u) in scores.items()],
+            base=[metric(t, b, 0) for t, (b, _) in scores.items()],
+            tuned=[metric(t, u, 1) for t, (_, u) in scores.items()],
             lm_eval_version="0.4.13", task_config_sha256={t: "ab" * 32 for t in scores},
             wall_s=1.0)
         decision = record_evaluation(s, job, frozen, result, settings.topics)
@@ -239,6 +243,31 @@ def test_filters_sort_search_and_pins(api: Api) -> None:
     assert [r["model"] for r in rows] == ["router-good", "router-weak", "smollm2-135m-instruct"]
     assert float(rows[0]["grid_ticket_routing:delta"]) == pytest.approx(0.6)
     assert client.get("/leaderboard.json?q=weak").json()["view"] == {"q": "weak"}
+
+
+def test_leaderboard_shows_macro_f1_majority_and_why_a_collapsed_model_failed(api: Api
+                                                                              ) -> None:
+    spread = lambda recall, predicted, f1: ClassStats(  # noqa: E731
+        documents=200, majority=0.6, majority_stderr=0.035, majority_class="neutral",
+        chance=1 / 3, macro_f1=f1, recall=recall, predicted=predicted)
+    base = spread({"bearish": 0.4, "bullish": 0.3, "neutral": 0.2},
+                  {"bearish": 80, "bullish": 70, "neutral": 50}, 0.25)
+    collapsed = spread({"bearish": 0.0, "bullish": 0.0, "neutral": 1.0}, {"neutral": 200}, 0.25)
+    job = seed_model(api.sessions, api.settings, "acme", "c1", recipe="market-news-sentiment",
+                     scores={"market_news_sentiment": (0.2, 0.6),
+                             "general_knowledge_guard": (0.6, 0.6)},
+                     classes={"market_news_sentiment": (base, collapsed)})
+    html = _browser(api, api.acme).get("/leaderboard").text
+    assert "F1 0.250 · majority 0.600" in html
+    assert "bearish 0.000, bullish 0.000, neutral 1.000" in html
+    assert "collapsed onto one class: it answers &#39;neutral&#39; for 100% of 200" in html
+    row = next(r for r in api.get(api.acme, "/v1/leaderboard").json()["data"]
+               if r["job_id"] == job and r["task"] == "market_news_sentiment")
+    assert (row["majority"], row["base_macro_f1"], row["tuned_macro_f1"]) == (0.6, 0.25, 0.25)
+    assert row["tuned_recall"] == collapsed.recall and row["base_recall"] == base.recall
+    assert row["gate_passed"] is False
+    assert row["gate_reason"].endswith(
+        "Failed: not above the majority class, collapsed onto 'neutral'.")
 
 
 def test_pins_come_from_the_stages_files_in_the_job_directory(api: Api, tmp_path: Path

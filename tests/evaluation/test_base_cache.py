@@ -71,8 +71,7 @@ def test_refresh_scores_again(make_spec: SpecFactory, fresh: list, tmp_path: Pat
 
 
 @pytest.mark.parametrize("change", [{"limit": 5}, {"num_fewshot": 1}, {"seed": 7},
-                                    {"batch_size": 3}, {"apply_chat_template": True},
-                                    {"log_samples": True}])
+                                    {"batch_size": 3}, {"apply_chat_template": True}])
 def test_a_changed_setting_misses(make_spec: SpecFactory, tmp_path: Path,
                                   change: dict) -> None:
     from evaluation.base_cache import settings_key

@@ -73,3 +73,34 @@ def test_several_adapters_reuse_the_cached_base_scores_unless_told_not_to(
     assert "from the cache" not in again.stdout
     three = json.loads((tmp_path / "three" / "evaluation_result.json").read_text())
     assert three["base"] == one["base"] and three["base_from_cache"] == []
+
+
+def test_own_evaluation_rows_become_the_gate_task(
+    tiny_model_dir: Path, random_adapter_dir: Path, tmp_path: Path,
+) -> None:
+    """A CSV in the training columns, scored with the recipe's template under `<task>_own`;
+    the recipe's own test set is still reported."""
+    rows = [json.loads(line) for line in
+            (RECIPE.parent / "data/test.jsonl").read_text().splitlines()[:6]]
+    own = tmp_path / "own.csv"
+    own.write_text("text,label\n" + "".join(f"\"{r['text']}\",{r['label']}\n" for r in rows))
+    out = tmp_path / "out"
+    done = _aif_eval(str(RECIPE), "--base", str(tiny_model_dir), "--adapter",
+                     str(random_adapter_dir), "--eval-file", str(own), "--limit", "8",
+                     "--output", str(out), home=tmp_path / "home")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "evaluation_result.json").read_text())
+    samples = {m["task"]: m["samples"] for m in result["tuned"]}
+    assert samples == {"grid_ticket_routing_own": 6, "grid_ticket_routing": 8,
+                       "general_knowledge_guard": 8}
+    own_acc = next(m for m in result["tuned"] if m["task"] == "grid_ticket_routing_own")
+    assert own_acc["classes"]["documents"] == 6
+    assert "gate: " in done.stdout and "acc on grid_ticket_routing_own:" in " ".join(
+        done.stdout.split())
+
+
+def test_a_missing_evaluation_file_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    done = _aif_eval(str(RECIPE), "--base", str(tiny_model_dir), "--eval-file",
+                     str(tmp_path / "nope.jsonl"), home=tmp_path)
+    assert done.returncode != 0
+    assert "data.eval_file: no" in " ".join(done.stdout.split())

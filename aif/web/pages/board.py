@@ -37,6 +37,9 @@ class Cell:
     delta: float | None = None
     verdict: str = ""  # clears | short | regressed | kept | gain | drop: the colour
     pins: dict[str, str] = field(default_factory=dict)
+    macro_f1: float | None = None  # multiple-choice tasks: this model's
+    majority: float | None = None  # ... and the constant majority answer's accuracy
+    recall: dict[str, float] | None = None
 
 
 @dataclass
@@ -164,12 +167,15 @@ def _cells(job: Job, recipe: Recipe | None, kind: str) -> dict[str, Cell]:
                 s.task_config_sha256 or "built-in", "few-shot": str(s.num_fewshot),
                 "documents": str(s.samples)}
         if kind == "base":
-            cells[task] = Cell(task, metric, s.base, s.base_stderr, pins=pins)
+            cells[task] = Cell(task, metric, s.base, s.base_stderr, pins=pins,
+                               macro_f1=s.base_macro_f1, majority=s.majority,
+                               recall=s.base_recall)
             continue
         score = MetricScore(task=s.task, metric=metric, base=s.base, tuned=s.tuned,
                             base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
         cells[task] = Cell(task, metric, s.tuned, s.tuned_stderr, s.base, score.delta,
-                           _verdict(recipe, score), pins)
+                           _verdict(recipe, score), pins, macro_f1=s.tuned_macro_f1,
+                           majority=s.majority, recall=s.tuned_recall)
     return cells
 
 
@@ -272,5 +278,7 @@ def export_records(board: Board, staff: bool) -> list[dict[str, object]]:
             record[f"{task}:score"] = cell.value if cell else None
             record[f"{task}:stderr"] = cell.stderr if cell else None
             record[f"{task}:delta"] = cell.delta if cell else None
+            record[f"{task}:macro_f1"] = cell.macro_f1 if cell else None
+            record[f"{task}:majority"] = cell.majority if cell else None
         records.append(record)
     return records

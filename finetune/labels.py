@@ -1,0 +1,92 @@
+"""Training rows checked against the gate task's answers, before any training.
+
+A multiple-choice task can only score a document whose target is one of its choices; a
+training row with a label the task does not know (a data set with more classes than the
+recipe) would train the model on an answer it can never be credited for, and a test document
+like it fails lm-eval outright (`ValueError: 'X' is not in list`). The check renders the
+task's own `doc_to_choice` and `doc_to_target` over each row, as lm-eval does, so it holds
+for whatever templates a recipe ships. `data.label_map` renames a data set's labels first.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from events.recipe import Recipe
+from events.tasks import task_config, yaml_task_name
+from finetune.rows import RowError
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+class TaskLabels:
+    """The gate task's choices and target for a row, as lm-eval would compute them."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.choice, self.target = config["doc_to_choice"], config["doc_to_target"]
+        template = self.target if isinstance(self.target, str) else ""
+        self.label_columns = sorted(meta.find_undeclared_variables(_ENV.parse(template)))
+
+    def check(self, row: dict[str, Any]) -> None:
+        """RowError naming the label and the choices unless the row's target is a choice."""
+        missing = [c for c in self.label_columns if c not in row]
+        if missing:  # worded as the templates word it
+            raise RowError(f"missing column {missing[0]!r}")
+        choices, target = _attempt(self.choices, row), _attempt(self._target, row)
+        if choices is not None and (
+            (isinstance(target, int) and 0 <= target < len(choices))
+            or (isinstance(target, str) and target in choices)
+        ):
+            return
+        labels = ", ".join(f"{c}={row[c]!r}" for c in self.label_columns if c in row)
+        known = f" ({', '.join(map(str, choices))})" if choices else ""
+        raise RowError(f"label {labels or repr(target)} is not one of the task's "
+                       f"choices{known}; map it with data.label_map or leave the row out")
+
+    def choices(self, row: dict[str, Any]) -> list[str]:
+        if isinstance(self.choice, list):
+            return [str(c) for c in self.choice]
+        if isinstance(self.choice, str) and self.choice in row:
+            return list(row[self.choice])
+        return list(ast.literal_eval(_ENV.from_string(self.choice).render(row)))
+
+    def _target(self, row: dict[str, Any]) -> int | str:
+        if isinstance(self.target, int):
+            return self.target
+        if self.target in row:
+            return row[self.target]
+        text = _ENV.from_string(self.target).render(row)
+        return int(text) if text.strip().isdigit() else text
+
+
+def _attempt(render: Callable[[dict[str, Any]], Any], row: dict[str, Any]) -> Any:
+    """The template's value for the row, or None where it fails on the row's values."""
+    try:
+        return render(row)
+    except (TemplateError, ValueError, SyntaxError, TypeError, IndexError, KeyError):
+        return None
+
+
+def task_labels(recipe: Recipe) -> TaskLabels | None:
+    """The check for the recipe's gate task if it is a multiple-choice task of its own."""
+    task = next(t for t in recipe.eval.tasks if t.name == recipe.gate.task)
+    if task.yaml is None:
+        return None
+    config = task_config(Path(task.yaml), yaml_task_name(task))
+    if config.get("output_type") != "multiple_choice" or "doc_to_choice" not in config:
+        return None
+    return TaskLabels(config)
+
+
+def mapped(row: dict[str, Any], label_map: dict[str, dict[str, str | int]]) -> dict[str, Any]:
+    """The row with each mapped column's value renamed (values compared as text)."""
+    if not label_map:
+        return row
+    return {column: label_map[column].get(str(value), value) if column in label_map else value
+            for column, value in row.items()}
