@@ -57,7 +57,7 @@ def task_key(spec: EvaluationSpec, tasks: MaterialisedTasks, name: str,
     task = next(t for t in spec.recipe.eval.tasks if t.name == name)
     if task.yaml is None:  # lm-eval's own task: its version pins it
         return {"task": name, "builtin": True}
-    files = local_data_files(Path(task.yaml), name)
+    files = local_data_files(Path(task.yaml), name, task.data_file)
     return {"task": name, "yaml_sha256": tasks.sha256[name],
             "data_sha256": sorted(remembered_sha256(f, memo_dir) for f in files)}
 

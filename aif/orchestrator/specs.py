@@ -96,9 +96,10 @@ SHIPPED_TASKS = RECIPES_DIR.resolve()
 def base_score_cache(settings: Settings, tenant: str | None, recipe: Recipe,
                      refresh: bool = False) -> BaseScoreCache:
     """Where the base model's scores are kept: shipped and built-in tasks in the shared
-    folder, every other task in `tenant`'s own (not cached without a tenant)."""
-    shared = [t.name for t in recipe.eval.tasks
-              if t.yaml is None or Path(t.yaml).resolve().is_relative_to(SHIPPED_TASKS)]
+    folder, every other task in `tenant`'s own (not cached without a tenant). A shipped
+    template over the tenant's own rows (`data_file`) is the tenant's task."""
+    shared = [t.name for t in recipe.eval.tasks if t.data_file is None and (
+        t.yaml is None or Path(t.yaml).resolve().is_relative_to(SHIPPED_TASKS))]
     own = None if tenant is None else storage.base_scores(settings.base_scores_dir, tenant)
     return BaseScoreCache(shared_dir=str(storage.base_scores(settings.base_scores_dir, None)),
                           tenant_dir=None if own is None else str(own), shared_tasks=shared,
