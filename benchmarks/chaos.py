@@ -211,6 +211,7 @@ class Chaos:
                 "checkpoint_steps": CHECKPOINT_STEPS}),
             "eval": recipe.eval.model_copy(update={"limit": 20}),
             "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+                                                   "majority_margin": -1.0, "max_class_share": 1.0,
                                                    "guards": []}),
         })
 

@@ -15,6 +15,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from events.messages import AdapterShape
 from events.recipe import Recipe
 
 PREFLIGHT_SPEC = "preflight_spec.json"
@@ -256,14 +257,7 @@ class ServingCheckSpec(_Frozen):
 
 
 class ServingCheckResult(_Frozen):
-    peft_type: str
-    r: int
-    lora_alpha: float
-    target_modules: list[str]
-    use_dora: bool
-    modules_to_save: list[str]
-    dtype: str
-    min_max_lora_rank: int
+    adapter: AdapterShape
     base_revision: str = Field(description="sha256 over the base model's files' digests.")
     tokenizer_sha256: str
     rescored: float = Field(description="The primary task's metric on the sample, plain peft.")

@@ -32,6 +32,7 @@ from events.jobspec import (
     ServingLimits,
     record_failure,
 )
+from events.messages import AdapterShape
 
 EXIT_REFUSED = 2
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -136,12 +137,13 @@ def main(spec_path: Path) -> int:
                       f"{rescored:.4f} on {spec.sample_docs} documents, the evaluation stored "
                       f"{spec.stored_score:.4f}")
     ServingCheckResult(
-        peft_type=config["peft_type"], r=config["r"], lora_alpha=config["lora_alpha"],
-        target_modules=_targets(config), use_dora=bool(config.get("use_dora")),
-        modules_to_save=sorted(config.get("modules_to_save") or []),
-        dtype=str(getattr(base.config, "torch_dtype", "float32") or "float32").removeprefix(
-            "torch."),
-        min_max_lora_rank=min_max_lora_rank(config["r"]),
+        adapter=AdapterShape(
+            peft_type=config["peft_type"], r=config["r"], lora_alpha=config["lora_alpha"],
+            target_modules=_targets(config), use_dora=bool(config.get("use_dora")),
+            modules_to_save=sorted(config.get("modules_to_save") or []),
+            dtype=str(getattr(base.config, "torch_dtype", "float32") or "float32"
+                      ).removeprefix("torch."),
+            min_max_lora_rank=min_max_lora_rank(config["r"])),
         base_revision=tree_sha256(base_dir), tokenizer_sha256=tree_sha256(base_dir,
                                                                            TOKENIZER_FILES),
         rescored=rescored, sample_docs=spec.sample_docs,

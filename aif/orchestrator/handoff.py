@@ -23,7 +23,6 @@ from events.ai_act import AI_ACT_PACK
 from events.checksums import MANIFEST
 from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
 from events.messages import (
-    AdapterShape,
     GateDecision,
     MetricScore,
     ModelIntent,
@@ -88,10 +87,7 @@ def register(session: Session, settings: Settings, job: Job, recipe: Recipe,
     name = registry.model_name(job)
     base = ServedBase(id=settings.served_base_models.get(recipe.model.base, recipe.model.base),
                       revision=check.base_revision, tokenizer_sha256=check.tokenizer_sha256)
-    shape = AdapterShape(peft_type=check.peft_type, r=check.r, lora_alpha=check.lora_alpha,
-                         target_modules=check.target_modules, use_dora=check.use_dora,
-                         modules_to_save=check.modules_to_save, dtype=check.dtype,
-                         min_max_lora_rank=check.min_max_lora_rank)
+    shape = check.adapter
     row = RegisteredModel(
         tenant=job.tenant, name=name, version=version,
         served_name=registry.served_name(name, version), job_id=job.id,

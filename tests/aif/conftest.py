@@ -71,6 +71,7 @@ def tiny_request(tiny_model_dir: Path, data_root: Path,
                                                  "logging_steps": 1}),
         "eval": recipe.eval.model_copy(update={"limit": 20}),
         "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+                                               "majority_margin": -1.0, "max_class_share": 1.0,
                                                "guards": []}),
     })
     return FineTuneRequested(recipe_inline=recipe)

@@ -73,7 +73,8 @@ def test_a_passing_model_is_checked_published_registered_and_retired(
 
     # The check ran as its own stage and recorded what a server needs to know.
     check = ServingCheckResult.read(Path(job.work_dir or "") / SERVING_CHECK_RESULT)
-    assert (check.r, check.min_max_lora_rank, check.modules_to_save) == (16, 16, [])
+    assert (check.adapter.r, check.adapter.min_max_lora_rank,
+            check.adapter.modules_to_save) == (16, 16, [])
     assert check.sample_docs == 20 and len(check.base_revision) == 64
 
     (v1,) = _events(sessions, job.id, ModelReady)  # v1 readers keep working

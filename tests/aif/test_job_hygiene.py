@@ -64,6 +64,7 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
                                                  "checkpoint_steps": 2}),
         "eval": copied.eval.model_copy(update={"limit": 10}),
         "gate": copied.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+                                               "majority_margin": -1.0, "max_class_share": 1.0,
                                                "guards": []}),
     })
     db_url = f"sqlite:///{tmp / 'aif.db'}"
