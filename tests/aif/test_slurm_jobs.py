@@ -28,9 +28,9 @@ def test_job_trains_and_evaluates_as_slurm_jobs(
     )
     job = run_to_the_end(settings, sessions, tiny_request)
     assert job.state == JobState.succeeded, job.reason
-    assert job.run_ref["launcher"] == "slurm" and job.run_ref["module"] == "evaluation.run"
+    assert job.run_ref["launcher"] == "slurm" and job.run_ref["module"] == "serving.check"
     work = Path(job.work_dir)
-    for stage in ("training", "evaluation"):
+    for stage in ("preflight", "training", "evaluation", "serving_check"):
         script = (work / f"{stage}.sbatch").read_text()
         assert "srun --kill-on-bad-exit=1" in script
         assert (work / f"{stage}.exit").read_text().strip() == "0"
