@@ -73,6 +73,9 @@ def test_the_orchestrator_serves_metrics_with_the_consumer_lag(
         home=tmp_path, database_url=db_url, kafka=KafkaConfig(bootstrap_servers=broker),
         topic_prefix=topics.prefix, embedded_broker=False, metrics_port=port,
         max_poll_interval_ms=3000, session_timeout_ms=3000,
+        # a group of its own: the service stops while its consumer may still be joining,
+        # and the embedded broker then holds the shared group's next join for minutes
+        consumer_group=f"{topics.prefix}-orchestrator",
     )
     with Service(settings, web=False):
         answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
