@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         10.0, ge=0.0, description="Wait before the 2nd try of a step; doubled for each next."
     )
     retry_backoff_max_s: float = Field(600.0, ge=0.0, description="Longest wait between tries.")
+    eval_batch_max: int = Field(
+        4, ge=1, le=64, description="Jobs evaluated in one evaluation run (one base-model load, "
+        "adapters switched): a job starting its evaluation takes along other jobs of the same "
+        "tenant waiting in `evaluating` with the same base model, eval settings and base-score "
+        "cache, up to this many in all; 1 evaluates each job alone.",
+    )
     preflight_timeout_s: float = Field(
         1800.0, gt=0.0, description="A pre-flight stage running longer is stopped; job rejected."
     )

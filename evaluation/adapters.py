@@ -5,6 +5,9 @@ with N adapters of the same base it is paid once: the adapters are loaded side b
 with peft's multi-adapter API and switched with `set_adapter`. The model lm-eval scores is
 the same PeftModel over the same weights, dtype and tokenizer as `model_args(..., peft=...)`
 builds, so each adapter's scores equal a separate run's (tests/evaluation/test_multi_adapter.py).
+With one output folder per adapter (the orchestrator's batches of jobs), each adapter's files
+are named as a one-adapter run names them, and an adapter that fails its probe is reported
+in place of its scores, so the other adapters' jobs are not failed with it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.runner import device, keep_results, probe_adapter, score
+from evaluation.runner import AdapterNotAppliedError, device, keep_results, probe_adapter, score
 from evaluation.tasks import MaterialisedTasks
 from events.jobspec import EvaluationSpec, TaskMetric
 
@@ -23,10 +26,11 @@ def result_name(index: int) -> str:
     return "tuned" if index == 0 else f"tuned-{index + 1}"
 
 
-def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str],
-                      tasks: MaterialisedTasks) -> list[list[TaskMetric]]:
+def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str], tasks: MaterialisedTasks
+                      ) -> list[list[TaskMetric] | AdapterNotAppliedError]:
     """Each adapter's metrics, in order; each probed before it is scored. Empty lists on
-    non-main ranks."""
+    non-main ranks. A failed probe raises, unless the spec keeps each adapter's output apart:
+    then that adapter's place holds the error."""
     from lm_eval.models.huggingface import HFLM
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -42,12 +46,20 @@ def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str],
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
     model = HFLM(pretrained=tuned, tokenizer=spec.base_model_dir,
                  batch_size=spec.recipe.eval.batch_size)
-    scored = []
+    apart = spec.output_dirs()
+    scored: list[list[TaskMetric] | AdapterNotAppliedError] = []
     for index, (name, adapter_dir) in enumerate(zip(names, adapter_dirs, strict=True)):
         tuned.set_adapter(name)
-        probe_adapter(tuned, tokenizer, adapter_dir, spec.base_model_dir)
+        try:
+            probe_adapter(tuned, tokenizer, adapter_dir, spec.base_model_dir)
+        except AdapterNotAppliedError as exc:
+            if not apart:
+                raise
+            scored.append(exc)
+            continue
         raw = score(spec, model, tasks)
+        folder, kept_as = ((apart[index], "tuned") if apart else
+                           (Path(spec.output_dir), result_name(index)))
         scored.append([] if raw is None else
-                      keep_results(Path(spec.output_dir), result_name(index), raw,
-                                   spec.recipe.eval.log_samples))
+                      keep_results(folder, kept_as, raw, spec.recipe.eval.log_samples))
     return scored

@@ -11,6 +11,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,12 +22,15 @@ from evaluation.runner import AdapterNotAppliedError, cli_command, evaluate_mode
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
     EVAL_COMMANDS,
+    EVALUATION_FAILURE,
     EVALUATION_RESULT,
     PROGRESS_LOG,
     EvaluationResult,
     EvaluationSpec,
     FailureKind,
     ProgressLine,
+    StageFailure,
+    TaskMetric,
     record_failure,
 )
 from events.tasks import TaskConfigError
@@ -34,10 +38,16 @@ from events.tasks import TaskConfigError
 
 def run(spec: EvaluationSpec) -> EvaluationResult | None:
     """Score base then tuned (each adapter); return None on non-main ranks, which write
-    nothing."""
+    nothing. With one folder per adapter (`more_output_dirs`) each folder gets what a
+    one-adapter run of its adapter writes (see `_keep_apart`); an adapter that failed its
+    probe has empty metrics in the returned result."""
     started = time.monotonic()
     output_dir = Path(spec.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    apart = spec.output_dirs()
+    for folder in apart or [output_dir]:  # what an earlier run found is not this run's
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / EVALUATION_FAILURE).unlink(missing_ok=True)
     is_main = int(os.environ.get("RANK", "0")) == 0
     tasks = materialise_tasks(spec.recipe.eval, output_dir)
     adapters = [] if spec.adapter_dir is None else [spec.adapter_dir, *spec.more_adapter_dirs]
@@ -46,23 +56,26 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
     def progress(step: int) -> None:
         if is_main:
             line = ProgressLine(stage="evaluation", step=step, total_steps=total)
-            with (output_dir / PROGRESS_LOG).open("a") as log:
-                log.write(line.model_dump_json() + "\n")
+            for folder in apart or [output_dir]:  # each job follows its own file
+                with (folder / PROGRESS_LOG).open("a") as log:
+                    log.write(line.model_dump_json() + "\n")
 
     if spec.base_cache is not None:
         base, cached = evaluate_base(spec, spec.base_cache, tasks)
     else:
         (base, _), cached = evaluate_model(spec, None, tasks), []
     progress(1)
+    scored: list[list[TaskMetric] | AdapterNotAppliedError]
     if len(adapters) > 1:  # one base load for all of them
-        tuned = evaluate_adapters(spec, adapters, tasks)
+        scored = evaluate_adapters(spec, adapters, tasks)
         progress(total)
     else:
-        tuned = [evaluate_model(spec, a, tasks)[0] for a in adapters]
+        scored = [evaluate_model(spec, a, tasks)[0] for a in adapters]
         if adapters:
             progress(total)
     if not is_main:
         return None
+    tuned = [[] if isinstance(s, AdapterNotAppliedError) else s for s in scored]
     result = EvaluationResult(
         base=base,
         tuned=tuned[0] if tuned else [],
@@ -72,6 +85,9 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
         wall_s=time.monotonic() - started,
         base_from_cache=cached,
     )
+    if apart:
+        _keep_apart(spec, result, scored, adapters)
+        return result
     result.write(output_dir / EVALUATION_RESULT)
     # The pages show how to rerun each score by hand; only this stage may import lm-eval's
     # side of things, so it writes the command lines down.
@@ -79,6 +95,28 @@ def run(spec: EvaluationSpec) -> EvaluationResult | None:
         result_name(i): cli_command(spec, a, output_dir) for i, a in enumerate(adapters)}
     (output_dir / EVAL_COMMANDS).write_text(json.dumps(commands, indent=2))
     return result
+
+
+def _keep_apart(spec: EvaluationSpec, result: EvaluationResult,
+                scored: list[list[TaskMetric] | AdapterNotAppliedError],
+                adapters: list[str]) -> None:
+    """Give each adapter's folder its own result (the shared base, its own tuned scores),
+    the base's files, its task YAMLs and commands, or EVALUATION_FAILURE naming why not."""
+    base_dir = Path(spec.output_dir)
+    for folder, adapter, outcome in zip(spec.output_dirs(), adapters, scored, strict=True):
+        if isinstance(outcome, AdapterNotAppliedError):
+            StageFailure(kind=FailureKind.final, reason=f"evaluation failed: "
+                         f"{type(outcome).__name__}: {outcome}").write(folder / EVALUATION_FAILURE)
+            continue
+        if folder != base_dir:  # its task YAMLs are written by `cli_command`
+            for name in ("lm_eval_base.json", "samples_base.jsonl"):
+                if (base_dir / name).is_file():
+                    shutil.copyfile(base_dir / name, folder / name)
+        result.model_copy(update={"tuned": outcome, "more_tuned": []}).write(
+            folder / EVALUATION_RESULT)
+        commands = {"base": cli_command(spec, None, folder),
+                    "tuned": cli_command(spec, adapter, folder)}
+        (folder / EVAL_COMMANDS).write_text(json.dumps(commands, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.messages import AdapterShape
 from events.recipe import Recipe
@@ -25,6 +25,8 @@ EVALUATION_SPEC = "evaluation_spec.json"
 EVALUATION_RESULT = "evaluation_result.json"
 EVAL_COMMANDS = "lm_eval_commands.json"
 """Beside the result: model (base, tuned) -> the equivalent `lm_eval` command line."""
+EVALUATION_FAILURE = "evaluation_failure.json"
+"""In one adapter's own output folder (`more_output_dirs`): why that adapter was not scored."""
 PROGRESS_LOG = "progress.jsonl"
 SERVING_CHECK_SPEC = "serving_check_spec.json"
 SERVING_CHECK_RESULT = "serving_check_result.json"
@@ -66,8 +68,12 @@ class StageFailure(_Frozen):
 
     @classmethod
     def find(cls, spec_path: Path) -> StageFailure | None:
+        return cls.find_at(cls.path_for(spec_path))
+
+    @classmethod
+    def find_at(cls, path: Path) -> StageFailure | None:
         try:
-            return cls.read(cls.path_for(spec_path))
+            return cls.read(path)
         except (FileNotFoundError, ValueError):
             return None
 
@@ -162,6 +168,22 @@ class EvaluationSpec(_Frozen):
     more_adapter_dirs: list[str] = Field(
         default_factory=list, description="Further adapters of the same base, scored after "
         "`adapter_dir` with one base load.")
+    more_output_dirs: list[str] = Field(
+        default_factory=list, description="One folder per `more_adapter_dirs` entry (or none): "
+        "each adapter's files and result go to its own folder, as if it had been evaluated "
+        "alone, and an adapter that fails its probe fails alone (EVALUATION_FAILURE).")
+
+    @model_validator(mode="after")
+    def _one_folder_per_adapter(self) -> Self:
+        if self.more_output_dirs and len(self.more_output_dirs) != len(self.more_adapter_dirs):
+            raise ValueError("more_output_dirs: one folder per entry of more_adapter_dirs")
+        return self
+
+    def output_dirs(self) -> list[Path]:
+        """Each adapter's own folder when they are kept apart, else none."""
+        if not self.more_output_dirs:
+            return []
+        return [Path(self.output_dir), *map(Path, self.more_output_dirs)]
 
 
 class ClassStats(_Frozen):

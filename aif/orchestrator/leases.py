@@ -8,6 +8,7 @@ up the jobs behind it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -50,6 +51,37 @@ class Leases:
                 if taken.rowcount == 1:
                     return job_id
         return None
+
+    def claim_companions(self, leader: Job, fits: Callable[[Job], bool], most: int) -> list[str]:
+        """Take up to `most` other claimable jobs of the leader's tenant in `evaluating` that
+        `fits` accepts, oldest first, with the compare-and-set of `claim`. `fits` is asked
+        again once a job is taken (it may have moved meanwhile); one it refuses is let go."""
+        taken: list[str] = []
+        with self.sessions() as session:
+            now = utcnow()
+            candidates = session.scalars(
+                select(Job).where(_claimable(now), Job.tenant == leader.tenant,
+                                  Job.state == JobState.evaluating.value, Job.id != leader.id)
+                .order_by(Job.created_at).limit(max(most, 0) * 4)
+            ).all()
+            for job in [j for j in candidates if fits(j)]:
+                if len(taken) >= most:
+                    break
+                won = session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.tenant == leader.tenant,
+                           Job.state == JobState.evaluating.value, _claimable(now))
+                    .values(lease_owner=self.owner,
+                            lease_expires_at=now + timedelta(seconds=self.lease_s))
+                )
+                session.commit()
+                if won.rowcount != 1:
+                    continue
+                if fits(session.get_one(Job, job.id, populate_existing=True)):
+                    taken.append(job.id)
+                else:
+                    self.release(job.id)
+        return taken
 
     def heartbeat(self, job_id: str, expected: JobState) -> None:
         with self.sessions() as session:

@@ -6,6 +6,10 @@ lines are relayed as `job.progress` events through the outbox, with the relayed 
 stored on the job, so a re-adopted job neither re-sends nor loses a progress event. How a
 run ended decides the error class: the stage's own StageFailure when it wrote one, else its
 exit code.
+
+A run may serve several jobs (an evaluation of several adapters, see `batches`): the
+companions' leases are renewed and their own progress files relayed as well; a companion
+cancelled meanwhile drops out and the run goes on for the others.
 """
 
 from __future__ import annotations
@@ -56,12 +60,16 @@ class StageRunner:
         self.stopping = stopping
 
     def run(self, job: Job, expected: JobState, command: StageCommand, log_path: Path,
-            progress: Path, time_limit_s: float | None = None) -> None:
+            progress: Path, time_limit_s: float | None = None,
+            companions: dict[str, Path] | None = None) -> None:
         """Attach to the run a previous worker started, or start it; return once it succeeded.
 
         A job re-adopted after its orchestrator was killed thus never runs a stage twice: the
         first run is still going (or finished and left its exit code) and is watched instead.
+        `companions` (job id -> its progress file) are the other jobs a started run serves;
+        those that dropped out (cancelled, lease taken) are removed from it.
         """
+        companions = {} if companions is None else companions
         run: RunHandle | None = None
         ref = job.run_ref
         if ref and ref.get("module") == command.module:
@@ -74,33 +82,49 @@ class StageRunner:
             run = self.launcher.start(command, log_path)
             ref = {**run.ref, "started_at": time.time()}
             try:
-                self._record_run(job.id, ref)
+                self._record_run(job.id, ref, companions)
             except LeaseLost:  # cancelled or erased meanwhile: leave no stage running
                 stop(run)
                 raise
         assert ref is not None
         started_at = float(ref.get("started_at", time.time()))
-        code = self._watch(job, expected, run, progress, started_at, time_limit_s, command)
+        code = self._watch(job, expected, run, progress, started_at, time_limit_s, command,
+                           companions)
         if code != 0:
             raise _classify(command, code, log_path)
 
-    def _record_run(self, job_id: str, ref: dict) -> None:
+    def _record_run(self, job_id: str, ref: dict, companions: dict[str, Path]) -> None:
         with self.sessions() as session:
-            self.leases.owned(session, job_id).run_ref = ref
+            self.leases.owned(session, job_id).run_ref = (
+                {**ref, "companions": sorted(companions)} if companions else ref)
             session.commit()
+        for companion in list(companions):
+            try:
+                with self.sessions() as session:
+                    self.leases.owned(session, companion).run_ref = {**ref, "leader": job_id}
+                    session.commit()
+            except LeaseLost:
+                self._drop(companions, companion)
 
     def _watch(self, job: Job, expected: JobState, run: RunHandle, progress: Path,
-               started_at: float, time_limit_s: float | None, command: StageCommand) -> int:
-        """Wait for the run, relaying progress lines and renewing the lease."""
+               started_at: float, time_limit_s: float | None, command: StageCommand,
+               companions: dict[str, Path]) -> int:
+        """Wait for the run, relaying progress lines and renewing the leases."""
         last_beat = 0.0
         while (code := run.poll()) is None:
             self.relay_progress(job.id, progress)
+            self._relay_companions(companions)
             if time.monotonic() - last_beat > self.settings.lease_s / 4:
                 try:
                     self.leases.heartbeat(job.id, expected)
                 except LeaseLost:
                     stop(run)  # cancelled: the job's scratch is removed once the stage is gone
                     raise
+                for companion in list(companions):
+                    try:
+                        self.leases.heartbeat(companion, expected)
+                    except LeaseLost:
+                        self._drop(companions, companion)
                 last_beat = time.monotonic()
             if time_limit_s is not None and time.time() - started_at > time_limit_s:
                 run.terminate()
@@ -110,7 +134,21 @@ class StageRunner:
                 run.terminate()
                 raise LeaseLost(f"worker stopping; job {job.id} will be re-adopted")
         self.relay_progress(job.id, progress)
+        self._relay_companions(companions)
         return code
+
+    def _relay_companions(self, companions: dict[str, Path]) -> None:
+        for companion, progress in list(companions.items()):
+            try:
+                self.relay_progress(companion, progress)
+            except LeaseLost:
+                self._drop(companions, companion)
+
+    @staticmethod
+    def _drop(companions: dict[str, Path], job_id: str) -> None:
+        """A companion cancelled or taken over: the run goes on for the others."""
+        del companions[job_id]
+        log.info("job %s left its shared run (cancelled or taken over)", job_id)
 
     def relay_progress(self, job_id: str, progress: Path) -> None:
         """Turn the complete new lines of a progress file into outbox events, in the same

@@ -15,6 +15,7 @@ records what the step learnt.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,19 +26,21 @@ from aif import audit, quotas, registry
 from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job
 from aif.launchers import StageCommand
-from aif.orchestrator import handoff, specs
+from aif.orchestrator import batches, handoff, specs
 from aif.orchestrator.ai_act_pack import write_pack
-from aif.orchestrator.errors import FinalError, StageRunFailed
+from aif.orchestrator.errors import FinalError, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
+from aif.orchestrator.outcomes import Outcomes, advance, final_state
 from aif.orchestrator.references import References
 from aif.orchestrator.scores import record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
-from aif.orchestrator.states import enqueue_event, transition
+from aif.orchestrator.states import enqueue_event
 from aif.orchestrator.throughput import measure, throughput
 from aif.settings import Settings
 from aif.storage import jobs_root, private_dirs
 from events.failpoints import failpoint
 from events.jobspec import (
+    EVALUATION_FAILURE,
     EVALUATION_RESULT,
     EVALUATION_SPEC,
     PREFLIGHT_SPEC,
@@ -47,7 +50,9 @@ from events.jobspec import (
     TRAINING_RESULT,
     TRAINING_SPEC,
     EvaluationResult,
+    EvaluationSpec,
     ServingCheckResult,
+    StageFailure,
     TrainingResult,
 )
 from events.messages import FineTuneRequested, MetricScore
@@ -55,22 +60,17 @@ from events.preflight_report import PREFLIGHT, PreflightReport
 from events.recipe import Recipe
 from events.remote_data import localised
 from events.states import JobState
-from events.topics import Topics
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
 
 
-def advance(session: Session, job: Job, to: JobState, topics: Topics, reason: str = "") -> None:
-    """Move the job on; a new state starts with a fresh count of attempts."""
-    job.attempts, job.next_attempt_at = 0, None
-    transition(session, job, to, topics, reason)
-
-
 class Steps:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], leases: Leases,
-                 runner: StageRunner) -> None:
-        self.settings, self.sessions, self.leases, self.runner = (
-            settings, sessions, leases, runner)
+                 runner: StageRunner, outcomes: Outcomes) -> None:
+        self.settings, self.sessions, self.leases, self.runner, self.outcomes = (
+            settings, sessions, leases, runner, outcomes)
         self.topics = settings.topics
         self.references = References.of(settings)
 
@@ -170,21 +170,99 @@ class Steps:
                    measured=measured.model_dump(mode="json"))
 
     def evaluate(self, job: Job) -> None:
-        recipe = Recipe.model_validate(job.recipe)
+        """Score base and tuned model, record the scores and gate; jobs waiting to be
+        evaluated with the same base and settings are scored in the same run (`batches`)."""
         work = self.work_dir(job)
-        trained = _read(TrainingResult, work / TRAINING_RESULT)
-        spec_path = work / EVALUATION_SPEC
-        out = work / "evaluation"
-        out.mkdir(exist_ok=True)
-        specs.evaluation_spec(job, recipe, trained, out, self.settings).write(spec_path)
-        self.runner.run(job, JobState.evaluating,
-                        StageCommand("evaluation.run", spec_path, recipe.eval.num_processes,
-                                     distributed=recipe.eval.num_processes > 1),
-                        work / "evaluation.log", out / PROGRESS_LOG)
-        result = _read(EvaluationResult, out / EVALUATION_RESULT)
+        try:
+            lead = batches.member(job, work)
+        except (OSError, ValueError) as exc:
+            raise StageRunFailed(f"{TRAINING_RESULT} unreadable: {type(exc).__name__}") from exc
+        lead.out.mkdir(exist_ok=True)
+        spec = specs.evaluation_spec(job, lead.recipe, lead.trained, lead.out, self.settings)
+        spec.write(work / EVALUATION_SPEC)  # its evaluation alone, also when it leads a batch
+        companions = batches.gather(self.settings, self.leases, job, lead)
+        if companions:
+            self._evaluate_together(job, lead, spec, companions)
+            return
+        self.runner.run(job, JobState.evaluating, _evaluation(lead, work / EVALUATION_SPEC),
+                        work / "evaluation.log", lead.out / PROGRESS_LOG)
+        self._record_evaluation(lead)
+
+    def _evaluate_together(self, job: Job, lead: batches.Member, spec: EvaluationSpec,
+                           companions: list[batches.Member]) -> None:
+        """One run for the leader and its companions. Each companion is settled on its own:
+        its result recorded, or the run's failure applied to it as to the leader; if the
+        leader is cancelled (or its worker stops) the run is stopped and the companions are
+        let go with no run, to be evaluated again."""
+        shared = spec.model_copy(update={
+            "more_adapter_dirs": [c.trained.adapter_dir for c in companions],
+            "more_output_dirs": [str(c.out) for c in companions]})
+        for c in companions:
+            c.out.mkdir(mode=0o700, exist_ok=True)
+        spec_path = lead.work / batches.EVALUATION_BATCH_SPEC
+        EvaluationSpec.model_validate(shared.model_dump()).write(spec_path)
+        log.info("evaluating %d jobs with one base load: %s", 1 + len(companions),
+                 ", ".join([job.id, *(c.job_id for c in companions)]))
+        live = {c.job_id: c.out / PROGRESS_LOG for c in companions}
+        by_id = {c.job_id: c for c in companions}
+        try:
+            self.runner.run(job, JobState.evaluating, _evaluation(lead, spec_path),
+                            lead.work / "evaluation.log", lead.out / PROGRESS_LOG,
+                            companions=live)
+        except LeaseLost:
+            self._let_go(list(by_id), again=True)
+            raise
+        except Exception as exc:
+            for job_id in live:
+                self._settle(job_id, exc)
+            self._let_go(list(by_id))
+            raise
+        for job_id in live:
+            self._settle(job_id, None, by_id[job_id])
+        self._let_go(list(by_id))
+        self._record_evaluation(lead)
+
+    def _settle(self, job_id: str, failure: Exception | None,
+                member: batches.Member | None = None) -> None:
+        """A companion's outcome, as the worker would settle it if it drove the job."""
+        try:
+            try:
+                if failure is not None:
+                    raise failure
+                assert member is not None
+                self._record_evaluation(member)
+            except FinalError as exc:
+                self.outcomes.end(job_id, final_state(JobState.evaluating), str(exc))
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                self.outcomes.retry_later(job_id, JobState.evaluating, exc)
+        except LeaseLost:
+            log.info("job %s left its shared run before its outcome was recorded", job_id)
+
+    def _let_go(self, job_ids: list[str], again: bool = False) -> None:
+        """Release the companions still ours (`again`: with no run, so that the next worker
+        starts one); an ended one's scratch is removed first, as the worker does."""
+        for job_id in job_ids:
+            with self.sessions() as session:
+                row = session.get_one(Job, job_id, with_for_update=True)
+                if row.lease_owner != self.leases.owner:
+                    continue
+                if again and not JobState(row.state).terminal:
+                    row.run_ref = None
+                session.commit()
+            self.outcomes.remove_scratch(job_id)
+            self.leases.release(job_id)
+
+    def _record_evaluation(self, member: batches.Member) -> None:
+        """Record the job's own result (or its own adapter's failure) and gate it."""
+        failure = StageFailure.find_at(member.out / EVALUATION_FAILURE)
+        if failure is not None:
+            raise FinalError(failure.reason)
+        result = _read(EvaluationResult, member.out / EVALUATION_RESULT)
         with self.sessions() as session:
-            row = self.leases.owned(session, job.id)
-            decision = record_evaluation(session, row, recipe, result, self.topics)
+            row = self.leases.owned(session, member.job_id)
+            decision = record_evaluation(session, row, member.recipe, result, self.topics)
             to = JobState.handing_off if decision.passed else JobState.rejected
             advance(session, row, to, self.topics, decision.reason)
             session.commit()
@@ -244,6 +322,12 @@ class Steps:
             advance(session, row, JobState.succeeded, self.topics,
                     f"model handed off as {model.name}:{version}")
             session.commit()
+
+
+def _evaluation(lead: batches.Member, spec_path: Path) -> StageCommand:
+    processes = lead.recipe.eval.num_processes
+    return StageCommand(batches.EVALUATION_MODULE, spec_path, processes,
+                        distributed=processes > 1)
 
 
 def _read(model: type[R], path: Path) -> R:
