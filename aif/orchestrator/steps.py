@@ -197,15 +197,15 @@ class Steps:
         shared = spec.model_copy(update={
             "more_adapter_dirs": [c.trained.adapter_dir for c in companions],
             "more_output_dirs": [str(c.out) for c in companions]})
-        for c in companions:
-            c.out.mkdir(mode=0o700, exist_ok=True)
         spec_path = lead.work / batches.EVALUATION_BATCH_SPEC
-        EvaluationSpec.model_validate(shared.model_dump()).write(spec_path)
         log.info("evaluating %d jobs with one base load: %s", 1 + len(companions),
                  ", ".join([job.id, *(c.job_id for c in companions)]))
         live = {c.job_id: c.out / PROGRESS_LOG for c in companions}
         by_id = {c.job_id: c for c in companions}
         try:
+            for c in companions:
+                c.out.mkdir(mode=0o700, exist_ok=True)
+            EvaluationSpec.model_validate(shared.model_dump()).write(spec_path)
             self.runner.run(job, JobState.evaluating, _evaluation(lead, spec_path),
                             lead.work / "evaluation.log", lead.out / PROGRESS_LOG,
                             companions=live)

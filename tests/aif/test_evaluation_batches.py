@@ -1,0 +1,177 @@
+"""Jobs of one tenant waiting in `evaluating` are scored by one evaluation run (one base
+load), each into its own folder, recorded and gated on its own.
+
+Real database (SQLite and PostgreSQL), real pre-flight, training and evaluation stages on
+the tiny model through the local launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from aif.db.models import Job, Score
+from aif.orchestrator import specs
+from aif.orchestrator.intake import accept
+from aif.orchestrator.worker import JobWorker
+from aif.settings import Settings
+from events.bus import envelope
+from events.jobspec import EVALUATION_RESULT, TRAINING_RESULT, EvaluationResult, TrainingResult
+from events.messages import CancelRequested, EventData, FineTuneRequested
+from events.recipe import Recipe
+from events.states import JobState
+from tests.aif.conftest import local_worker
+
+
+def _request(tiny: FineTuneRequested, **update: object) -> FineTuneRequested:
+    """The tiny request trained for 3 steps, with `update` (eval/gate fields) applied."""
+    recipe = tiny.recipe_inline
+    assert recipe is not None
+    recipe = recipe.model_copy(update={
+        "train": recipe.train.model_copy(update={"max_steps": 3}),
+        "eval": recipe.eval.model_copy(update=update.get("eval", {})),
+        "gate": recipe.gate.model_copy(update=update.get("gate", {}))})
+    return FineTuneRequested(recipe_inline=recipe)
+
+
+def _accept(sessions: sessionmaker[Session], data: EventData, tenant: str) -> str | None:
+    with sessions() as s:
+        result = accept(s, envelope(data, source="urn:t", tenant=tenant).to_bytes(),
+                        Settings().topics, require_signed=False)
+        s.commit()
+    return result.job_id
+
+
+def _trained(w: JobWorker, sessions: sessionmaker[Session], request: FineTuneRequested,
+             tenant: str = "acme") -> str:
+    """A job stored, validated and trained by `w`, left in `evaluating` with its lease free
+    (as after a restart: waiting for a worker)."""
+    job_id = _accept(sessions, request, tenant)
+    assert job_id is not None
+    with sessions() as s:  # taken as `claim` takes one, without the older waiting jobs
+        s.get_one(Job, job_id).lease_owner = w.owner
+        s.commit()
+    for step in (w.steps.validate, w.steps.start_training, w.steps.train):
+        step(w.load(job_id))
+    assert w.load(job_id).state == JobState.evaluating
+    w.leases.release(job_id)
+    return job_id
+
+
+def _tuned(sessions: sessionmaker[Session], job_id: str) -> dict[tuple[str, str], float]:
+    with sessions() as s:
+        return {(r.task, r.metric): r.tuned for r in s.scalars(
+            select(Score).where(Score.job_id == job_id))}
+
+
+def _alone(w: JobWorker, job: Job, out: Path) -> EvaluationResult:
+    """The job's adapter scored by an evaluation run of its own."""
+    work = Path(job.work_dir or "")
+    spec = specs.evaluation_spec(job, Recipe.model_validate(job.recipe),
+                                 TrainingResult.read(work / TRAINING_RESULT), out, w.settings)
+    spec.write(out.with_suffix(".json"))
+    subprocess.run([sys.executable, "-m", "evaluation.run", str(out.with_suffix(".json"))],
+                   check=True, capture_output=True, timeout=300)
+    return EvaluationResult.read(out / EVALUATION_RESULT)
+
+
+def test_jobs_of_one_tenant_waiting_together_share_one_evaluation_run_up_to_the_cap(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    w = local_worker(sessions, tmp_path, eval_batch_max=2)
+    leader = _trained(w, sessions, _request(tiny_request))
+    companion = _trained(w, sessions, _request(tiny_request, gate={"min_gain": 0.5}))
+    beyond_cap = _trained(w, sessions, _request(tiny_request))
+
+    assert w.leases.claim() == leader  # the oldest
+    w.steps.evaluate(w.load(leader))
+
+    lead, other, left = w.load(leader), w.load(companion), w.load(beyond_cap)
+    assert lead.state == JobState.handing_off and lead.gate_passed
+    assert other.state == JobState.rejected and other.gate_passed is False  # its own gate
+    assert "Failed: below min_gain" in (other.gate_reason or "")
+    assert left.state == JobState.evaluating and left.lease_owner is None  # over the cap
+    assert other.lease_owner is None  # let go once recorded
+    # one stage process served both: its handle is on both jobs, its log in the leader's
+    assert lead.run_ref and other.run_ref
+    assert lead.run_ref["companions"] == [companion] and other.run_ref["leader"] == leader
+    assert {k: v for k, v in other.run_ref.items() if k != "leader"} == {
+        k: v for k, v in lead.run_ref.items() if k != "companions"}
+    lead_work, other_work = Path(lead.work_dir or ""), Path(other.work_dir or "")
+    assert (lead_work / "evaluation.log").is_file()
+    assert not (other_work / "evaluation.log").exists()
+    # each job's files in its own folder, its scores its adapter's, as alone
+    for job in (lead, other):
+        out = Path(job.work_dir or "") / "evaluation"
+        assert {p.name for p in out.glob("lm_eval_*.json")} >= {
+            "lm_eval_base.json", "lm_eval_tuned.json", "lm_eval_commands.json"}
+        kept = EvaluationResult.read(out / EVALUATION_RESULT)
+        assert _tuned(sessions, job.id) == {(m.task, m.metric): m.value for m in kept.tuned}
+    commands = json.loads((other_work / "evaluation" / "lm_eval_commands.json").read_text())
+    adapter = TrainingResult.read(other_work / TRAINING_RESULT).adapter_dir
+    assert adapter.startswith(str(other_work)) and f"peft={adapter}" in " ".join(
+        commands["tuned"])  # its own adapter was scored
+    alone = _alone(w, other, tmp_path / "alone")
+    assert _tuned(sessions, companion) == {(m.task, m.metric): m.value for m in alone.tuned}
+    assert (json.loads((other_work / "evaluation" / "lm_eval_tuned.json").read_text())["results"]
+            == json.loads((tmp_path / "alone" / "lm_eval_tuned.json").read_text())["results"])
+
+    assert w.leases.claim() == beyond_cap  # the one left over: evaluated alone
+    w.steps.evaluate(w.load(beyond_cap))
+    run_ref = w.load(beyond_cap).run_ref
+    assert run_ref and "companions" not in run_ref and run_ref["pid"] != lead.run_ref["pid"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_other_tenants_and_other_eval_settings_are_never_in_the_run(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
+    data_root: Path
+) -> None:
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    other_settings = _trained(w, sessions, _request(tiny_request, eval={"limit": 10}))
+    shutil.copytree(data_root / "acme", data_root / "beta")
+    beta = FineTuneRequested.model_validate_json(_request(tiny_request).model_dump_json(
+    ).replace(str(data_root / "acme"), str(data_root / "beta")))
+    other_tenant = _trained(w, sessions, beta, tenant="beta")
+
+    assert w.leases.claim() == leader
+    w.steps.evaluate(w.load(leader))
+    run_ref = w.load(leader).run_ref
+    assert run_ref and "companions" not in run_ref
+    for job_id in (other_settings, other_tenant):
+        job = w.load(job_id)
+        assert job.state == JobState.evaluating and job.lease_owner is None
+        assert not _tuned(sessions, job_id) and "leader" not in (job.run_ref or {})
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_companion_cancelled_during_the_run_drops_out_and_the_others_complete(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    companion = _trained(w, sessions, _request(tiny_request))
+    assert w.leases.claim() == leader
+    evaluating = threading.Thread(target=w.steps.evaluate, args=(w.load(leader),))
+    evaluating.start()
+    deadline = time.monotonic() + 120
+    while "leader" not in (w.load(companion).run_ref or {}):  # the shared run started
+        assert time.monotonic() < deadline and evaluating.is_alive()
+        time.sleep(0.2)
+    assert _accept(sessions, CancelRequested(job_id=companion), "acme") == companion
+    evaluating.join(timeout=300)
+    assert not evaluating.is_alive()
+    lead, other = w.load(leader), w.load(companion)
+    assert lead.state == JobState.handing_off and _tuned(sessions, leader)
+    assert other.state == JobState.cancelled and not _tuned(sessions, companion)
+    assert other.lease_owner is None and other.gate_passed is None
