@@ -175,3 +175,46 @@ def test_a_companion_cancelled_during_the_run_drops_out_and_the_others_complete(
     assert lead.state == JobState.handing_off and _tuned(sessions, leader)
     assert other.state == JobState.cancelled and not _tuned(sessions, companion)
     assert other.lease_owner is None and other.gate_passed is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_adapter_failing_its_probe_fails_its_own_job_only(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    zeroed = _trained(w, sessions, _request(tiny_request))
+    adapter = Path(TrainingResult.read(
+        Path(w.load(zeroed).work_dir or "") / TRAINING_RESULT).adapter_dir)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * 0 if "lora_B" in k else v for k, v in weights.items()},
+              adapter / "adapter_model.safetensors")  # loads, changes no logit
+    assert w.leases.claim() == leader
+    w.steps.evaluate(w.load(leader))
+    lead, other = w.load(leader), w.load(zeroed)
+    assert lead.state == JobState.handing_off and _tuned(sessions, leader)
+    assert other.state == JobState.failed and not _tuned(sessions, zeroed)
+    assert other.reason.startswith("evaluation failed: AdapterNotAppliedError: ADAPTER NOT")
+    assert other.lease_owner is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_shared_run_failing_for_the_infrastructure_backs_off_every_job(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    companion = _trained(w, sessions, _request(tiny_request))
+    blocked = Path(w.load(companion).work_dir or "") / "evaluation" / EVALUATION_RESULT
+    blocked.mkdir(parents=True)  # its result cannot be written: an OSError, retryable
+    assert w.leases.claim() == leader
+    w.run_job(leader)
+    for job_id in (leader, companion):
+        job = w.load(job_id)
+        assert job.state == JobState.evaluating and job.attempts == 1, job.reason
+        assert job.reason.startswith("attempt 1 of 3 failed, next in 10 s: evaluation "
+                                     "failed: IsADirectoryError"), job.reason
+        assert job.run_ref is None and job.lease_owner is None and job.next_attempt_at
+        assert not _tuned(sessions, job_id)
