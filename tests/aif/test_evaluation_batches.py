@@ -13,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Job, Score
+from aif.db.models import Job, Score, utcnow
 from aif.orchestrator import specs
 from aif.orchestrator.intake import accept
 from aif.orchestrator.worker import JobWorker
@@ -218,3 +219,39 @@ def test_a_shared_run_failing_for_the_infrastructure_backs_off_every_job(
                                      "failed: IsADirectoryError"), job.reason
         assert job.run_ref is None and job.lease_owner is None and job.next_attempt_at
         assert not _tuned(sessions, job_id)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_after_a_crash_each_job_of_a_shared_run_is_re_adopted_and_recorded_once(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
+    db_url: str
+) -> None:
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    companion = _trained(w, sessions, _request(tiny_request))
+    crashing = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from aif.db.session import session_factory; "
+        "from tests.aif.conftest import local_worker; "
+        f"w = local_worker(session_factory({db_url!r}), Path({str(tmp_path)!r})); "
+        "job = w.leases.claim(); w.steps.evaluate(w.load(job))")])
+    try:
+        deadline = time.monotonic() + 120
+        while "leader" not in (w.load(companion).run_ref or {}):  # the shared run started
+            assert time.monotonic() < deadline and crashing.poll() is None
+            time.sleep(0.2)
+    finally:
+        crashing.kill()  # the orchestrator dies; the stage process goes on
+        crashing.wait()
+    with sessions() as s:  # its leases expire
+        s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    shared = w.load(leader).run_ref
+    for job_id in (leader, companion):  # each re-adopted by any worker, one by one
+        assert w.leases.claim() == job_id
+        w.steps.evaluate(w.load(job_id))
+        job = w.load(job_id)
+        assert job.state == JobState.handing_off and len(_tuned(sessions, job_id)) == 2
+        assert job.run_ref and shared and job.run_ref["pid"] == shared["pid"]  # attached
+    with sessions() as s:
+        assert len(s.scalars(select(Score).where(Score.job_id == companion)).all()) == 2
+    assert not (Path(w.load(companion).work_dir or "") / "evaluation.log").exists()
