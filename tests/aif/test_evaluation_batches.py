@@ -255,3 +255,27 @@ def test_after_a_crash_each_job_of_a_shared_run_is_re_adopted_and_recorded_once(
     with sessions() as s:
         assert len(s.scalars(select(Score).where(Score.job_id == companion)).all()) == 2
     assert not (Path(w.load(companion).work_dir or "") / "evaluation.log").exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_leader_cancelled_during_the_run_stops_it_and_lets_the_companions_go(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    w = local_worker(sessions, tmp_path)
+    leader = _trained(w, sessions, _request(tiny_request))
+    companion = _trained(w, sessions, _request(tiny_request))
+    assert w.leases.claim() == leader
+    evaluating = threading.Thread(target=w.run_job, args=(leader,))
+    evaluating.start()
+    deadline = time.monotonic() + 120
+    while "leader" not in (w.load(companion).run_ref or {}):
+        assert time.monotonic() < deadline and evaluating.is_alive()
+        time.sleep(0.2)
+    assert _accept(sessions, CancelRequested(job_id=leader), "acme") == leader
+    evaluating.join(timeout=120)
+    assert not evaluating.is_alive()
+    other = w.load(companion)
+    assert w.load(leader).state == JobState.cancelled
+    assert other.state == JobState.evaluating and other.attempts == 0  # no attempt used up
+    assert other.run_ref is None and other.lease_owner is None  # evaluated again, afresh
+    assert not _tuned(sessions, companion)
