@@ -13,6 +13,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,7 +29,7 @@ from aif.web import client as api_client
 from events import redaction
 from events.bus import make_producer, publish
 from events.client import finetune_request
-from events.envelope import job_id_for
+from events.envelope import describe_validation_error, job_id_for
 from events.messages import (
     PUBLIC_LABEL,
     EvaluationCompleted,
@@ -62,6 +63,9 @@ class Part(StrEnum):
 
 MaxSteps = Annotated[int | None, typer.Option(help="Override the recipe's training steps.")]
 EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many documents.")]
+Epochs = Annotated[str | None, typer.Option(
+    help="Passes over the training rows instead of the recipe's steps: a number, or auto "
+         "(picked from the data set's size; the job's pre-flight report says what).")]
 TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
 Dataset = Annotated[str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")]
 EvalFile = Annotated[Path | None, typer.Option(
@@ -88,15 +92,14 @@ def _setup() -> Settings:
     return settings
 
 
-def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
-            eval_limit: int | None, train_file: str | None, dataset: str | None = None,
+def _submit(settings: Settings, recipe: str, tenant: str, overrides: HyperparameterOverrides,
+            train_file: str | None, dataset: str | None = None,
             signing_key: SigningKey | None = None, labels: dict[str, str] | None = None,
             eval_file: Path | None = None, eval_split: float | None = None) -> str:
     event = finetune_request(
         tenant=tenant, source="urn:aif-tuning:cli", recipe=recipe, train_file=train_file,
         dataset=dataset, eval_file=eval_file and str(eval_file), eval_split=eval_split,
-        overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit),
-        labels=labels,
+        overrides=overrides, labels=labels,
     )
     job_id = job_id_for(tenant, event.source, event.id)
     producer = make_producer(settings.kafka)
@@ -107,6 +110,16 @@ def _submit(settings: Settings, recipe: str, tenant: str, max_steps: int | None,
     return job_id
 
 
+def _overrides(**given: object) -> HyperparameterOverrides:
+    """The command line's overrides, or exit 2 naming the option and its rule."""
+    try:
+        return HyperparameterOverrides.model_validate(
+            {k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        console.print(describe_validation_error(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+
+
 def _api_key() -> str:
     key = os.environ.get("AIF_API_KEY")
     if not key:
@@ -115,14 +128,13 @@ def _api_key() -> str:
     return key
 
 
-def _submit_http(api: str, recipe: str, max_steps: int | None, eval_limit: int | None,
+def _submit_http(api: str, recipe: str, overrides: HyperparameterOverrides,
                  train_file: str | None, dataset: str | None, eval_file: Path | None = None,
                  eval_split: float | None = None) -> str:
     """The same request as `_submit`, through POST /v1/jobs (which signs and publishes it)."""
     request = FineTuneRequested(
         recipe=recipe, train_file=train_file, dataset=dataset,
-        eval_file=eval_file and str(eval_file), eval_split=eval_split,
-        overrides=HyperparameterOverrides(max_steps=max_steps, eval_limit=eval_limit))
+        eval_file=eval_file and str(eval_file), eval_split=eval_split, overrides=overrides)
     try:
         return api_client.submit(api, _api_key(), request)
     except (api_client.ApiError, httpx.HTTPError) as exc:
@@ -247,6 +259,7 @@ def submit(
     recipe: Annotated[str, typer.Argument(help="Recipe name, see `aif recipes list`.")],
     tenant: Tenant = "demo",
     max_steps: MaxSteps = None,
+    epochs: Epochs = None,
     eval_limit: EvalLimit = None,
     train_file: TrainFile = None,
     dataset: Dataset = None,
@@ -266,12 +279,13 @@ def submit(
     a service requiring signed events (the default) dead-letters an unsigned request.
     """
     settings = _setup()
+    overrides = _overrides(max_steps=max_steps, epochs=epochs, eval_limit=eval_limit)
     if api:
-        job_id = _submit_http(api, recipe, max_steps, eval_limit, train_file, dataset,
-                              eval_file, eval_split)
+        job_id = _submit_http(api, recipe, overrides, train_file, dataset, eval_file,
+                              eval_split)
     else:
         key = _signing_key(signing_key_id, signing_secret)
-        job_id = _submit(settings, recipe, tenant, max_steps, eval_limit, train_file, dataset,
+        job_id = _submit(settings, recipe, tenant, overrides, train_file, dataset,
                          signing_key=key, eval_file=eval_file, eval_split=eval_split)
     console.print(f"submitted job {job_id}")
     if wait:
@@ -295,7 +309,8 @@ def demo(
     with Service(settings) as service:
         console.print(f"services up (broker {settings.kafka.bootstrap_servers}, "
                       f"database {settings.db_url}, web {service.url})")
-        job_id = _submit(settings, recipe, "demo", max_steps, eval_limit, None,
+        job_id = _submit(settings, recipe, "demo",
+                         _overrides(max_steps=max_steps, eval_limit=eval_limit), None,
                          signing_key=_demo_signing_key(settings, "demo"),
                          labels={PUBLIC_LABEL: "true"})  # shown on the open leaderboard page
         console.print(f"published a fine-tuning request for [bold]{recipe}[/bold]: job {job_id}")

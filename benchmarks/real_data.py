@@ -143,7 +143,8 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
         source="urn:aif-tuning:benchmarks.real_data", recipe=recipe,
         train_file=str(_write(folder / "train.jsonl", train)),
         eval_file=str(_write(folder / "eval.jsonl", held_out)),
-        overrides=HyperparameterOverrides(max_steps=args.max_steps, eval_limit=args.eval_limit))
+        overrides=HyperparameterOverrides(max_steps=args.max_steps, epochs=args.epochs,
+                                          eval_limit=args.eval_limit))
     job_id = job_id_for(tenant, request.source, request.id)
     started = time.monotonic()
     watch = wait_for_job(settings.kafka, settings.topics, tenant, job_id,
@@ -153,14 +154,19 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
         assert job is not None
         scores = {sc.task: sc for sc in s.scalars(select(Score).where(Score.job_id == job_id))}
         own = next((sc for task, sc in scores.items() if task.endswith("_own")), None)
-        trained = Path(job.work_dir or "") / TRAINING_RESULT
+        trained_file = Path(job.work_dir or "") / TRAINING_RESULT
+        trained = TrainingResult.read(trained_file) if trained_file.is_file() else None
         result: dict[str, Any] = {
             "recipe": recipe, "job_id": job_id, "state": str(watch.final),
             "reason": job.reason, "train_rows": len(train), "eval_rows": len(held_out),
             "wall_s": round(time.monotonic() - started, 1),
-            "training_s": round(TrainingResult.read(trained).wall_s, 1)
-            if trained.is_file() else None,
+            "training_s": trained and round(trained.wall_s, 1),
             "max_steps": (job.recipe or {}).get("train", {}).get("max_steps"),
+            "picked": (job.preflight or {}).get("picked"),
+            "steps": trained and trained.steps, "best_step": trained and trained.best_step,
+            "stopped_early": trained and trained.stopped_early,
+            "tokens_per_s": trained and trained.tokens_per_s,
+            "train_tokens": trained and trained.train_tokens,
             "gate_passed": job.gate_passed, "gate_reason": job.gate_reason,
         }
     if own is not None:
@@ -181,6 +187,8 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=400)
     parser.add_argument("--eval-rows", type=int, default=150)
     parser.add_argument("--max-steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--epochs", default=None, help="a number or auto; default: the "
+                        "recipe's")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="documents per task (a smoke run); default: all")
     parser.add_argument("--timeout-s", type=float, default=3600)

@@ -140,6 +140,10 @@ class TrainingResult(_Frozen):
     peak_memory_mb: float | None = Field(
         None, description="Peak GPU memory allocated, or peak resident memory on CPUs (rank 0)."
     )
+    best_step: int | None = Field(None, description="With early stopping: the step whose "
+                                  "adapter was kept (the best validation loss).")
+    stopped_early: bool = Field(False, description="Early stopping ended the run before "
+                                "max_steps.")
     files_sha256: dict[str, str] = Field(description="Adapter file name -> sha256.")
     merged_dir: str | None = Field(None, description="Base with the adapter merged in, if asked.")
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)

@@ -122,6 +122,31 @@ class HeldOut(_Frozen):
         return recipe.model_copy(update={"data": data}).gated_on_own_eval()
 
 
+class Picked(_Frozen):
+    """The training values the pre-flight picked for what the recipe left `auto` or gave as
+    epochs (`finetune.hyperparameters`); the job is frozen with them, so its record says what
+    was picked and training reads numbers only."""
+
+    auto: list[str] = Field(description="The values that were `auto`.")
+    rows: int = Field(description="Usable training rows the pick is based on.")
+    epochs: float | None = Field(description="Passes over the rows; None: max_steps given.")
+    batch_size: int
+    learning_rate: float
+    max_steps: int
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        train = recipe.train.model_copy(update={
+            "epochs": None, "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate, "max_steps": self.max_steps})
+        return recipe.model_copy(update={"train": train})
+
+    def sentence(self) -> str:
+        auto = f" ({', '.join(self.auto)} auto)" if self.auto else ""
+        passes = f"{self.epochs:g} epochs of {self.rows} rows = " if self.epochs else ""
+        return (f"picked{auto}: {passes}{self.max_steps} steps of batch {self.batch_size}, "
+                f"learning rate {self.learning_rate:.2g}")
+
+
 class GateNoise(_Frozen):
     """Whether the gate task's documents are enough for the gate to tell a gain from noise
     (`finetune.gate_noise`)."""
@@ -148,6 +173,8 @@ class PreflightReport(_Frozen):
     pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
     estimate: Estimate | None = None
     held_out: HeldOut | None = Field(None, description="With data.eval_split: the copies.")
+    picked: Picked | None = Field(None, description="Epochs, batch size, learning rate and "
+                                  "steps picked from the rows; None: the recipe gave them.")
     gate_noise: GateNoise | None = None
     warnings: list[str] = Field(default_factory=list, description="What may make the job "
                                 "worthless without making it unusable, one sentence each.")
@@ -169,6 +196,8 @@ class PreflightReport(_Frozen):
             line += f"; {self.validation.rows_usable} validation rows"
         if self.pii is not None:
             line += f"; personal data ({self.pii.policy.value}): {self.pii.describe()}"
+        if self.picked is not None:
+            line += f"; {self.picked.sentence()}"
         if self.estimate is not None:
             line += f"; {self.estimate.clause()}"
         if self.warnings:
@@ -186,6 +215,8 @@ class PreflightReport(_Frozen):
             lines.append(f"personal data (policy {self.pii.policy.value}): {self.pii.describe()}")
             lines += [f"  {k.kind}:{_listed(k.where, k.rows)}" for k in self.pii.kinds]
             lines += [f"  {c.role} data redacted into {c.path}" for c in self.pii.redacted]
+        if self.picked is not None:
+            lines.append(self.picked.sentence())
         if self.estimate is not None:
             lines.append(self.estimate.clause())
         if self.held_out is not None:

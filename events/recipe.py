@@ -207,12 +207,39 @@ class LoraSection(_Strict):
     )
 
 
+AUTO = "auto"
+Auto = Literal["auto"]
+
+
 class TrainSection(_Strict):
-    max_steps: int = Field(100, ge=1, le=1_000_000)
-    learning_rate: float = Field(2e-4, gt=0.0, le=1e-2)
+    """How to train. `epochs`, `batch_size` and `learning_rate` may be `auto`: the pre-flight,
+    which sees the rows, picks them (`finetune.hyperparameters`) and the job is frozen with
+    the picked values, so training and the job record read numbers only."""
+
+    max_steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps; derived "
+                           "from epochs when epochs is given.")
+    epochs: float | Auto | None = Field(
+        None, description="Passes over the training rows (max_steps follows from the row "
+        "count and the batch); auto: picked from the data set's size; None: max_steps.",
+    )
+    learning_rate: float | Auto = Field(2e-4, description="Peak learning rate, or auto "
+                                        "(picked from the batch size).")
     lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
-    batch_size: int = Field(8, ge=1, le=1024)
+    batch_size: int | Auto = Field(8, description="Examples per micro-batch and process, or "
+                                   "auto (picked from the rows' count and length).")
+    class_balance: bool = Field(
+        False, description="Sample training rows inversely to how often their answer (the "
+        "trained tokens) occurs, so every class is seen equally often; for skewed labels.",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validation losses (every eval_steps) "
+        "without a new best, and keep the adapter of the best one; needs validation rows.",
+    )
+    early_stopping_min_delta: float = Field(
+        0.01, ge=0.0, description="A validation loss must be this much below the best so far "
+        "to count as a new best.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     max_seq_len: int = Field(256, ge=16, le=131072)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
@@ -239,6 +266,24 @@ class TrainSection(_Strict):
         100, ge=1, description="Resumable checkpoint every N optimizer steps; None: only on "
         "SIGTERM.",
     )
+
+    @model_validator(mode="after")
+    def check_values(self) -> TrainSection:
+        """Bounds of the numeric values (`auto` has none), and what early stopping needs."""
+        if isinstance(self.learning_rate, float) and not 0.0 < self.learning_rate <= 1e-2:
+            raise ValueError("train.learning_rate: must be above 0 and at most 0.01, or auto")
+        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 1024:
+            raise ValueError("train.batch_size: must be 1 to 1024, or auto")
+        if isinstance(self.epochs, float) and not 0.0 < self.epochs <= 100:
+            raise ValueError("train.epochs: must be above 0 and at most 100, or auto")
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError("train.early_stopping_patience: needs train.eval_steps (how "
+                             "often the validation loss is measured)")
+        return self
+
+    def picked(self) -> bool:
+        """True once nothing is left to pick: every value is a number and max_steps holds."""
+        return self.epochs is None and AUTO not in (self.batch_size, self.learning_rate)
 
 
 class EvalTask(_Strict):
@@ -399,23 +444,37 @@ class HyperparameterOverrides(_Strict):
     """What a request may change in a recipe; bounded so one request cannot book a cluster."""
 
     max_steps: int | None = Field(None, ge=1, le=100_000)
-    learning_rate: float | None = Field(None, gt=0.0, le=1e-2)
-    batch_size: int | None = Field(None, ge=1, le=256)
+    epochs: float | Auto | None = Field(None, description="Passes over the rows, or auto; "
+                                        "replaces the recipe's max_steps.")
+    learning_rate: float | Auto | None = None
+    batch_size: int | Auto | None = None
     lora_r: int | None = Field(None, ge=1, le=256)
     eval_limit: int | None = Field(None, ge=1, le=100_000)
     num_processes: int | None = Field(None, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def check_bounds(self) -> HyperparameterOverrides:
+        """A request books at most 256 examples a batch and 100 passes over its rows."""
+        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 256:
+            raise ValueError("overrides.batch_size: must be 1 to 256, or auto")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("overrides: give max_steps or epochs, not both")
+        return self
 
     def apply(self, recipe: Recipe) -> Recipe:
         train = {
             k: v
             for k, v in {
                 "max_steps": self.max_steps,
+                "epochs": self.epochs,
                 "learning_rate": self.learning_rate,
                 "batch_size": self.batch_size,
                 "num_processes": self.num_processes,
             }.items()
             if v is not None
         }
+        if self.max_steps is not None:  # a step count asked for replaces the recipe's epochs
+            train["epochs"] = None
         update: dict[str, object] = {"train": recipe.train.model_copy(update=train)}
         if self.lora_r is not None:
             update["lora"] = recipe.lora.model_copy(update={"r": self.lora_r})

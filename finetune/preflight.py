@@ -54,6 +54,7 @@ from finetune.data import (
 from finetune.estimate import Estimator
 from finetune.gate_noise import gate_noise
 from finetune.held_out import hold_out
+from finetune.hyperparameters import pick
 from finetune.labels import task_labels
 
 EXIT_UNUSABLE = 2
@@ -97,6 +98,10 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         except DataValidationError as exc:
             reasons.append(str(exc))
     train = _split_report(data.train, tokenizer, eval_strings)
+    picked = pick(recipe, train.rows_usable,
+                  max((len(e.example["input_ids"]) for e in data.train.encoded), default=0))
+    if picked is not None:  # the estimate and training count the picked steps
+        recipe, given = picked.applied_to(recipe), picked.applied_to(given)
     noise = gate_noise(recipe)
     warnings: list[str] = []
     checks = [_overlap_check(recipe.data, train)]
@@ -119,6 +124,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         pii=scan,
         estimate=estimator(given, data.train) if estimator else None,
         held_out=held,
+        picked=picked,
         gate_noise=noise,
         warnings=warnings,
     )

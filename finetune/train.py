@@ -57,9 +57,11 @@ from finetune.data import (
     load_examples,
     real_tokens,
 )
+from finetune.early_stopping import EarlyStopping
 from finetune.labels import task_labels
 from finetune.loss import causal_lm_loss
 from finetune.model_card import write_extras, write_manifest
+from finetune.sampling import BalancedSampler
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -97,6 +99,8 @@ class Outcome:
     train_tokens: int
     validation_loss: float | None
     tokens_per_s: float
+    best_step: int | None = None  # early stopping: the step whose adapter is kept
+    stopped_early: bool = False
 
 
 class StopFlag:
@@ -186,9 +190,10 @@ def build(spec: TrainingSpec) -> Setup:
         num_training_steps=recipe.train.max_steps,
     )
     collate = collator(tokenizer, recipe.train.packing)
-    loader = DataLoader(
-        data.train.examples, batch_size=recipe.train.batch_size, shuffle=True, collate_fn=collate
-    )
+    examples = data.train.examples
+    sampler = BalancedSampler(examples, recipe.train.seed) if recipe.train.class_balance else None
+    loader = DataLoader(examples, batch_size=recipe.train.batch_size, shuffle=sampler is None,
+                        sampler=sampler, collate_fn=collate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     validation = None
     if data.validation is not None:  # sharded over the ranks, then reduced
@@ -215,6 +220,10 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
     batches = _cycle(setup.loader, skip=done.micro_batches)
     step, tokens, consumed, loss = done.step, done.tokens, done.micro_batches, done.loss
     micro_batches = 0
+    stopper = None if train_cfg.early_stopping_patience is None else EarlyStopping(
+        work_dir, train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta,
+        acc.is_main_process)
+    stopped_early = False
     window_loss = torch.zeros((), device=acc.device)
     window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
     started = time.monotonic()
@@ -254,7 +263,11 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         if stopping:
             raise Stopped(f"SIGTERM at step {step}; checkpoint written, rerun to resume")
         if train_cfg.eval_steps and step % train_cfg.eval_steps == 0 and step < train_cfg.max_steps:
-            _log_validation(setup, progress, step)
+            validation = _log_validation(setup, progress, step)
+            if stopper is not None and validation is not None and stopper.should_stop(
+                    validation, step, acc.unwrap_model(model)):
+                stopped_early = True
+                break
         if acc.is_main_process and (
             step % train_cfg.logging_steps == 0 or step == train_cfg.max_steps
         ):
@@ -270,7 +283,19 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
             with open(progress, "a") as fh:
                 fh.write(line.model_dump_json() + "\n")
     throughput = (tokens - done.tokens) / (time.monotonic() - started)
-    return Outcome(step, loss, tokens, _log_validation(setup, progress, step), throughput)
+    if stopper is None or setup.validation is None:
+        return Outcome(step, loss, tokens, _log_validation(setup, progress, step), throughput)
+    if not stopped_early:  # the last step may be the best one
+        final = _log_validation(setup, progress, step)
+        stopper.should_stop(final if final is not None else math.inf, step,
+                            acc.unwrap_model(model))
+    best_step = stopper.restore(acc.unwrap_model(model))
+    if acc.is_main_process:
+        print(f"finetune: {'stopped early at' if stopped_early else 'ran to'} step {step}; "
+              f"keeping the adapter of step {best_step}, the best validation loss",
+              file=sys.stderr)
+    best_loss = stopper.best.loss if stopper.best is not None else None
+    return Outcome(step, loss, tokens, best_loss, throughput, best_step, stopped_early)
 
 
 def validation_loss(setup: Setup) -> float | None:
@@ -358,6 +383,8 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             processes=acc.num_processes,
             tokens_per_s=outcome.tokens_per_s,
             peak_memory_mb=peak_memory_mb,
+            best_step=outcome.best_step,
+            stopped_early=outcome.stopped_early,
             files_sha256=checksums,
             merged_dir=str(merged_dir) if merged else None,
             merged_files_sha256=merged,

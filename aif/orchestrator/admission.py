@@ -12,7 +12,7 @@ import math
 
 from aif.orchestrator.references import References
 from events.messages import FineTuneRequested
-from events.recipe import Recipe, RecipeError
+from events.recipe import AUTO, Recipe, RecipeError
 from recipes import load_recipe
 
 
@@ -24,11 +24,11 @@ def warmup_steps(recipe: Recipe) -> int:
 def trainability_problems(recipe: Recipe, max_processes: int | None = None) -> list[str]:
     """Each rule the effective recipe breaks, as `field: rule`."""
     problems = []
-    if recipe.train.max_steps <= warmup_steps(recipe):
+    if recipe.train.epochs is None and recipe.train.max_steps <= warmup_steps(recipe):
         problems.append("train.max_steps: must be above the warmup steps "
                         "(ceil(train.warmup_ratio x train.max_steps)), or no step trains at "
                         "the full learning rate")
-    if not recipe.train.learning_rate > 0:
+    if recipe.train.learning_rate != AUTO and not float(recipe.train.learning_rate) > 0:
         problems.append("train.learning_rate: must be above zero")
     if max_processes is not None:
         for section in ("train", "eval"):

@@ -126,6 +126,8 @@ class Steps:
             recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
         if report.held_out is not None:  # data.eval_split: training reads the rest only
             recipe = report.held_out.applied_to(recipe)
+        if report.picked is not None:  # auto values and epochs: the numbers picked
+            recipe = report.picked.applied_to(recipe)
         frozen = {"recipe": recipe.model_dump(mode="json"),
                   "preflight": report.model_dump(mode="json"), "run_ref": None}
         if report.usable:
@@ -164,8 +166,11 @@ class Steps:
                         work / "training.log", work / PROGRESS_LOG)
         result = _read(TrainingResult, work / TRAINING_RESULT)
         measured = measure(result, recipe, job.estimate, self.settings.launcher)
-        self._move(job.id, JobState.evaluating,
-                   f"trained {result.steps} steps, final loss {result.final_loss:.4f}",
+        reason = f"trained {result.steps} steps, final loss {result.final_loss:.4f}"
+        if result.best_step is not None:
+            reason += (f"; {'stopped early, ' * result.stopped_early}kept the adapter of step "
+                       f"{result.best_step} (validation loss {result.validation_loss:.4f})")
+        self._move(job.id, JobState.evaluating, reason,
                    adapter_uri=Path(result.adapter_dir).as_uri(),
                    measured=measured.model_dump(mode="json"))
 

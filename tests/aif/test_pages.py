@@ -39,7 +39,7 @@ from events.jobspec import (
     TrainingResult,
 )
 from events.messages import JobProgress
-from events.preflight_report import PreflightReport, RenderedExample, SplitReport
+from events.preflight_report import Picked, PreflightReport, RenderedExample, SplitReport
 from events.states import JobState
 from recipes import load_recipe
 from tests.aif.test_api_jobs import Api, make_api
@@ -351,10 +351,17 @@ def test_job_page_shows_timeline_preflight_progress_and_scores(api: Api) -> None
                 max_tokens=60, trained_tokens=120, truncated=2, duplicates=0,
                 duplicate_rows=[], eval_overlap=1, eval_overlap_rows=["line 9"],
                 examples=[RenderedExample(where="line 1", text="Ticket: <b>x</b> Team: grid",
-                                          truncated=False)])).model_dump(mode="json")
+                                          truncated=False)]),
+            picked=Picked(auto=["epochs"], rows=11, epochs=10.0, batch_size=8,
+                          learning_rate=5e-4, max_steps=14),
+            warnings=["20 documents of grid_ticket_routing leave a combined stderr"],
+        ).model_dump(mode="json")
         s.commit()
     html = client.get(f"/jobs/{job}").text
     assert "line 4: no completion" in html and "2 examples truncated" in html
+    assert ("picked (epochs auto): 10 epochs of 11 rows = 14 steps of batch 8, learning rate "
+            "0.0005") in html
+    assert "<li>20 documents of grid_ticket_routing leave a combined stderr</li>" in html
     assert "Ticket: &lt;b&gt;x&lt;/b&gt; Team: grid" in html  # escaped, as the model sees it
     assert "rows also in the evaluation data (line 9)" in html
     assert "grid_ticket_routing" in html and "+0.500" in html and "passed" in html
