@@ -54,8 +54,9 @@ class Leases:
 
     def claim_companions(self, leader: Job, fits: Callable[[Job], bool], most: int) -> list[str]:
         """Take up to `most` other claimable jobs of the leader's tenant in `evaluating` that
-        `fits` accepts, oldest first, with the compare-and-set of `claim`. `fits` is asked
-        again once a job is taken (it may have moved meanwhile); one it refuses is let go."""
+        `fits` accepts, oldest first among the oldest `4 * most` waiting, with the
+        compare-and-set of `claim`. `fits` is asked again once a job is taken (it may have
+        moved meanwhile); one it refuses is let go."""
         taken: list[str] = []
         with self.sessions() as session:
             now = utcnow()

@@ -8,6 +8,7 @@ the tiny model through the local launcher.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def _alone(w: JobWorker, job: Job, out: Path) -> EvaluationResult:
 
 
 def test_jobs_of_one_tenant_waiting_together_share_one_evaluation_run_up_to_the_cap(
-    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     w = local_worker(sessions, tmp_path, eval_batch_max=2)
     leader = _trained(w, sessions, _request(tiny_request))
@@ -94,7 +96,9 @@ def test_jobs_of_one_tenant_waiting_together_share_one_evaluation_run_up_to_the_
     beyond_cap = _trained(w, sessions, _request(tiny_request))
 
     assert w.leases.claim() == leader  # the oldest
-    w.steps.evaluate(w.load(leader))
+    with caplog.at_level(logging.INFO, logger="aif.orchestrator.steps"):
+        w.steps.evaluate(w.load(leader))
+    assert f"evaluating 2 jobs with one base load: {leader}, {companion}" in caplog.text
 
     lead, other, left = w.load(leader), w.load(companion), w.load(beyond_cap)
     assert lead.state == JobState.handing_off and lead.gate_passed
