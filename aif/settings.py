@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         "tenant waiting in `evaluating` with the same base model, eval settings and base-score "
         "cache, up to this many in all; 1 evaluates each job alone.",
     )
+    eval_batch_wait_s: float = Field(
+        30.0, ge=0.0, description="A job reaching evaluation while another job of its tenant "
+        "on the same base model is still training waits up to this long (once, its lease let "
+        "go), so that the other can take it along into one evaluation run; 0: never waits.",
+    )
     preflight_timeout_s: float = Field(
         1800.0, gt=0.0, description="A pre-flight stage running longer is stopped; job rejected."
     )

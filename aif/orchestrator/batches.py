@@ -8,6 +8,12 @@ base-score cache, no evaluation run of their own started yet. Their leases are t
 all. Each job's adapter is scored into its own folder (`EvaluationSpec.more_output_dirs`),
 so each job reads, records and gates its own result, in its own transaction.
 
+Jobs that finish training together reach this point in their own workers, each holding
+its own lease; so a job that finds another of its tenant still training on the same base
+lets its lease go and waits (`should_wait`, at most `Settings.eval_batch_wait_s`, once),
+and the other, finishing, takes it along (a job waiting so may be claimed as a companion
+before its `next_attempt_at`; `Leases.claim_companions`).
+
 Each companion's `run_ref` names the shared run (and its `leader`), so a worker re-adopting
 it after a crash attaches to that run and reads its own folder, like the leader's would; a
 run that vanished is started again for that job alone.
@@ -18,12 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from aif.db.models import Job
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.specs import base_score_cache
 from aif.settings import Settings
 from events.jobspec import TRAINING_RESULT, TrainingResult
 from events.recipe import Recipe
+from events.states import JobState
 
 EVALUATION_MODULE = "evaluation.run"
 EVALUATION_BATCH_SPEC = "evaluation_batch_spec.json"
@@ -63,6 +73,27 @@ def member(job: Job, work: Path) -> Member:
     """The job with its frozen recipe and training result; OSError/ValueError if unreadable."""
     return Member(job.id, job.tenant, Recipe.model_validate(job.recipe), work,
                   TrainingResult.read(work / TRAINING_RESULT))
+
+
+def should_wait(settings: Settings, session: Session, job: Job, lead: Member) -> bool:
+    """Whether the job, just trained, waits for another job of its tenant still training on
+    the same base with the same eval settings, to be taken along into that job's run.
+
+    A job waits once only (a job let go to wait has `next_attempt_at` set; one backing off
+    has attempts), so no job waits longer than `eval_batch_wait_s` for a batch."""
+    if (settings.eval_batch_max <= 1 or settings.eval_batch_wait_s <= 0 or started(job)
+            or job.attempts or job.next_attempt_at is not None):
+        return False
+    training = session.scalars(select(Job).where(
+        Job.tenant == job.tenant, Job.state == JobState.training.value, Job.id != job.id))
+    for other in training:
+        try:
+            recipe = Recipe.model_validate(other.recipe)
+        except ValueError:
+            continue
+        if recipe.model.base == lead.recipe.model.base and recipe.eval == lead.recipe.eval:
+            return True
+    return False
 
 
 def gather(settings: Settings, leases: Leases, leader: Job, lead: Member) -> list[Member]:

@@ -32,3 +32,8 @@ class FinalStageFailure(FinalError):
 
 class LeaseLost(RuntimeError):
     """Another worker owns the job now, or it was cancelled: stop touching it."""
+
+
+class Deferred(Exception):
+    """The step handed the job back to wait for others (see `batches.should_wait`); it is claimed
+    again at its `next_attempt_at`, or earlier as another job's companion."""

@@ -21,6 +21,16 @@ from events.states import TERMINAL_STATES, JobState
 ACTIVE_STATES = [s.value for s in JobState if s not in TERMINAL_STATES]
 
 
+def _waiting_for_companions(now: datetime) -> ColumnElement[bool]:
+    """In `evaluating`, let go to wait for others (`batches.defer`): no failed attempt, a next
+    attempt time set, no live lease. Such a job may join another's run before its time."""
+    return and_(
+        Job.state == JobState.evaluating.value, Job.attempts == 0,
+        Job.next_attempt_at.is_not(None),
+        or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+    )
+
+
 def _claimable(now: datetime) -> ColumnElement[bool]:
     return and_(
         Job.state.in_(ACTIVE_STATES),
@@ -61,7 +71,8 @@ class Leases:
         with self.sessions() as session:
             now = utcnow()
             candidates = session.scalars(
-                select(Job).where(_claimable(now), Job.tenant == leader.tenant,
+                select(Job).where(or_(_claimable(now), _waiting_for_companions(now)),
+                                  Job.tenant == leader.tenant,
                                   Job.state == JobState.evaluating.value, Job.id != leader.id)
                 .order_by(Job.created_at).limit(max(most, 0) * 4)
             ).all()
@@ -71,9 +82,13 @@ class Leases:
                 won = session.execute(
                     update(Job)
                     .where(Job.id == job.id, Job.tenant == leader.tenant,
-                           Job.state == JobState.evaluating.value, _claimable(now))
+                           Job.state == JobState.evaluating.value,
+                           or_(_claimable(now), _waiting_for_companions(now)))
                     .values(lease_owner=self.owner,
                             lease_expires_at=now + timedelta(seconds=self.lease_s))
+                    # the loaded rows are read again below; SQLite's naive datetimes cannot
+                    # be compared in Python with `now`
+                    .execution_options(synchronize_session=False)
                 )
                 session.commit()
                 if won.rowcount != 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,11 +25,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit, quotas, registry
 from aif.artifact_stores import ArtifactStoreError
-from aif.db.models import Job
+from aif.db.models import Job, utcnow
 from aif.launchers import StageCommand
 from aif.orchestrator import batches, handoff, specs
 from aif.orchestrator.ai_act_pack import write_pack
-from aif.orchestrator.errors import FinalError, LeaseLost, StageRunFailed
+from aif.orchestrator.errors import Deferred, FinalError, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.outcomes import Outcomes, advance, final_state
 from aif.orchestrator.references import References
@@ -185,6 +186,7 @@ class Steps:
         lead.out.mkdir(exist_ok=True)
         spec = specs.evaluation_spec(job, lead.recipe, lead.trained, lead.out, self.settings)
         spec.write(work / EVALUATION_SPEC)  # its evaluation alone, also when it leads a batch
+        self._wait_for_companions(job, lead)
         companions = batches.gather(self.settings, self.leases, job, lead)
         if companions:
             self._evaluate_together(job, lead, spec, companions)
@@ -192,6 +194,20 @@ class Steps:
         self.runner.run(job, JobState.evaluating, _evaluation(lead, work / EVALUATION_SPEC),
                         work / "evaluation.log", lead.out / PROGRESS_LOG)
         self._record_evaluation(lead)
+
+    def _wait_for_companions(self, job: Job, lead: batches.Member) -> None:
+        """Let the job go for a while if another of its tenant's jobs, still training, could
+        take it along into its evaluation run (`batches.should_wait`)."""
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            if not batches.should_wait(self.settings, session, row, lead):
+                return
+            wait_s = self.settings.eval_batch_wait_s
+            row.next_attempt_at = utcnow() + timedelta(seconds=wait_s)
+            row.reason = (f"trained; waiting up to {wait_s:g} s to be evaluated together with "
+                          "another job of this tenant still training on the same base model")
+            session.commit()
+        raise Deferred(row.reason)
 
     def _evaluate_together(self, job: Job, lead: batches.Member, spec: EvaluationSpec,
                            companions: list[batches.Member]) -> None:

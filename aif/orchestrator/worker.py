@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import Job
 from aif.launchers import Launcher
 from aif.logs import job_context
-from aif.orchestrator.errors import FinalError, LeaseLost
+from aif.orchestrator.errors import Deferred, FinalError, LeaseLost
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.outcomes import Outcomes, final_state
 from aif.orchestrator.stage_runs import StageRunner
@@ -60,6 +60,9 @@ class JobWorker:
                     self.steps.for_state(state)(job)
                 except LeaseLost:
                     raise
+                except Deferred as exc:
+                    log.info("job %s: %s", job_id, exc)
+                    return
                 except FinalError as exc:
                     self.outcomes.end(job_id, final_state(state), str(exc))
                 except Exception as exc:

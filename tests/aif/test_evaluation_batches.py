@@ -283,3 +283,65 @@ def test_a_leader_cancelled_during_the_run_stops_it_and_lets_the_companions_go(
     assert other.state == JobState.evaluating and other.attempts == 0  # no attempt used up
     assert other.run_ref is None and other.lease_owner is None  # evaluated again, afresh
     assert not _tuned(sessions, companion)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_jobs_finishing_training_together_are_evaluated_in_one_run(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    """The first to finish waits (its lease let go) while the other still trains; the other,
+    finishing, takes it along. A job waits once only, and not at all when nothing trains."""
+    w = local_worker(sessions, tmp_path, eval_batch_wait_s=300)
+    first = _trained(w, sessions, _request(tiny_request))
+    second = _accept(sessions, _request(tiny_request), "acme")
+    assert second is not None
+    with sessions() as s:
+        s.get_one(Job, second).lease_owner = w.owner
+        s.commit()
+    for step in (w.steps.validate, w.steps.start_training):
+        step(w.load(second))
+    assert w.load(second).state == JobState.training
+
+    with sessions() as s:  # the first job's worker goes on from training to evaluation
+        s.get_one(Job, first).lease_owner = w.owner
+        s.commit()
+    w.run_job(first)
+    waiting = w.load(first)
+    assert waiting.state == JobState.evaluating and waiting.lease_owner is None
+    assert waiting.attempts == 0 and waiting.next_attempt_at is not None
+    assert "waiting up to 300 s to be evaluated together" in (waiting.reason or "")
+    assert w.leases.claim() is None or w.load(first).lease_owner is None  # not before its time
+
+    w.steps.train(w.load(second))  # the second finishes: nothing else trains, so no wait
+    w.steps.evaluate(w.load(second))
+    lead, other = w.load(second), w.load(first)
+    assert lead.run_ref and lead.run_ref["companions"] == [first]
+    assert other.run_ref and other.run_ref["leader"] == second
+    assert lead.state in (JobState.handing_off, JobState.rejected)
+    assert other.state in (JobState.handing_off, JobState.rejected) and _tuned(sessions, first)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_job_waits_for_companions_once_only(
+    sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested
+) -> None:
+    from aif.orchestrator import batches
+
+    w = local_worker(sessions, tmp_path, eval_batch_wait_s=300)
+    job_id = _trained(w, sessions, _request(tiny_request))
+    other = _accept(sessions, _request(tiny_request), "acme")
+    assert other is not None
+    with sessions() as s:
+        s.execute(update(Job).where(Job.id == other).values(
+            state=JobState.training.value, recipe=s.get_one(Job, job_id).recipe))
+        s.commit()
+        job = s.get_one(Job, job_id)
+        lead = batches.member(job, Path(job.work_dir or ""))
+        assert batches.should_wait(w.settings, s, job, lead)
+        job.next_attempt_at = utcnow() - timedelta(seconds=1)  # it waited already
+        assert not batches.should_wait(w.settings, s, job, lead)
+        job.next_attempt_at, job.attempts = None, 1  # backing off after a failure
+        assert not batches.should_wait(w.settings, s, job, lead)
+        job.attempts = 0
+        off = Settings(home=tmp_path, eval_batch_wait_s=0)  # type: ignore[call-arg]
+        assert not batches.should_wait(off, s, job, lead)
