@@ -112,9 +112,21 @@ def token_mix(recipe: Recipe, model_dir: Path) -> TokenMix:
                     loss_fraction=loss / sum(lengths))
 
 
+def _lora_rank(recipe: Recipe) -> int:
+    """The LoRA rank counted as useful work, where it sits on every projection."""
+    if recipe.lora.target_modules != "all-linear":
+        sys.exit("the FLOP count assumes target_modules all-linear; pick such a recipe")
+    return recipe.lora.r
+
+
 def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, rounds: int,
             all_variants: bool, tmp: Path) -> dict:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    mix = token_mix(recipe, model_dir)
     runs: dict[str, list[dict]] = {}
+    rooflines = []
     for r in range(rounds):
         for padding in ("longest", "max_length") if all_variants else ("longest",):
             runs.setdefault(f"HF Trainer, pad to {padding}", []).append(
@@ -123,14 +135,12 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
             name = "recipe trainer, " + ("packed" if packing else "pad to longest")
             runs.setdefault(name, []).append(recipe_trainer(
                 recipe, steps, packing, models_dir, tmp / f"{r}-{packing}"))
+        # Once a round, beside the loops, so that it meets the load they met.
+        rooflines.append(matmul_roofline(config, round(mix.tokens_per_micro_batch)))
     median = {name: {key: statistics.median(run[key] for run in got) for key in got[0]}
               for name, got in runs.items()}
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir)
-    mix = token_mix(recipe, model_dir)
-    achieved = flops_per_token(config, mix) * median[PACKED]["tokens_per_s"]
-    roofline = matmul_roofline(config, round(mix.tokens_per_micro_batch))
+    achieved = flops_per_token(config, mix, _lora_rank(recipe)) * median[PACKED]["tokens_per_s"]
+    roofline = statistics.median(rooflines)
     return {
         "steps": steps, "batch_size": recipe.train.batch_size, "rounds": rounds,
         "max_seq_len": recipe.train.max_seq_len, "variants": median,

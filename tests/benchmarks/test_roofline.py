@@ -1,0 +1,35 @@
+"""The training loop's FLOP count (`benchmarks.roofline`), by issue 16's rule: 4 x the matmul
+parameters per token (frozen projections and LoRA's matrices) plus attention, and the
+vocabulary projection at loss positions only."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import LlamaConfig
+
+from benchmarks.roofline import TokenMix, flops_per_token
+from benchmarks.train_throughput import _lora_rank
+from recipes import load_recipe
+
+# SmolLM2-135M's shapes: 30 layers, hidden 576, 9 query and 3 key/value heads of 64, MLP 1536.
+CONFIG = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                     num_key_value_heads=3, num_hidden_layers=30, vocab_size=49152)
+MIX = TokenMix(tokens_per_micro_batch=370.0, mean_context=24.0, loss_fraction=0.05)
+
+
+def test_flops_per_token_counts_projections_lora_attention_and_loss_positions() -> None:
+    projections = 576 * 576 * 2 + 576 * 192 * 2 + 576 * 1536 * 3  # q, o; k, v; gate, up, down
+    lora = 16 * ((576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 3)
+    attention = 12 * 24.0 * 576
+    expected = 30 * (4 * projections + 4 * lora + attention) + 4 * 49152 * 576 * 0.05
+    assert flops_per_token(CONFIG, MIX, lora_rank=16) == pytest.approx(expected)
+    assert flops_per_token(CONFIG, MIX) == pytest.approx(expected - 30 * 4 * lora)
+
+
+def test_flop_count_refuses_a_lora_on_some_projections_only() -> None:
+    recipe = load_recipe("grid-ticket-routing")
+    assert _lora_rank(recipe) == recipe.lora.r
+    some = recipe.model_copy(update={"lora": recipe.lora.model_copy(
+        update={"target_modules": ["q_proj", "v_proj"]})})
+    with pytest.raises(SystemExit, match="all-linear"):
+        _lora_rank(some)
