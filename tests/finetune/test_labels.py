@@ -23,7 +23,8 @@ SENTENCE = "Der Mieter hat die Mietsache bei Vertragsende zurückzugeben."
 def _on(name: str, path: Path, **data: Any) -> Recipe:
     recipe = load_recipe(name)
     return recipe.model_copy(update={"data": recipe.data.model_copy(
-        update={"train_file": str(path), "validation_file": None, **data})})
+        update={"train_file": str(path), "validation_file": None, "validation_split": 0.0,
+                **data})})
 
 
 def test_an_unknown_label_is_refused_with_its_line_and_the_choices(

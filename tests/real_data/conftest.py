@@ -82,9 +82,10 @@ def _training_rows(
     recipe: Recipe, rows: list[dict[str, Any]], tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> TokenizedData:
-    """Validate and tokenise `rows` as the recipe's training data; any bad row fails."""
+    """Validate and tokenise `rows` as the recipe's training data (all of them: none held
+    out for validation); any bad row fails."""
     data = _write_jsonl(tmp_path / "real" / "train.jsonl", rows)
-    section = recipe.data.model_copy(update={"train_file": str(data)})
+    section = recipe.data.model_copy(update={"train_file": str(data), "validation_split": 0.0})
     return load_examples(section, tokenizer, recipe.train.max_seq_len)
 
 
