@@ -14,8 +14,8 @@ order (each value given as a number is kept):
 - **steps**: epochs x rows / (batch x gradient accumulation x processes), rounded up, at least 2
   (so a warmup step never is the whole run).
 
-The numbers were chosen on the real-data benchmark's training and validation rows
-(`benchmarks.real_data`, docs/real-data.md), never on a test split.
+They are the usual LoRA starting points, checked (one schedule per recipe, never on a test
+split) with the real-data benchmark: `benchmarks.real_data`, figures in docs/real-data.md.
 """
 
 from __future__ import annotations
