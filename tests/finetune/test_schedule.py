@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
+from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
 from finetune.data import IGNORE_INDEX
 from finetune.early_stopping import BEST_DIR
@@ -21,6 +21,7 @@ from finetune.preflight import build_report
 from finetune.sampling import BalancedSampler
 from finetune.train import _cli
 from recipes import load_recipe
+from tests.finetune.test_train import _spec
 
 ROWS = [{"text": f"ticket {i} about {topic}", "label": label}
         for i, (topic, label) in enumerate([("sparks", "emergency")] * 15 + [("a bill", "accounts")]
@@ -141,13 +142,6 @@ def test_balanced_sampling_draws_each_answer_equally_often_and_is_seeded_per_epo
     assert list(again) == first  # every rank, and a resumed run, draw the same order
     again.set_epoch(5)
     assert list(again) != first
-
-
-def _spec(tmp_path: Path, recipe: Recipe) -> Path:
-    path = tmp_path / "training_spec.json"
-    TrainingSpec(job_id="t1", tenant="dev", recipe=recipe, work_dir=str(tmp_path / "job"),
-                 model_cache_dir=str(tmp_path / "cache")).write(path)
-    return path
 
 
 def test_early_stopping_stops_after_patience_and_keeps_the_best_steps_adapter(
