@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -72,6 +72,41 @@ def make_producer(cfg: KafkaConfig) -> KafkaProducer:
         max_block_ms=10_000,  # fail fast while the broker is away; callers retry
         **cfg.client_kwargs(),
     )
+
+
+class Outgoing(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def send_and_wait(producer: KafkaProducer,
+                  records: Iterable[Outgoing]) -> tuple[list[bool], Exception | None]:
+    """Send records in order and wait for every queued one to resolve.
+
+    Returns one flag per record that was queued (acked or not) and the first failure. A send
+    that raises (no metadata within max_block_ms, a record over the size limit) stops the
+    batch there, so later records keep their order; the ones queued before it are still waited
+    for, because a caller that re-sent a record still queued in the producer would publish it
+    twice.
+    """
+    futures, first_error = [], None
+    for r in records:
+        try:
+            futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=r.headers))
+        except Exception as exc:
+            first_error = exc
+            break
+    acked = []
+    for future in futures:
+        try:
+            future.get(timeout=ACK_WAIT_S)
+            acked.append(True)
+        except Exception as exc:
+            acked.append(False)
+            first_error = first_error or exc
+    return acked, first_error
 
 
 def make_consumer(cfg: KafkaConfig, *topics: str, **overrides: Any) -> KafkaConsumer:

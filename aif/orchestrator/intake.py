@@ -49,7 +49,7 @@ from aif.orchestrator.dead_letters import (
 from aif.orchestrator.references import References
 from aif.orchestrator.states import ALLOWED, transition
 from aif.tenants import signing_secret
-from events.bus import ACK_WAIT_S
+from events.bus import Outgoing, send_and_wait
 from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
 from events.failpoints import failpoint
 from events.messages import PUBLIC_LABEL, CancelRequested, FineTuneRequested
@@ -421,17 +421,16 @@ class Intake:
         if not stored.forward:
             return stored
         self.ensure_topics()
-        sends = []
-        for record, reason in stored.forward.values():
-            key, value, headers = dead_letter_copy(record, reason)
-            sends.append(self.producer.send(self.topics.dead_letter, key=key, value=value,
-                                            headers=headers))
-        for future in sends:
-            future.get(timeout=ACK_WAIT_S)
+        acked, failed = send_and_wait(self.producer, (
+            Outgoing(self.topics.dead_letter, *dead_letter_copy(record, reason))
+            for record, reason in stored.forward.values()))
+        done = [dl_id for dl_id, ok in zip(stored.forward, acked, strict=False) if ok]
         with self.sessions() as session:
-            session.execute(update(DeadLetter).where(DeadLetter.id.in_(stored.forward))
+            session.execute(update(DeadLetter).where(DeadLetter.id.in_(done))
                             .values(published_at=datetime.now(UTC)))
             session.commit()
+        if failed:
+            raise failed
         failpoint("intake.after_dlq")
         return stored
 

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Outbox, utcnow
-from events.bus import ACK_WAIT_S
+from events.bus import Outgoing, send_and_wait
 from events.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -56,25 +56,17 @@ class OutboxRelay:
             ).all()
             if rows:  # tenants' topics appear with their first event
                 self.ensure_topics({row.topic for row in rows})
-            sent = [
-                (row, self.producer.send(row.topic, key=row.key.encode() if row.key else None,
-                                         value=row.payload.encode()))
-                for row in rows
-            ]
-            # Wait for every send to resolve and mark exactly the acked rows: a row re-sent
-            # while its first send is still queued in the producer would be published twice.
-            failed: list[Exception] = []
-            for row, future in sent:
-                try:
-                    future.get(timeout=ACK_WAIT_S)
+            acked, failed = send_and_wait(self.producer, (
+                Outgoing(row.topic, row.key.encode() if row.key else None, row.payload.encode())
+                for row in rows))
+            for row, ok in zip(rows, acked, strict=False):  # rows after a refused send wait
+                if ok:
                     row.published_at = utcnow()
-                except Exception as exc:
-                    failed.append(exc)
-            if len(failed) < len(rows):  # the broker has some: a kill here re-sends them
+            if any(acked):  # the broker has some: a kill here re-sends them
                 failpoint("relay.after_send")
             session.commit()
             if failed:
-                raise failed[0]
+                raise failed
             return len(rows)
 
     def run(self) -> None:

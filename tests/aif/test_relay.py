@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import MessageSizeTooLargeError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,3 +65,33 @@ def test_a_second_relay_waits_while_one_publishes(postgres_url: str, broker: str
         assert OutboxRelay(sessions, producer).publish_pending() == 3
     finally:
         producer.close()
+
+
+def test_a_send_that_raises_leaves_no_earlier_row_to_be_sent_twice(
+    sessions: sessionmaker[Session], broker: str, topics: Topics,
+) -> None:
+    """A send can raise before queuing (here: a record over the producer's size limit; in the
+    field: no topic metadata within max_block_ms). The rows queued before it are waited for
+    and marked, so the next batch does not send them again; the rows after it wait in order."""
+    topic = topics.status("acme")
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    keeper = TopicKeeper(cfg, topics.shared())
+    with sessions() as s:
+        s.add_all([Outbox(topic=topic, key="job", payload='{"n": 0}'),
+                   Outbox(topic=topic, key="job", payload='{"n": 1}'),
+                   Outbox(topic=topic, key="job", payload='"' + "x" * 2_000_000 + '"'),
+                   Outbox(topic=topic, key="job", payload='{"n": 3}')])
+        s.commit()
+    producer = make_producer(cfg)
+    try:
+        relay = OutboxRelay(sessions, producer, ensure_topics=keeper.ensure)
+        for _ in range(2):
+            with pytest.raises(MessageSizeTooLargeError):
+                relay.publish_pending()
+    finally:
+        producer.close()
+        keeper.close()
+    assert _published(broker, topic) == [b'{"n": 0}', b'{"n": 1}']
+    with sessions() as s:
+        marked = s.scalars(select(Outbox.published_at).order_by(Outbox.id)).all()
+    assert [m is not None for m in marked] == [True, True, False, False]
