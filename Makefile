@@ -10,7 +10,13 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup demo test lint schemas vllm-env
+# Test processes (pytest-xdist). Most tests wait on subprocesses, the broker and the database
+# rather than compute, so a 2-core box runs more of them than it has cores.
+TEST_WORKERS ?= 4
+# The developer's loop: everything but real training, the browser, vLLM and Slurm.
+FAST := not slow and not e2e and not training and not browser and not vllm and not slurm
+
+.PHONY: setup demo test test-fast lint vllm-env
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -25,7 +31,11 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/aif demo
 
 test: $(STAMP) $(VLLM_STAMP)
-	HF_HUB_OFFLINE=1 VLLM_VENV=$(abspath $(VLLM_VENV)) $(VENV)/bin/python -m pytest
+	HF_HUB_OFFLINE=1 VLLM_VENV=$(abspath $(VLLM_VENV)) $(VENV)/bin/python -m pytest \
+		-n $(TEST_WORKERS) --dist loadgroup
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m '$(FAST)'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

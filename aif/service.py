@@ -54,7 +54,7 @@ class Service(AbstractContextManager["Service"]):
                                     s.home / "broker.log")
         keepers = [TopicKeeper(s.kafka, s.topics.shared()) for _ in range(2)]  # one per thread
         self._topics(keepers[0])
-        producer = make_producer(s.kafka)
+        producer = make_producer(s.kafka, auto_create_topics=False)  # the keepers create them
         consumer = make_consumer(
             s.kafka, group_id=s.consumer_group,
             max_poll_interval_ms=s.max_poll_interval_ms,

@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     embedded_broker: bool = Field(
         True, description="Start the bundled Tansu broker if nothing listens on loopback."
     )
-    consumer_group: str = "aif-orchestrator"
+    consumer_group: str | None = Field(
+        None, description="The orchestrators' Kafka consumer group; default "
+        "`<topic_prefix>-orchestrator`, so that two deployments (or test runs) with their own "
+        "topics on one cluster never join, and rebalance, each other's group.",
+    )
     require_signed_events: bool = Field(
         True, description="Dead-letter request records without a valid signature "
         "(events.signing); false only on a trusted network, where an unsigned event's tenant "
@@ -161,6 +165,8 @@ class Settings(BaseSettings):
     def default_data_root(self) -> Settings:
         if self.data_root is None:
             self.data_root = self.home / "data"
+        if self.consumer_group is None:
+            self.consumer_group = f"{self.topic_prefix}-orchestrator"
         if self.s3_prefix is not None and "{tenant}" not in self.s3_prefix:
             raise ValueError("s3_prefix: must contain {tenant}, so each tenant has its own")
         if self.launcher == "kubernetes" and not self.kubernetes.image:

@@ -54,13 +54,19 @@ DELIVERY_TIMEOUT_S = 30
 ACK_WAIT_S = DELIVERY_TIMEOUT_S + 10
 
 
-def make_producer(cfg: KafkaConfig) -> KafkaProducer:
+def make_producer(cfg: KafkaConfig, *, auto_create_topics: bool = True) -> KafkaProducer:
     """Durable settings: wait for all replicas, keep per-key order on retry.
 
     Waiting on a send for less than the delivery timeout leaves the record queued; a caller
     that then sends it again would publish it twice. So callers wait with `ACK_WAIT_S`.
+
+    A producer whose topics a `TopicKeeper` creates passes `auto_create_topics=False`: its
+    metadata requests would otherwise also create them, and the embedded broker, asked to
+    create a topic twice at once after a restart, has been seen to drop records acked in
+    between.
     """
     return KafkaProducer(
+        allow_auto_create_topics=auto_create_topics,
         acks="all",
         delivery_timeout_ms=DELIVERY_TIMEOUT_S * 1000,
         request_timeout_ms=DELIVERY_TIMEOUT_S * 1000 // 2,

@@ -24,6 +24,11 @@ from events.topics import Topics
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores, each with its own stage processes: one thread
+    # each, or OpenMP's spinning threads fight over the cores (stages inherit the variable).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "AIF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -84,11 +89,84 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all-databases", action="store_true",
+        help="run every test that takes `db_url` on SQLite and PostgreSQL, not only those "
+             "marked `store` (whose subject is the job store)")
+
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`db_url` is SQLite, and PostgreSQL too where the job store is the subject (claims,
+    leases, outbox, audit, migrations: marked `store`) or `--all-databases` asks; a test
+    that parametrizes `db_url` itself keeps its own choice."""
+    if "db_url" not in metafunc.fixturenames or any(
+            "db_url" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        return
+    both = (metafunc.definition.get_closest_marker("store") is not None
+            or metafunc.config.getoption("--all-databases"))
+    metafunc.parametrize("db_url", DATABASES if both else ["sqlite"], indirect=True)
+
+
+@pytest.fixture
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'aif.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+_AUTO_MARKS = {"slurm_cluster": "slurm", "tiny_request": "training"}
+"""A test that takes one of these fixtures gets the mark (`make test-fast` leaves it out)."""
+
+ONE_WORKER = frozenset({
+    "tests/e2e/test_walking_skeleton.py",  # trains the real model once, for all its tests
+    "tests/aif/test_pages_browser.py",  # one service and one browser
+    "tests/aif/test_handoff_vllm.py",  # one vLLM server
+    "tests/aif/test_job_hygiene.py",
+    "tests/aif/test_intake_properties.py",
+    "tests/evaluation/test_runner.py",  # lm-eval runs shared by the module
+    "tests/evaluation/test_base_cache.py",
+})
+"""Modules whose module- or session-scoped fixture is expensive: under pytest-xdist all their
+tests go to one worker, so that it runs once. (xdist's own `xdist_group` mark is ignored
+under pytest 9, whose node ids it can no longer rewrite.)"""
+
+_FIRST = ("e2e", "vllm", "slurm", "training", "browser")
+"""Marks of the longest tests, which the workers take first: started last, one of them
+would run alone at the end while the other workers idle."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in _AUTO_MARKS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+        def rank(item: pytest.Item) -> int:
+            marks = {m.name for m in item.iter_markers()}
+            return next((i for i, m in enumerate(_FIRST) if m in marks), len(_FIRST))
+
+        modules: dict[str, int] = {}
+        for item in items:  # a module kept in one worker moves as one, at its first rank
+            path = item.nodeid.split("::", 1)[0]
+            if path in ONE_WORKER:
+                modules[path] = min(modules.get(path, len(_FIRST)), rank(item))
+        items.sort(key=lambda item: modules.get(item.nodeid.split("::", 1)[0], rank(item)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's load scheduling, with each `ONE_WORKER` module as one unit of work."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER else nodeid
+
+    return Scheduler(config, log)
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ from events.envelope import CloudEvent
 from events.messages import FineTuneRequested, ModelReady, ModelRetired
 from events.states import JobState
 
+pytestmark = pytest.mark.store  # the cascades of an erasure and the audit log's triggers
+
 S = JobState
 TO_SUCCESS = [S.queued, S.training, S.evaluating, S.handing_off, S.succeeded]
 STAGES = Path(__file__).parent / "stages"

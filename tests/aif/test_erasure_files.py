@@ -108,6 +108,7 @@ def test_a_file_jobs_were_trained_on_is_deleted_only_with_them(
     assert plain.detail["cascade"] is False and len(plain.detail["files_sha256"]) == 1
 
 
+@pytest.mark.store
 def test_operators_erase_a_tenant_and_read_the_audit_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +20,7 @@ from events.topics import Topics
 from tests.aif.test_intake_kafka import FAST_GROUP, _dead_letters, _drain
 
 
+@pytest.mark.store
 def test_a_replayed_signed_request_of_an_erased_tenant_creates_nothing(
     broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
     tmp_path: Path,

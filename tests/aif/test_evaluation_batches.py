@@ -86,6 +86,7 @@ def _alone(w: JobWorker, job: Job, out: Path) -> EvaluationResult:
     return EvaluationResult.read(out / EVALUATION_RESULT)
 
 
+@pytest.mark.store
 def test_jobs_of_one_tenant_waiting_together_share_one_evaluation_run_up_to_the_cap(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_request: FineTuneRequested,
     caplog: pytest.LogCaptureFixture

@@ -34,9 +34,10 @@ from events.topics import Topics
 
 S = JobState
 GAP_S = 0.3
-PROMPT_S = 5.0
-"""Well under the grace the tests give (60 s): a follower that waits for an event that will
-never come fails, one that returns before the last event it needs fails too."""
+PROMPT_S = 20.0
+"""Well under the grace the tests give (60 s), and far above a poll's latency on a loaded
+box: a follower that waits for an event that will never come fails, one that returns before
+the last event it needs fails too."""
 
 
 def _job(tenant: str = "acme", request_id: str | None = None) -> Job:

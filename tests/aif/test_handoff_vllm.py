@@ -34,6 +34,8 @@ from events.topics import Topics
 from tests.aif.conftest import run_to_the_end
 from tests.conftest import SMOLLM2_GGUF, free_port
 
+pytestmark = pytest.mark.vllm
+
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", REPO / ".venv-vllm"))
 SERVED_BASE = "tiny-base"

@@ -22,6 +22,8 @@ from events.signing import SigningKey, sign
 from events.states import JobState
 from events.topics import Topics
 
+pytestmark = pytest.mark.store  # de-duplication and the batch's savepoints
+
 TOPICS = Topics("t")
 
 

@@ -158,6 +158,7 @@ def test_a_forged_tenant_attribute_is_a_tenant_mismatch(
     assert _jobs(sessions) == 0
 
 
+@pytest.mark.store
 def test_another_tenant_cannot_squat_a_source_and_id(
     sessions: sessionmaker[Session], acme_key: SigningKey, evil_key: SigningKey,
 ) -> None:
@@ -172,6 +173,7 @@ def test_another_tenant_cannot_squat_a_source_and_id(
     assert real.job_id == job_id_for("acme", "urn:acme:mlops", "req-1")
 
 
+@pytest.mark.store
 def test_replaying_a_stored_event_gives_the_same_job(
     sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from kafka import KafkaProducer, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,8 @@ from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign
 from events.topics import Topics
+
+pytestmark = pytest.mark.store  # the offset is committed only after the store's transaction
 
 FAST_GROUP = {"max_poll_interval_ms": 3000, "session_timeout_ms": 3000,
               "heartbeat_interval_ms": 500}

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+@pytest.mark.store
 def test_the_web_app_serves_job_store_figures(sessions: sessionmaker[Session],
                                               tmp_path: Path) -> None:
     topics = Settings().topics

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from aif.db.models import Base
 from aif.db.session import make_engine, upgrade
+
+pytestmark = pytest.mark.store  # the migrated schema
 
 
 def test_migrated_schema_matches_the_models(db_url: str) -> None:

@@ -31,6 +31,8 @@ from events.states import JobState
 from tests.aif.test_pages import LOSSES, seed_model
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

@@ -25,6 +25,8 @@ from events.states import JobState
 from recipes import load_recipe
 from tests.aif.conftest import local_worker, store_trusted
 
+pytestmark = pytest.mark.store  # admission counts and locks in the job store
+
 S = JobState
 
 

@@ -14,6 +14,8 @@ from aif.orchestrator.relay import RELAY_LOCK, OutboxRelay
 from events.bus import KafkaConfig, TopicKeeper, make_consumer, make_producer
 from events.topics import Topics
 
+pytestmark = pytest.mark.store  # the outbox relay's claims and marks
+
 
 def _rows(sessions: sessionmaker[Session], topic: str, n: int) -> None:
     with sessions() as s:

@@ -9,6 +9,8 @@ from events.messages import JobStatusChanged
 from events.states import JobState
 from events.topics import Topics
 
+pytestmark = pytest.mark.store  # transitions and their outbox rows are written in one transaction
+
 
 def _job() -> Job:
     return Job(id="j1", tenant="acme", request_source="s", request_id="1", request_sha256="x",

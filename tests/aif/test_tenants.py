@@ -24,6 +24,7 @@ from aif.tenants import (
 )
 
 
+@pytest.mark.store
 def test_a_key_authenticates_its_tenant_until_revoked(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
         acme = create_tenant(s, "acme")
@@ -57,6 +58,7 @@ def test_bad_tenant_names_are_refused(sessions: sessionmaker[Session], name: str
         create_tenant(s, name)
 
 
+@pytest.mark.store
 def test_a_tenant_is_created_once(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
         create_tenant(s, "acme")

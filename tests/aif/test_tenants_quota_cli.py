@@ -13,6 +13,7 @@ from aif.db.session import session_factory
 from aif.settings import get_settings
 
 
+@pytest.mark.store
 def test_set_quota_stores_shows_and_clears_limits(db_url: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIF_DATABASE_URL", db_url)

@@ -18,6 +18,7 @@ from events.states import JobState
 from tests.aif.conftest import local_worker, store_trusted
 
 
+@pytest.mark.store
 def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     job_id = store_trusted(sessions, recipe="grid-ticket-routing")
     a, b = local_worker(sessions, tmp_path), local_worker(sessions, tmp_path)
@@ -28,6 +29,7 @@ def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session], tmp_path:
         b.leases.heartbeat(job_id, JobState.validating)
 
 
+@pytest.mark.store
 def test_expired_lease_is_re_adopted(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     job_id = store_trusted(sessions, recipe="grid-ticket-routing")
     a, b = local_worker(sessions, tmp_path), local_worker(sessions, tmp_path)

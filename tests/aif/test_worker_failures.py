@@ -120,6 +120,7 @@ def test_a_pre_flight_over_its_time_limit_is_stopped_and_rejected(
     assert job.reason == "finetune.preflight ran longer than its limit of 0.5 s"
 
 
+@pytest.mark.store
 def test_progress_is_relayed_once_even_by_a_worker_that_re_adopts_the_job(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
