@@ -32,10 +32,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 VLLM_VENV=$(abspath $(VLLM_VENV)) $(VENV)/bin/python -m pytest \
-		-n $(TEST_WORKERS) --dist loadgroup
+		-n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m '$(FAST)'
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m '$(FAST)'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

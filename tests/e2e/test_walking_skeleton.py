@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,10 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         max_poll_interval_ms=3000, session_timeout_ms=3000, web_port=free_port(),
     )
     key = signing_key(session_factory(settings.db_url), "e2e")
-    with Service(settings) as service:
+    with pytest.MonkeyPatch.context() as env, Service(settings) as service:
+        # The longest unit of the suite: under xdist (one thread per process) its stages get
+        # every core, so that it does not end last and alone.
+        env.setenv("OMP_NUM_THREADS", str(os.cpu_count() or 1))
         event = request_finetune(
             settings.kafka, topics=topics, tenant="e2e", source="urn:test:e2e",
             recipe="grid-ticket-routing", overrides=HyperparameterOverrides(max_steps=MAX_STEPS),
