@@ -60,7 +60,7 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         )
         job_id = job_id_for("e2e", event.source, event.id)
         events = []
-        for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=1500):
+        for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=2400):
             if ev is not None:
                 events.append(ev)
             if isinstance(ev, JobStatusChanged) and ev.state.terminal:
