@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-# Test processes (pytest-xdist). Most tests wait on subprocesses, the broker and the database
-# rather than compute, so a 2-core box runs more of them than it has cores.
+# Test processes (pytest-xdist). Many tests wait on the broker and the database, so a 2-core
+# box runs more of them than it has cores; the stage processes are CPU-bound (docs/testing.md).
 TEST_WORKERS ?= 4
 # The developer's loop: everything but real training, the browser, vLLM and Slurm.
 FAST := not slow and not e2e and not training and not browser and not vllm and not slurm
