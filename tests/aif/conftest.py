@@ -79,8 +79,10 @@ def tiny_request(tiny_model_dir: Path, data_root: Path,
 
 def local_worker(sessions: sessionmaker[Session], home: Path, **settings: object) -> JobWorker:
     """A worker on the local launcher with no producer at all: it publishes only through the
-    outbox."""
-    return JobWorker(Settings(home=home, lease_s=30, **settings),  # type: ignore[arg-type]
+    outbox. Its leases outlast any step of a test on a loaded box (a 30 s lease once expired
+    between two steps and let the worker claim its own job again); a test about expiry
+    expires the lease itself."""
+    return JobWorker(Settings(home=home, lease_s=600, **settings),  # type: ignore[arg-type]
                      sessions, get_launcher("local"))
 
 

@@ -51,8 +51,11 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
     key = signing_key(session_factory(settings.db_url), "e2e")
     with pytest.MonkeyPatch.context() as env, Service(settings) as service:
         # The longest unit of the suite: under xdist (one thread per process) its stages get
-        # every core, so that it does not end last and alone.
+        # every core, so that it does not end last and alone. Its OpenMP threads sleep when
+        # they wait: spinning on cores that other tests' processes hold cost this training a
+        # third more CPU time (and wall time) in a check under busy loops (docs/testing.md).
         env.setenv("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        env.setenv("OMP_WAIT_POLICY", "PASSIVE")
         event = request_finetune(
             settings.kafka, topics=topics, tenant="e2e", source="urn:test:e2e",
             recipe="grid-ticket-routing", overrides=HyperparameterOverrides(max_steps=MAX_STEPS),
