@@ -210,7 +210,7 @@ class Chaos:
                 "max_steps": MAX_STEPS, "batch_size": 4, "logging_steps": 1,
                 "checkpoint_steps": CHECKPOINT_STEPS}),
             "eval": recipe.eval.model_copy(update={"limit": 20}),
-            "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+            "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "alpha": 1.0,
                                                    "majority_margin": -1.0, "max_class_share": 1.0,
                                                    "guards": []}),
         })

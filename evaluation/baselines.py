@@ -5,6 +5,9 @@ On an imbalanced test set a model that always answers the commonest label beats 
 model by a wide margin; only the majority baseline, per-class recall and macro-F1 show that it
 learned the label prior and not the task. The figures are computed on exactly the documents
 lm-eval scored, so they share its limit, seed and filters.
+
+The same rows give every document's outcome by `doc_id` (`DocOutcomes`), for the model and for
+the constant answer, so the gate can compare them document by document.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from sklearn.metrics import f1_score, recall_score
 
-from events.jobspec import ClassStats, TaskMetric
+from events.jobspec import ClassStats, DocOutcomes, TaskMetric
 
 CLASS_METRIC = "acc"
 """Class figures describe the argmax answers, which are what `acc` scores."""
@@ -29,7 +32,8 @@ def class_stats(rows: Iterable[dict[str, Any]]) -> ClassStats | None:
     the choice's position otherwise (ARC-style questions, where "always the first option" is
     the constant answer).
     """
-    parsed = [_doc(row) for row in rows if row.get("filter", "none") == "none"]
+    kept = [row for row in rows if row.get("filter", "none") == "none"]
+    parsed = [_doc(row) for row in kept]
     docs = [d for d in parsed if d is not None]
     if not docs or len(docs) < len(parsed):
         return None
@@ -55,17 +59,52 @@ def class_stats(rows: Iterable[dict[str, Any]]) -> ClassStats | None:
                                 average="macro", zero_division=0)),
         recall={label: float(r) for label, r in zip(labels, recall, strict=True)},
         predicted=dict(Counter(answers).most_common()),
+        majority_per_doc=_outcomes([row.get("doc_id") for row in kept],
+                                   [t == majority_class for t in targets]),
     )
 
 
-def with_class_stats(metrics: list[TaskMetric],
-                     samples: dict[str, list[dict[str, Any]]]) -> list[TaskMetric]:
-    """`metrics` with each multiple-choice task's `acc` carrying its `ClassStats`."""
+def doc_outcomes(rows: Iterable[dict[str, Any]], metric: str, value: float
+                 ) -> DocOutcomes | None:
+    """Every document's outcome on `metric` (`name` or `name,filter`, as `extract_metrics`
+    names it); None unless each row scores it 0 or 1 and their mean is the reported `value`:
+    a metric aggregated otherwise (F1, BLEU) does not split into documents."""
+    name, _, filter_name = metric.partition(",")
+    doc_ids, right = [], []
+    for row in rows:
+        if row.get("filter", "none") != (filter_name or "none"):
+            continue
+        outcome = row.get(name)
+        if outcome not in (0, 1):  # True and 1.0 are 1; a tuple (F1's) is neither
+            return None
+        doc_ids.append(row.get("doc_id"))
+        right.append(bool(outcome))
+    if not right or abs(sum(right) / len(right) - value) > 1e-6:
+        return None
+    return _outcomes(doc_ids, right)
+
+
+def with_sample_figures(metrics: list[TaskMetric],
+                        samples: dict[str, list[dict[str, Any]]]) -> list[TaskMetric]:
+    """`metrics` with what the per-document rows tell: each 0/1 metric's outcomes by doc_id,
+    and each multiple-choice task's `acc` its `ClassStats`."""
     stats = {task: class_stats(rows) for task, rows in samples.items()}
     return [
-        m.model_copy(update={"classes": stats.get(m.task)}) if m.metric == CLASS_METRIC else m
+        m.model_copy(update={
+            "per_doc": doc_outcomes(samples.get(m.task, []), m.metric, m.value),
+            **({"classes": stats.get(m.task)} if m.metric == CLASS_METRIC else {}),
+        })
         for m in metrics
     ]
+
+
+def _outcomes(doc_ids: list[Any], right: list[bool]) -> DocOutcomes | None:
+    """By doc_id; None unless every doc_id is an int, each once, as lm-eval logs them."""
+    if (not all(isinstance(d, int) and not isinstance(d, bool) for d in doc_ids)
+            or len(set(doc_ids)) != len(doc_ids)):
+        return None
+    pairs = sorted(zip(doc_ids, right, strict=True))
+    return DocOutcomes(right=[d for d, r in pairs if r], wrong=[d for d, r in pairs if not r])
 
 
 def _doc(row: dict[str, Any]) -> tuple[list[str], int, int] | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from evaluation.baselines import with_class_stats
+from evaluation.baselines import with_sample_figures
 from evaluation.tasks import MaterialisedTasks, materialise_tasks
 from events.jobspec import EvaluationSpec, TaskMetric
 
@@ -121,7 +121,8 @@ def score(spec: EvaluationSpec, model: str | Any, tasks: MaterialisedTasks) -> d
 def keep_results(output_dir: Path, model: str, raw: dict[str, Any], log_samples: bool
                  ) -> list[TaskMetric]:
     """Write `lm_eval_<model>.json` (and, with `log_samples`, its samples beside) and return
-    its metrics with the class statistics read from every document's answer."""
+    its metrics with the class statistics and per-document outcomes read from every
+    document's row."""
     output_dir.mkdir(parents=True, exist_ok=True)
     raw = dict(raw)
     samples = raw.pop("samples", None) or {}
@@ -131,7 +132,7 @@ def keep_results(output_dir: Path, model: str, raw: dict[str, Any], log_samples:
                 for row in rows:
                     fh.write(json.dumps({"task": task, **row}) + "\n")
     (output_dir / f"lm_eval_{model}.json").write_text(json.dumps(raw, indent=2))
-    return with_class_stats(extract_metrics(raw), samples)
+    return with_sample_figures(extract_metrics(raw), samples)
 
 
 def _task_manager(tasks: MaterialisedTasks) -> Any:

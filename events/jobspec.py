@@ -190,6 +190,24 @@ class EvaluationSpec(_Frozen):
         return [Path(self.output_dir), *map(Path, self.more_output_dirs)]
 
 
+class DocOutcomes(_Frozen):
+    """Which documents (lm-eval `doc_id`s) were scored right and which wrong on one metric.
+
+    Base and tuned score the same documents, so their outcomes pair up document by document;
+    the gate's paired tests need them, where two accuracies and their standard errors throw
+    most of the evidence away. Two id lists cost a few bytes a document.
+    """
+
+    right: list[int] = Field(description="doc_ids scored 1.")
+    wrong: list[int] = Field(description="doc_ids scored 0.")
+
+    @model_validator(mode="after")
+    def _each_document_once(self) -> Self:
+        if len({*self.right, *self.wrong}) != len(self.right) + len(self.wrong):
+            raise ValueError("each doc_id must be in right or wrong, once")
+        return self
+
+
 class ClassStats(_Frozen):
     """How a model's answers on a multiple-choice task spread over the classes, beside the
     scores a constant answer and a uniform guess get on the same documents.
@@ -207,6 +225,10 @@ class ClassStats(_Frozen):
     recall: dict[str, float] = Field(description="Target class -> share of its documents "
                                      "answered right.")
     predicted: dict[str, int] = Field(description="Answered class -> documents.")
+    majority_per_doc: DocOutcomes | None = Field(
+        None, description="Where always answering `majority_class` is right, by doc_id (for "
+        "the gate's paired test against it); None where doc_ids repeat, and in results "
+        "written before it was kept.")
 
     def top_share(self) -> tuple[str, float]:
         """The class the model answers most often, and the share of documents it gets."""
@@ -224,6 +246,10 @@ class TaskMetric(_Frozen):
     classes: ClassStats | None = Field(
         None, description="For the `acc` of multiple-choice tasks: baselines and class spread."
     )
+    per_doc: DocOutcomes | None = Field(
+        None, description="For a metric scored 0 or 1 per document whose value is their mean "
+        "(acc, acc_norm, exact_match): every document's outcome, so base and tuned pair up "
+        "by doc_id. None for other metrics, for groups and in older results.")
 
 
 class EvaluationResult(_Frozen):

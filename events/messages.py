@@ -142,6 +142,24 @@ class JobProgress(JobEvent):
     eta_s: float | None = None
 
 
+class PairedComparison(BaseModel):
+    """Tuned against another scorer (the base model, the constant majority answer) on the
+    documents both scored, paired by lm-eval doc_id: the figures of the gate's noise check
+    (`aif.orchestrator.paired`)."""
+
+    model_config = OPEN
+    documents: int = Field(ge=1, description="Documents both scored.")
+    diff: float = Field(description="Tuned accuracy minus the other's on those documents.")
+    ci_low: float = Field(description="Lower end of the paired 95% bootstrap interval of diff.")
+    ci_high: float = Field(description="Upper end of that interval.")
+    only_tuned_right: int = Field(ge=0, description="Documents only tuned got right.")
+    only_other_right: int = Field(ge=0, description="Documents only the other got right.")
+    p_value: float = Field(ge=0.0, le=1.0, description="One-sided exact McNemar (sign) test "
+                           "that tuned is the better: P(at least only_tuned_right of the "
+                           "discordant documents favour tuned, each favouring either side "
+                           "with probability 1/2).")
+
+
 class MetricScore(BaseModel):
     model_config = OPEN
     task: str
@@ -158,6 +176,12 @@ class MetricScore(BaseModel):
     tuned_macro_f1: float | None = None
     base_recall: dict[str, float] | None = None
     tuned_recall: dict[str, float] | None = None
+    vs_base: PairedComparison | None = Field(
+        None, description="Tuned against base document by document; absent where the "
+        "metric has no per-document 0/1 outcomes (and in events older than the field).")
+    vs_majority: PairedComparison | None = Field(
+        None, description="Multiple-choice `acc`: tuned against always answering the "
+        "majority class, document by document.")
 
     @property
     def delta(self) -> float:

@@ -330,8 +330,15 @@ class GateSection(_Strict):
     task: str
     metric: str = "acc"
     min_gain: float = Field(0.0, description="Tuned must beat base by this much (absolute).")
+    alpha: float = Field(
+        0.05, gt=0.0, le=1.0, description="The gain over base (and over the majority answer) "
+        "must also be significant: the one-sided exact McNemar test on the documents both "
+        "scored, paired by doc_id, below this p-value. 1 switches every noise check off.",
+    )
     stderr_factor: float = Field(
-        1.0, ge=0.0, description="The gain must also exceed this many combined stderrs."
+        1.0, ge=0.0, description="Only where per-document outcomes are missing (a metric "
+        "not scored 0/1 per document, results from before they were kept): the gain must "
+        "exceed this many combined stderrs instead of the paired test; 0 switches it off.",
     )
     guards: list[GuardTask] = Field(
         default_factory=list, description="Regression checks on general tasks."
@@ -344,7 +351,7 @@ class GateSection(_Strict):
     noise: Literal["warn", "refuse"] = "warn"
     majority_margin: float = Field(
         0.05, description="On multiple-choice tasks tuned must also beat the constant "
-        "majority answer by this much (absolute), and by stderr_factor combined stderrs.",
+        "majority answer by this much (absolute), and beyond the noise (alpha).",
     )
     max_class_share: float = Field(
         0.9, gt=0.0, le=1.0, description="A tuned model giving one answer to more than this "

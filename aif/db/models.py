@@ -108,6 +108,10 @@ class Score(Base):
     tuned_macro_f1: Mapped[float | None] = mapped_column(Float)
     base_recall: Mapped[dict | None] = mapped_column(JSON)
     tuned_recall: Mapped[dict | None] = mapped_column(JSON)
+    # The gate's paired comparisons (events.messages.PairedComparison), where per-document
+    # outcomes exist: tuned against base, and against the constant majority answer.
+    vs_base: Mapped[dict | None] = mapped_column(JSON)
+    vs_majority: Mapped[dict | None] = mapped_column(JSON)
     num_fewshot: Mapped[int] = mapped_column(Integer)
     samples: Mapped[int] = mapped_column(Integer)
     lm_eval_version: Mapped[str] = mapped_column(String(40))

@@ -28,6 +28,8 @@ def record_evaluation(session: Session, job: Job, recipe: Recipe, result: Evalua
             majority=s.majority, chance=s.chance, base_macro_f1=s.base_macro_f1,
             tuned_macro_f1=s.tuned_macro_f1, base_recall=s.base_recall,
             tuned_recall=s.tuned_recall,
+            vs_base=s.vs_base.model_dump() if s.vs_base else None,
+            vs_majority=s.vs_majority.model_dump() if s.vs_majority else None,
             num_fewshot=m.num_fewshot, samples=m.samples,
             lm_eval_version=result.lm_eval_version,
             task_config_sha256=result.task_config_sha256.get(s.task, ""),

@@ -70,7 +70,7 @@ def tiny_request(tiny_model_dir: Path, data_root: Path,
         "train": recipe.train.model_copy(update={"max_steps": 40, "batch_size": 4,
                                                  "logging_steps": 1}),
         "eval": recipe.eval.model_copy(update={"limit": 20}),
-        "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+        "gate": recipe.gate.model_copy(update={"min_gain": -1.0, "alpha": 1.0,
                                                "majority_margin": -1.0, "max_class_share": 1.0,
                                                "guards": []}),
     })

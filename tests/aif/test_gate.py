@@ -1,12 +1,21 @@
-"""The gate's arithmetic on reported scores: gain, noise and guard tasks."""
+"""The gate's arithmetic on reported scores: gain, noise (paired by document where the
+per-document outcomes are there, else the stderr rule) and guard tasks."""
 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db.models import Job, Outbox
 from aif.orchestrator.gate import decide
-from events.jobspec import EvaluationResult, TaskMetric
+from aif.orchestrator.scores import record_evaluation
+from aif.web.pages.board import _cells
+from events.envelope import CloudEvent
+from events.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
+from events.messages import PairedComparison
 from events.recipe import GuardTask, Recipe
+from events.topics import Topics
 from recipes import load_recipe
 
 TASK = "grid_ticket_routing"
@@ -71,7 +80,8 @@ def test_pass_states_the_numbers(recipe: Recipe) -> None:
     assert decision.passed
     assert decision.reason == (
         "acc on grid_ticket_routing: tuned 0.912 vs base 0.385 (+0.527), "
-        "needs >= +0.050 and > 2.0 x stderr 0.041."
+        "needs >= +0.050 and > 2.0 x stderr 0.041 (no per-document pairs, so the unpaired "
+        "stderr rule)."
     )
     assert [(s.metric, s.base, s.tuned, s.base_stderr, s.tuned_stderr) for s in scores] == [
         ("acc", 0.385, 0.912, 0.03, 0.028),
@@ -91,7 +101,9 @@ def test_fail_by_stderr(recipe: Recipe) -> None:
     _, decision = decide(_recipe(recipe), _result([_metric(0.5, 0.04)], [_metric(0.6, 0.04)]))
     assert not decision.passed
     assert "(+0.100)" in decision.reason
-    assert decision.reason.endswith("x stderr 0.057. Failed: within stderr.")
+    assert decision.reason.endswith(
+        "x stderr 0.057 (no per-document pairs, so the unpaired stderr rule). "
+        "Failed: within stderr.")
 
 
 def test_missing_stderr_counts_as_zero(recipe: Recipe) -> None:
@@ -134,3 +146,166 @@ def test_missing_metric_fails(
         f"acc on grid_ticket_routing: no {missing} score in the evaluation results"
     )
     assert scores == []
+
+
+# Paired tests: base and tuned (and the constant answer) on the same documents.
+
+def _docs(n: int, right: set[int]) -> DocOutcomes:
+    return DocOutcomes(right=sorted(right), wrong=sorted(set(range(n)) - right))
+
+
+def _paired(value_of: DocOutcomes, stderr: float | None = None, task: str = TASK,
+            classes: ClassStats | None = None) -> TaskMetric:
+    n = len(value_of.right) + len(value_of.wrong)
+    return TaskMetric(task=task, metric="acc", value=len(value_of.right) / n, stderr=stderr,
+                      num_fewshot=0, samples=n, classes=classes, per_doc=value_of)
+
+
+def _classes(n: int, majority_right: set[int], chance: float = 0.2) -> ClassStats:
+    majority = len(majority_right) / n
+    return ClassStats(
+        documents=n, majority=majority, majority_stderr=(majority * (1 - majority) / (n - 1))
+        ** 0.5, majority_class="outage", chance=chance, macro_f1=0.6,
+        recall={"outage": 0.98, "billing": 0.3},
+        predicted={"outage": n * 7 // 10, "billing": n - n * 7 // 10},
+        majority_per_doc=_docs(n, majority_right))
+
+
+def _issue_25() -> tuple[TaskMetric, TaskMetric]:
+    """The example of issue #25: 150 documents, tuned 0.767, majority 0.673, base 0.193.
+    The majority class holds docs 0-100; tuned misses two of them (99, 100) and gets 16 of
+    the others (101-116) right; base gets 26 of tuned's right and 3 of its wrong."""
+    n = 150
+    majority = set(range(101))
+    tuned = set(range(99)) | set(range(101, 117))
+    base = set(range(26)) | {99, 100, 117}
+    return (_paired(_docs(n, base), 0.0324),
+            _paired(_docs(n, tuned), 0.0347, classes=_classes(n, majority)))
+
+
+def _issue_recipe(recipe: Recipe, **gate: object) -> Recipe:
+    return recipe.model_copy(update={"gate": recipe.gate.model_copy(update={
+        "min_gain": 0.01, "stderr_factor": 2.0, "majority_margin": 0.05, "guards": [],
+        **gate})})
+
+
+def test_issue_25_a_real_gain_over_the_majority_answer_now_passes(recipe: Recipe) -> None:
+    base, tuned = _issue_25()
+    gated = _issue_recipe(recipe)
+    scores, decision = decide(gated, _result([base], [tuned]))
+    assert decision.passed, decision.reason
+    assert decision.reason.startswith(
+        "acc on grid_ticket_routing: tuned 0.767 vs base 0.193 (+0.573, 95% CI +0.49 to "
+        "+0.66; 89 docs only tuned right, 3 only base right; one-sided p < 0.001), needs "
+        ">= +0.010 and p < 0.05. Answering 'outage' every time scores 0.673 (chance 0.200): "
+        "tuned +0.093 over it (95% CI +0.04 to +0.15; 16 docs only tuned right, 2 only it "
+        "right; one-sided p < 0.001), needs >= +0.050 and p < 0.05.")
+    (score,) = scores
+    assert score.vs_majority is not None and score.vs_base is not None
+    assert (score.vs_majority.only_tuned_right, score.vs_majority.only_other_right) == (16, 2)
+    assert score.vs_majority.p_value == pytest.approx(172 / 2**18)  # C(18,16..18) / 2^18
+    assert (score.vs_base.documents, score.vs_base.diff) == (150, pytest.approx(86 / 150))
+
+    # The unpaired rule, which the same scores without per-document outcomes fall back to,
+    # rejected it: +0.093 is not above 2 x 0.052.
+    unpaired = [m.model_copy(update={"per_doc": None}) for m in (base, tuned)]
+    _, old = decide(gated, _result(unpaired[:1], unpaired[1:]))
+    assert not old.passed
+    assert ("tuned +0.093 over it, needs >= +0.050 and > 2.0 x stderr 0.052 (no per-document "
+            "pairs, so the unpaired stderr rule).") in old.reason
+    assert old.reason.endswith("Failed: not above the majority class.")
+
+
+def test_a_few_discordant_documents_are_noise(recipe: Recipe) -> None:
+    """200 documents, tuned and base agree on 192: 5 favour tuned, 3 base (p = 93/256)."""
+    base = _docs(200, set(range(100)) | {100, 101, 102})
+    tuned = _docs(200, set(range(100)) | {103, 104, 105, 106, 107})
+    _, decision = decide(_issue_recipe(recipe), _result([_paired(base)], [_paired(tuned)]))
+    assert not decision.passed
+    assert decision.reason == (
+        "acc on grid_ticket_routing: tuned 0.525 vs base 0.515 (+0.010, 95% CI -0.01 to +0.04; "
+        "5 docs only tuned right, 3 only base right; one-sided p = 0.363), needs >= +0.010 "
+        "and p < 0.05. Failed: not significant.")
+
+
+def test_alpha_one_switches_the_noise_checks_off(recipe: Recipe) -> None:
+    base = _docs(200, set(range(100)) | {100, 101, 102})
+    tuned = _docs(200, set(range(100)) | {103, 104, 105, 106, 107})
+    result = _result([_paired(base, 0.2)], [_paired(tuned, 0.2)])
+    _, decision = decide(_issue_recipe(recipe, alpha=1.0), result)
+    assert decision.passed, decision.reason
+    assert decision.reason.endswith("needs >= +0.010 and no noise check (alpha 1).")
+    unpaired = result.model_copy(update={"base": [_metric(0.515, 0.2)],
+                                         "tuned": [_metric(0.525, 0.2)]})
+    _, decision = decide(_issue_recipe(recipe, alpha=1.0), unpaired)  # the fallback too
+    assert decision.passed, decision.reason
+
+
+def test_pairs_documents_by_id_and_only_those_both_scored(recipe: Recipe) -> None:
+    """Tuned scored docs 0-9, base 5-14 (listed in another order): only 5-9 pair up."""
+    tuned = DocOutcomes(right=[9, 8, 7, 0, 1], wrong=[2, 3, 4, 5, 6])
+    base = DocOutcomes(right=[14, 5, 6], wrong=[13, 12, 11, 10, 9, 8, 7])
+    scores, _ = decide(_issue_recipe(recipe), _result([_paired(base)], [_paired(tuned)]))
+    paired = scores[0].vs_base
+    assert paired is not None
+    assert (paired.documents, paired.only_tuned_right, paired.only_other_right) == (5, 3, 2)
+    assert paired.diff == pytest.approx(1 / 5)
+
+
+def test_a_guard_reports_its_drop_paired(recipe: Recipe) -> None:
+    """100 guard documents: base 0.70, tuned 0.65; 8 only base right, 3 only tuned right."""
+    base = _docs(100, set(range(70)))
+    tuned = _docs(100, set(range(62)) | {70, 71, 72})
+    guard = GuardTask(task=GUARD, max_regression=0.04)
+    base_m, tuned_m = _issue_25()
+    result = _result([base_m, _paired(base, task=GUARD)], [tuned_m, _paired(tuned, task=GUARD)])
+    _, decision = decide(_issue_recipe(recipe, guards=[guard]), result)
+    assert f"The guard acc on {GUARD}: tuned 0.650 vs base 0.700 (drop +0.050, 95% CI " in (
+        decision.reason)
+    assert ("8 docs only base right, 3 only tuned right; one-sided p = 0.113 of a drop), may "
+            "drop <= 0.040.") in decision.reason  # P(X >= 8 | 11, 1/2) = 232 / 2048
+    assert decision.reason.endswith(f"Failed: guard acc on {GUARD} regressed by 0.050.")
+
+
+def test_a_uniform_guess_above_the_majority_answer_must_be_beaten(recipe: Recipe) -> None:
+    """Questions with their own choices: guessing scores 0.4, the constant answer 0.3."""
+    n = 100
+    base = _paired(_docs(n, set(range(20))))
+    for right, passed in ((45, False), (60, True)):
+        tuned = _paired(_docs(n, set(range(right))),
+                        classes=_classes(n, set(range(30, 60)), chance=0.4))
+        _, decision = decide(_issue_recipe(recipe, majority_margin=0.0),
+                             _result([base], [tuned]))
+        assert (f"A uniform guess scores more than the constant answer (0.400): tuned {right} "
+                "of 100 right, one-sided exact binomial p ") in decision.reason
+        assert ("not above chance" not in decision.reason) is passed, decision.reason
+
+
+def test_the_paired_figures_are_stored_and_colour_the_board(
+    recipe: Recipe, sessions: sessionmaker[Session]
+) -> None:
+    """What `evaluation.completed` carries is stored with the score (migration 0015), and the
+    leaderboard's delta colour follows the same paired test as the gate."""
+    base, tuned = _issue_25()
+    noise = (_docs(150, set(range(40)) | {40, 41, 42}),
+             _docs(150, set(range(40)) | {43, 44, 45, 46, 47}))  # +0.013, p = 0.363
+    with sessions() as s:
+        for job_id, result in (("issue", _result([base], [tuned])),
+                               ("noise", _result([_paired(noise[0])], [_paired(noise[1])]))):
+            job = Job(id=job_id, tenant="acme", request_source="test", request_id=job_id,
+                      request_sha256="x", recipe_name=recipe.name, state="evaluating",
+                      reason="", request={}, recipe=recipe.model_dump(mode="json"))
+            s.add(job)
+            record_evaluation(s, job, _issue_recipe(recipe), result, Topics("gate"))
+        s.commit()
+        issue, noisy = s.get_one(Job, "issue"), s.get_one(Job, "noise")
+        (row,) = issue.scores
+        expected, _ = decide(_issue_recipe(recipe), _result([base], [tuned]))
+        assert PairedComparison.model_validate(row.vs_base) == expected[0].vs_base
+        assert PairedComparison.model_validate(row.vs_majority) == expected[0].vs_majority
+        (event,) = [CloudEvent.model_validate_json(o.payload) for o in
+                    s.scalars(select(Outbox).where(Outbox.key == "issue"))]
+        assert event.data["scores"][0]["vs_majority"]["only_tuned_right"] == 16
+        gated = _issue_recipe(recipe)
+        assert _cells(issue, gated, "tuned")[TASK].verdict == "clears"
+        assert _cells(noisy, gated, "tuned")[TASK].verdict == "short"

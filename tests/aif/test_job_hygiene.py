@@ -63,7 +63,7 @@ def run(broker: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         "train": copied.train.model_copy(update={"max_steps": 4, "batch_size": 4,
                                                  "checkpoint_steps": 2}),
         "eval": copied.eval.model_copy(update={"limit": 10}),
-        "gate": copied.gate.model_copy(update={"min_gain": -1.0, "stderr_factor": 0.0,
+        "gate": copied.gate.model_copy(update={"min_gain": -1.0, "alpha": 1.0,
                                                "majority_margin": -1.0, "max_class_share": 1.0,
                                                "guards": []}),
     })

@@ -11,6 +11,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 
+from aif.orchestrator.gate import decide
 from aif.orchestrator.specs import base_score_cache
 from aif.settings import Settings
 from evaluation import run as run_module
@@ -58,9 +59,38 @@ def test_warm_cache_gives_the_fresh_scores_without_scoring(
     warm = run_module.run(_spec(make_spec, tmp_path / "warm", cache))
     assert warm.base_from_cache == sorted([TASK, GUARD])
     assert warm.base == fresh
+    # per-document outcomes included: the cache keeps lm-eval's rows, the gate pairs them
+    assert {(m.task, m.metric) for m in fresh if m.per_doc} >= {(TASK, "acc"), (GUARD, "acc")}
     stored = json.loads((tmp_path / "warm" / "lm_eval_base.json").read_text())
-    # the page and the gate read the same numbers (the class figures come from the samples)
-    assert extract_metrics(stored) == [m.model_copy(update={"classes": None}) for m in fresh]
+    # the page and the gate read the same numbers (the class figures and per-document
+    # outcomes come from the samples)
+    assert extract_metrics(stored) == [m.model_copy(update={"classes": None, "per_doc": None})
+                                       for m in fresh]
+
+
+def test_an_entry_without_samples_still_loads_and_the_gate_says_it_is_unpaired(
+    make_spec: SpecFactory, fresh: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry without lm-eval's per-document rows (one written without them) gives the same
+    scores, without per-document outcomes; the gate then falls back to the stderr rule."""
+    cache = BaseScoreCache(shared_dir=str(tmp_path / "shared"), shared_tasks=[TASK, GUARD])
+    spec = _spec(make_spec, tmp_path / "cold", cache)
+    run_module.run(spec)
+    for path in (tmp_path / "shared").glob("*.json"):
+        entry = json.loads(path.read_text())
+        if "key" in entry:  # not the hash memo
+            del entry["results"]["samples"]
+            path.write_text(json.dumps(entry))
+
+    _no_scoring(monkeypatch)
+    warm = run_module.run(_spec(make_spec, tmp_path / "warm", cache))
+    assert warm.base_from_cache == sorted([TASK, GUARD])
+    assert [(m.task, m.metric, m.value) for m in warm.base] == [
+        (m.task, m.metric, m.value) for m in fresh]
+    assert all(m.per_doc is None and m.classes is None for m in warm.base)
+    scores, decision = decide(spec.recipe, warm.model_copy(update={"tuned": fresh}))
+    assert all(s.vs_base is None for s in scores)
+    assert "(no per-document pairs, so the unpaired stderr rule)" in decision.reason
 
 
 def test_refresh_scores_again(make_spec: SpecFactory, fresh: list, tmp_path: Path) -> None:

@@ -53,11 +53,16 @@ def test_result_holds_every_metric(evaluated: Path) -> None:
     assert result.lm_eval_version == "0.4.13"
     assert sorted(result.task_config_sha256) == [GUARD, TASK]
     for name, metrics in (("lm_eval_base.json", result.base), ("lm_eval_tuned.json", result.tuned)):
-        # lm-eval's own results hold no class figures; evaluation.baselines adds them.
+        # lm-eval's own results hold no class figures nor per-document outcomes;
+        # evaluation.baselines adds them.
         assert extract_metrics(json.loads((evaluated / name).read_text())) == [
-            m.model_copy(update={"classes": None}) for m in metrics]
+            m.model_copy(update={"classes": None, "per_doc": None}) for m in metrics]
         for m in metrics:  # from the 10 documents each model answered
+            assert m.per_doc is not None and sorted(m.per_doc.right + m.per_doc.wrong) == [
+                *range(10)]
+            assert len(m.per_doc.right) / 10 == pytest.approx(m.value)
             assert m.classes is not None and m.classes.documents == 10
+            assert m.classes.majority_per_doc is not None
             assert sum(m.classes.predicted.values()) == 10
             assert 0.0 <= m.classes.macro_f1 <= 1.0 and 0.0 < m.classes.chance < 1.0
     lines = (evaluated / PROGRESS_LOG).read_text().splitlines()
@@ -87,7 +92,7 @@ def test_cli_reproduces_stored_scores(
     (results_file,) = tmp_path.rglob("results_*.json")
     from_cli = extract_metrics(json.loads(results_file.read_text()))
     stored = getattr(EvaluationResult.read(evaluated / EVALUATION_RESULT), model)
-    assert from_cli == [m.model_copy(update={"classes": None}) for m in stored]
+    assert from_cli == [m.model_copy(update={"classes": None, "per_doc": None}) for m in stored]
 
 
 def test_stored_results_render_as_lm_eval_table(evaluated: Path) -> None:

@@ -56,6 +56,24 @@ def test_guard_must_name_an_evaluated_task(tmp_path: Path) -> None:
         load_recipe_file(_write(tmp_path, gate=gate))
 
 
+@pytest.mark.parametrize(("alpha", "message"), [
+    (0, "gate.alpha: Input should be greater than 0"),
+    (-0.05, "gate.alpha: Input should be greater than 0"),
+    (1.5, "gate.alpha: Input should be less than or equal to 1"),
+])
+def test_gate_alpha_is_a_probability_above_zero(tmp_path: Path, alpha: float,
+                                                message: str) -> None:
+    gate = {"task": "grid_ticket_routing", "alpha": alpha}
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe_file(_write(tmp_path, gate=gate))
+
+
+def test_gate_alpha_defaults_to_five_percent_and_one_is_allowed() -> None:
+    gate = load_recipe("grid-ticket-routing").gate
+    assert gate.alpha == 0.05
+    assert gate.model_validate({**gate.model_dump(), "alpha": 1}).alpha == 1.0
+
+
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [unclosed")

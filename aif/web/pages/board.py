@@ -172,7 +172,8 @@ def _cells(job: Job, recipe: Recipe | None, kind: str) -> dict[str, Cell]:
                                recall=s.base_recall)
             continue
         score = MetricScore(task=s.task, metric=metric, base=s.base, tuned=s.tuned,
-                            base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
+                            base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
+                            vs_base=s.vs_base)
         cells[task] = Cell(task, metric, s.tuned, s.tuned_stderr, s.base, score.delta,
                            _verdict(recipe, score), pins, macro_f1=s.tuned_macro_f1,
                            majority=s.majority, recall=s.tuned_recall)
