@@ -128,8 +128,9 @@ def _p(p_value: float) -> str:
     return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
 
 
-def _figures(paired: PairedComparison, other: str) -> str:
-    """The paired interval, discordant counts and p-value, for a sentence."""
+def figures(paired: PairedComparison, other: str) -> str:
+    """The paired interval, discordant counts and p-value, for a sentence (the reason, and
+    the pages' paired figures, so both say it in the same words)."""
     return (f"95% CI {paired.ci_low:+.2f} to {paired.ci_high:+.2f}; {paired.only_tuned_right} "
             f"docs only tuned right, {paired.only_other_right} only {other} right; one-sided "
             f"{_p(paired.p_value)}")
@@ -138,10 +139,10 @@ def _figures(paired: PairedComparison, other: str) -> str:
 def _over_base(gate: GateSection, label: str, score: MetricScore) -> Check:
     big_enough, above_noise = gain_checks(gate, score)
     paired = score.vs_base
-    figures = f", {_figures(paired, 'base')}" if paired else ""
+    shown = f", {figures(paired, 'base')}" if paired else ""
     return Check(
         f"{label}: tuned {score.tuned:.3f} vs base {score.base:.3f} ({score.delta:+.3f}"
-        f"{figures}), needs >= {gate.min_gain:+.3f} and "
+        f"{shown}), needs >= {gate.min_gain:+.3f} and "
         f"{_noise_rule(gate, paired, combined_stderr(score))}.",
         [text for ok, text in ((big_enough, "below min_gain"),
                                (above_noise, "not significant" if paired else "within stderr"))
@@ -154,11 +155,11 @@ def _over_majority(gate: GateSection, score: MetricScore, tuned: TaskMetric,
     gain = tuned.value - classes.majority
     stderr = math.hypot(tuned.stderr or 0.0, classes.majority_stderr)
     paired = score.vs_majority
-    figures = f" ({_figures(paired, 'it')})" if paired else ""
+    shown = f" ({figures(paired, 'it')})" if paired else ""
     ok = gain >= gate.majority_margin and _beyond_noise(gate, paired, gain, stderr)
     return Check(
         f"Answering {classes.majority_class!r} every time scores {classes.majority:.3f} "
-        f"(chance {classes.chance:.3f}): tuned {gain:+.3f} over it{figures}, needs >= "
+        f"(chance {classes.chance:.3f}): tuned {gain:+.3f} over it{shown}, needs >= "
         f"{gate.majority_margin:+.3f} and {_noise_rule(gate, paired, stderr)}.",
         [] if ok else ["not above the majority class"],
     )
@@ -204,13 +205,13 @@ def _guard(score: MetricScore | None, name: str, max_regression: float) -> Check
         return Check(f"The {name} has no score.", [f"{name} missing"])
     drop = -score.delta
     paired = score.vs_base
-    figures = "" if paired is None else (
+    shown = "" if paired is None else (
         f" (drop {drop:+.3f}, 95% CI {-paired.ci_high:+.2f} to {-paired.ci_low:+.2f}; "
         f"{paired.only_other_right} docs only base right, {paired.only_tuned_right} only tuned "
         f"right; one-sided {_p(sign_test(paired.only_other_right, paired.only_tuned_right))} "
         "of a drop)")
     return Check(
-        f"The {name}: tuned {score.tuned:.3f} vs base {score.base:.3f}{figures}, may drop <= "
+        f"The {name}: tuned {score.tuned:.3f} vs base {score.base:.3f}{shown}, may drop <= "
         f"{max_regression:.3f}.",
         [f"{name} regressed by {drop:.3f}"] if drop > max_regression + 1e-9 else [],
     )

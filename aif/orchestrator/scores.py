@@ -1,4 +1,5 @@
-"""Recording an evaluation: its scores, the gate's decision and the event announcing both."""
+"""Recording an evaluation: its scores, the gate's decision and the event announcing both;
+and reading a stored score back as the event carried it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aif.db.models import Job, Score
 from aif.orchestrator.gate import decide
 from aif.orchestrator.states import enqueue_event
 from events.jobspec import EvaluationResult
-from events.messages import EvaluationCompleted, GateDecision
+from events.messages import EvaluationCompleted, GateDecision, MetricScore
 from events.recipe import Recipe
 from events.topics import Topics
 
@@ -23,17 +24,19 @@ def record_evaluation(session: Session, job: Job, recipe: Recipe, result: Evalua
     for s in scores:
         m = tuned[(s.task, s.metric)]
         session.add(Score(
-            job_id=job.id, task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
-            base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
-            majority=s.majority, chance=s.chance, base_macro_f1=s.base_macro_f1,
-            tuned_macro_f1=s.tuned_macro_f1, base_recall=s.base_recall,
-            tuned_recall=s.tuned_recall,
-            vs_base=s.vs_base.model_dump() if s.vs_base else None,
-            vs_majority=s.vs_majority.model_dump() if s.vs_majority else None,
-            num_fewshot=m.num_fewshot, samples=m.samples,
+            job_id=job.id, **s.model_dump(), num_fewshot=m.num_fewshot, samples=m.samples,
             lm_eval_version=result.lm_eval_version,
             task_config_sha256=result.task_config_sha256.get(s.task, ""),
         ))
     enqueue_event(session, topics.models, EvaluationCompleted(
         job_id=job.id, tenant=job.tenant, scores=scores, gate=decision), job=job)
     return decision
+
+
+def metric_score(row: Score) -> MetricScore:
+    """The stored score exactly as `evaluation.completed` carried it, so what is handed off,
+    registered, shown and served is what the gate decided on. Every `MetricScore` field is a
+    column of the same name (`record_evaluation` stores them by name, so a field without a
+    column fails there, loudly)."""
+    return MetricScore.model_validate(
+        {name: getattr(row, name) for name in MetricScore.model_fields})

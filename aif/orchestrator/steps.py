@@ -33,7 +33,7 @@ from aif.orchestrator.errors import Deferred, FinalError, LeaseLost, StageRunFai
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.outcomes import Outcomes, advance, final_state
 from aif.orchestrator.references import References
-from aif.orchestrator.scores import record_evaluation
+from aif.orchestrator.scores import metric_score, record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.states import enqueue_event
 from aif.orchestrator.throughput import measure, throughput
@@ -56,7 +56,7 @@ from events.jobspec import (
     StageFailure,
     TrainingResult,
 )
-from events.messages import FineTuneRequested, MetricScore
+from events.messages import FineTuneRequested
 from events.preflight_report import PREFLIGHT, PreflightReport
 from events.recipe import Recipe
 from events.remote_data import localised
@@ -297,9 +297,7 @@ class Steps:
         trained = _read(TrainingResult, work / TRAINING_RESULT)
         with self.sessions() as session:
             row = self.leases.owned(session, job.id)
-            scores = [MetricScore(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
-                                  base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr)
-                      for s in row.scores]
+            scores = [metric_score(s) for s in row.scores]
             lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
             files_sha256 = handoff.expected_digests(trained, write_pack(
                 row, recipe, trained, scores, lm_eval_version))

@@ -15,8 +15,10 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Score
+from aif.orchestrator.scores import metric_score
 from aif.tenants import Principal
 from aif.web.deps import tenant_scope
+from events.messages import PairedComparison
 
 
 class LeaderboardRowPublic(BaseModel):
@@ -40,6 +42,8 @@ class LeaderboardRowPublic(BaseModel):
     tuned_macro_f1: float | None = None
     base_recall: dict[str, float] | None = None
     tuned_recall: dict[str, float] | None = None
+    vs_base: PairedComparison | None = None
+    vs_majority: PairedComparison | None = None
     gate_passed: bool | None
     gate_reason: str | None
     finished_at: datetime
@@ -68,6 +72,15 @@ def _base_model(job: Job) -> str:
     return (job.recipe or {}).get("model", {}).get("base", "")
 
 
+def _row(job: Job, stored: Score) -> LeaderboardRowPublic:
+    score = metric_score(stored)
+    return LeaderboardRowPublic(
+        **score.model_dump(), delta=score.delta, samples=stored.samples, job_id=job.id,
+        tenant=job.tenant, public=job.public, recipe=job.recipe_name,
+        base_model=_base_model(job), state=job.state, gate_passed=job.gate_passed,
+        gate_reason=job.gate_reason, finished_at=job.updated_at)
+
+
 def leaderboard_rows(session: Session, visible: ColumnElement[bool],
                      filters: LeaderboardFilter | None = None) -> list[LeaderboardRowPublic]:
     f = filters or LeaderboardFilter()
@@ -79,15 +92,7 @@ def leaderboard_rows(session: Session, visible: ColumnElement[bool],
     if f.gate_passed is not None:
         query = query.where(Job.gate_passed == f.gate_passed)
     rows = [
-        LeaderboardRowPublic(
-            job_id=job.id, tenant=job.tenant, public=job.public, recipe=job.recipe_name,
-            base_model=_base_model(job), state=job.state, task=s.task, metric=s.metric,
-            base=s.base, tuned=s.tuned, delta=s.tuned - s.base, base_stderr=s.base_stderr,
-            tuned_stderr=s.tuned_stderr, samples=s.samples, majority=s.majority,
-            chance=s.chance, base_macro_f1=s.base_macro_f1, tuned_macro_f1=s.tuned_macro_f1,
-            base_recall=s.base_recall, tuned_recall=s.tuned_recall, gate_passed=job.gate_passed,
-            gate_reason=job.gate_reason, finished_at=job.updated_at,
-        )
+        _row(job, s)
         for job, s in session.execute(query).all()
         # The base model sits inside the frozen recipe's JSON: filtered here, portably.
         if f.base_model is None or _base_model(job) == f.base_model

@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Outbox
 from aif.orchestrator.gate import decide
-from aif.orchestrator.scores import record_evaluation
+from aif.orchestrator.scores import metric_score, record_evaluation
 from aif.web.pages.board import _cells
 from events.envelope import CloudEvent
 from events.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
-from events.messages import PairedComparison
+from events.messages import EvaluationCompleted, PairedComparison
 from events.recipe import GuardTask, Recipe
 from events.topics import Topics
 from recipes import load_recipe
@@ -309,3 +309,34 @@ def test_the_paired_figures_are_stored_and_colour_the_board(
         gated = _issue_recipe(recipe)
         assert _cells(issue, gated, "tuned")[TASK].verdict == "clears"
         assert _cells(noisy, gated, "tuned")[TASK].verdict == "short"
+
+
+def test_a_stored_score_reads_back_as_the_event_carried_it(
+    recipe: Recipe, sessions: sessionmaker[Session]
+) -> None:
+    """What is handed off, registered and shown is rebuilt from the scores table: it must be
+    what `evaluation.completed` carried and the gate decided on, every field of it."""
+    base, tuned = _issue_25()
+    base = base.model_copy(update={"classes": _classes(150, set(range(101)))})
+    guard = (_paired(_docs(100, set(range(70))), 0.04, task=GUARD),
+             _paired(_docs(100, set(range(68))), 0.05, task=GUARD))
+    result = _result([base, guard[0], _metric(0.2, None, "f1")],
+                     [tuned, guard[1], _metric(0.5, None, "f1")])
+    with sessions() as s:
+        job = Job(id="readback", tenant="acme", request_source="test", request_id="readback",
+                  request_sha256="x", recipe_name=recipe.name, state="evaluating", reason="",
+                  request={}, recipe=recipe.model_dump(mode="json"))
+        s.add(job)
+        record_evaluation(s, job, _issue_recipe(recipe), result, Topics("gate"))
+        s.commit()
+    with sessions() as s:  # a fresh session: the values come from the database
+        read = [metric_score(row) for row in s.get_one(Job, "readback").scores]
+        (event,) = [CloudEvent.model_validate_json(o.payload) for o in
+                    s.scalars(select(Outbox).where(Outbox.key == "readback"))]
+    carried = EvaluationCompleted.model_validate(event.data).scores
+    expected, _ = decide(_issue_recipe(recipe), result)
+    assert read == carried == expected
+    assert [r.model_dump() for r in read] == [e.model_dump() for e in expected]
+    gate_score = read[0].model_dump()
+    assert [name for name, value in gate_score.items() if value is None] == []
+    assert read[1].vs_base is not None and read[1].vs_majority is None  # the guard

@@ -23,7 +23,9 @@ from events.checksums import sha256_file
 from events.envelope import CloudEvent
 from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from events.messages import (
+    EvaluationCompleted,
     FineTuneRequested,
+    MetricScore,
     ModelReady,
     ModelReadyV2,
     ModelRetired,
@@ -89,6 +91,8 @@ def test_a_passing_model_is_checked_published_registered_and_retired(
     assert published == settings.published_dir / "acme.router.v1"
     assert {n: sha256_file(published / n) for n in ready.files_sha256} == ready.files_sha256
     assert ready.scores[0].tuned == check.rescored  # the score plain peft reproduced
+    (evaluated,) = _events(sessions, job.id, EvaluationCompleted)
+    assert v1.scores == ready.scores == evaluated.scores  # all fields the gate decided on
 
     # The server that is down is reported, and does not fail the hand-off.
     (serving,) = _events(sessions, job.id, ModelServing)
@@ -97,6 +101,7 @@ def test_a_passing_model_is_checked_published_registered_and_retired(
         (row,) = s.scalars(select(RegisteredModel)).all()
         assert (row.status, row.job_id, row.tenant) == ("ready", job.id, "acme")
         assert row.serving == {away: "failed: ConnectError"}
+        assert [MetricScore.model_validate(x) for x in row.scores] == evaluated.scores
         acme = {"Authorization": f"Bearer {add_api_key(s, 'acme')[1]}"}
         create_tenant(s, "globex")
         globex = {"Authorization": f"Bearer {add_api_key(s, 'globex')[1]}"}

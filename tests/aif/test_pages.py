@@ -34,6 +34,7 @@ from events.jobspec import (
     EVAL_COMMANDS,
     TRAINING_RESULT,
     ClassStats,
+    DocOutcomes,
     EvaluationResult,
     TaskMetric,
     TrainingResult,
@@ -54,11 +55,13 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
                scores: dict[str, tuple[float, float]] | None = None, labels: dict[str, str]
                | None = None, public: bool = False, work_dir: Path | None = None,
                losses: list[float] = LOSSES,
-               classes: dict[str, tuple[ClassStats, ClassStats]] | None = None) -> str:
+               classes: dict[str, tuple[ClassStats, ClassStats]] | None = None,
+               per_doc: dict[str, tuple[DocOutcomes, DocOutcomes]] | None = None) -> str:
     """A job moved through every state as the worker does: progress events while training,
     then the evaluation recorded and gated by `record_evaluation`. `scores` is task ->
-    (base, tuned) of `acc`; tasks the recipe does not name are scored too; `classes` is
-    task -> (base, tuned) class figures, as the evaluation stage reports them."""
+    (base, tuned) of `acc`; tasks the recipe does not name are scored too; `classes` and
+    `per_doc` are task -> (base, tuned) class figures and per-document outcomes, as the
+    evaluation stage reports them."""
     frozen = load_recipe(recipe)
     scores = scores or {t.name: (0.3, 0.8) for t in frozen.eval.tasks}
     with sessions() as s:
@@ -78,7 +81,8 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
         transition(s, job, S.evaluating, settings.topics, "trained")
         metric = lambda task, value, run: TaskMetric(  # noqa: E731
             task=task, metric="acc", value=value, stderr=0.02, num_fewshot=0, samples=200,
-            classes=(classes or {}).get(task, (None, None))[run])
+            classes=(classes or {}).get(task, (None, None))[run],
+            per_doc=(per_doc or {}).get(task, (None, None))[run])
         result = EvaluationResult(
             base=[metric(t, b, 0) for t, (b, _) in scores.items()],
             tuned=[metric(t, u, 1) for t, (_, u) in scores.items()],
@@ -268,6 +272,45 @@ def test_leaderboard_shows_macro_f1_majority_and_why_a_collapsed_model_failed(ap
     assert row["gate_passed"] is False
     assert row["gate_reason"].endswith(
         "Failed: not above the majority class, collapsed onto 'neutral'.")
+
+
+def test_the_paired_figures_are_on_the_leaderboard_the_job_page_and_the_api(api: Api
+                                                                          ) -> None:
+    """Issue #25's example (150 documents): the gate's paired comparisons, vs base and vs
+    always answering 'outage', in the delta's tooltip, on the job page and in the API."""
+    docs = lambda right: DocOutcomes(  # noqa: E731
+        right=sorted(right), wrong=sorted(set(range(150)) - set(right)))
+    tuned = docs(set(range(99)) | set(range(101, 117)))
+    classes = ClassStats(
+        documents=150, majority=101 / 150, majority_stderr=0.038, majority_class="outage",
+        chance=0.2, macro_f1=0.6, recall={"outage": 0.98, "billing": 0.3},
+        predicted={"outage": 105, "billing": 45}, majority_per_doc=docs(set(range(101))))
+    job = seed_model(api.sessions, api.settings, "acme", "p1",
+                     scores={"grid_ticket_routing": (29 / 150, 115 / 150),
+                             "general_knowledge_guard": (0.6, 0.6)},
+                     classes={"grid_ticket_routing": (classes, classes)},
+                     per_doc={"grid_ticket_routing": (docs(set(range(26)) | {99, 100, 117}),
+                                                      tuned)})
+    vs_base = ("vs base: +0.573 (95% CI +0.49 to +0.66; 89 docs only tuned right, 3 only base "
+               "right; one-sided p &lt; 0.001)")
+    vs_majority = ("vs majority: +0.093 (95% CI +0.04 to +0.15; 16 docs only tuned right, 2 "
+                   "only majority right; one-sided p &lt; 0.001)")
+    client = _browser(api, api.acme)
+    cell = re.search(rf'<tr data-key="job:{job}".*?<td class="num" data-task="grid_ticket_'
+                     r'routing".*?</td>', client.get("/leaderboard").text, re.S)
+    assert cell is not None
+    assert (f'title="over base 0.193: clears&#10;{vs_base}&#10;{vs_majority}"'
+            in cell[0])
+    html = client.get(f"/jobs/{job}").text
+    assert f'<td class="paired">{vs_base}<br>{vs_majority}</td>' in html
+    assert '<td class="paired"><span class="muted">-</span></td>' in html  # the guard: none
+    (score,) = [s for s in api.get(api.acme, f"/v1/jobs/{job}").json()["scores"]
+                if s["task"] == "grid_ticket_routing"]
+    assert (score["vs_base"]["only_tuned_right"], score["vs_majority"]["only_other_right"],
+            score["majority"], score["samples"]) == (89, 2, 101 / 150, 200)
+    (row,) = [r for r in api.get(api.acme, "/v1/leaderboard").json()["data"]
+              if r["job_id"] == job and r["task"] == "grid_ticket_routing"]
+    assert row["vs_base"] == score["vs_base"] and row["vs_majority"] == score["vs_majority"]
 
 
 def test_pins_come_from_the_stages_files_in_the_job_directory(api: Api, tmp_path: Path

@@ -18,7 +18,8 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from aif.db.models import Job
-from aif.orchestrator.gate import gain_checks
+from aif.orchestrator.gate import figures, gain_checks
+from aif.orchestrator.scores import metric_score
 from aif.web.pages import job_files
 from events.messages import MetricScore
 from events.recipe import Recipe
@@ -40,6 +41,7 @@ class Cell:
     macro_f1: float | None = None  # multiple-choice tasks: this model's
     majority: float | None = None  # ... and the constant majority answer's accuracy
     recall: dict[str, float] | None = None
+    paired: list[str] = field(default_factory=list)  # tuned rows: `paired_figures`
 
 
 @dataclass
@@ -119,6 +121,14 @@ def _verdict(recipe: Recipe | None, score: MetricScore) -> str:
     return "gain" if score.delta > 0 else "drop" if score.delta < 0 else ""
 
 
+def paired_figures(score: MetricScore) -> list[str]:
+    """Tuned against base and against the majority answer document by document, one line
+    each, in the gate reason's words: what the gate's noise check saw, for people."""
+    return [f"vs {other}: {paired.diff:+.3f} ({figures(paired, other)})"
+            for other, paired in (("base", score.vs_base), ("majority", score.vs_majority))
+            if paired is not None]
+
+
 def _primary_metric(recipe: Recipe | None, task: str, metrics: list[str]) -> str:
     """The metric a task's column shows: the gate's or guard's if it names one, else acc."""
     if recipe is not None:
@@ -171,12 +181,11 @@ def _cells(job: Job, recipe: Recipe | None, kind: str) -> dict[str, Cell]:
                                macro_f1=s.base_macro_f1, majority=s.majority,
                                recall=s.base_recall)
             continue
-        score = MetricScore(task=s.task, metric=metric, base=s.base, tuned=s.tuned,
-                            base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
-                            vs_base=s.vs_base)
+        score = metric_score(s)
         cells[task] = Cell(task, metric, s.tuned, s.tuned_stderr, s.base, score.delta,
                            _verdict(recipe, score), pins, macro_f1=s.tuned_macro_f1,
-                           majority=s.majority, recall=s.tuned_recall)
+                           majority=s.majority, recall=s.tuned_recall,
+                           paired=paired_figures(score))
     return cells
 
 

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from sqlalchemy import select
 
 from aif.db.models import Job, Outbox
+from aif.orchestrator.scores import metric_score
 from aif.tenants import Principal
 from aif.web.deps import Problem, SessionDep, readable, tenant_scope
 from aif.web.pages import board, job_files
@@ -120,7 +121,8 @@ def job_page(request: Request, job: PageJob, who: SignedIn, session: SessionDep)
         provenance=job_files.provenance(job), card=job_files.model_card(job),
         file_paths={f.path for f in files}, model_ready=ready, after=last_id,
         adapter_files=[f for f in files if f.path.startswith(("adapter/", "merged/"))],
-        recipe=job.recipe or {}, recipe_json=json.dumps(job.recipe or {}, indent=2))
+        recipe=job.recipe or {}, recipe_json=json.dumps(job.recipe or {}, indent=2),
+        paired={s.id: board.paired_figures(metric_score(s)) for s in job.scores})
 
 
 @router.get("/jobs/{job_id}/events")

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
 from aif.db.models import Job, Outbox, SigningKey
+from aif.orchestrator.scores import metric_score
 from aif.orchestrator.states import ALLOWED, transition
 from aif.orchestrator.throughput import Measured
 from aif.web.deps import (
@@ -41,7 +42,7 @@ from aif.web.deps import (
 )
 from events.bus import envelope
 from events.envelope import job_id_for
-from events.messages import FineTuneRequested, JobStatusChanged
+from events.messages import FineTuneRequested, JobStatusChanged, MetricScore
 from events.preflight_report import Estimate, PreflightReport
 from events.signing import sign
 from events.states import JobState
@@ -76,13 +77,10 @@ class TransitionPublic(BaseModel):
     at: datetime
 
 
-class ScorePublic(BaseModel):
-    task: str
-    metric: str
-    base: float
-    tuned: float
-    base_stderr: float | None
-    tuned_stderr: float | None
+class ScorePublic(MetricScore):
+    """A score as `evaluation.completed` carried it (class figures and the gate's paired
+    comparisons included), with the documents it was measured on."""
+
     samples: int
 
 
@@ -239,9 +237,8 @@ def get_job(job: JobDep) -> JobPublicWithHistory:
         job,
         transitions=[TransitionPublic(from_state=t.from_state, to_state=t.to_state,
                                       reason=t.reason, at=t.at) for t in job.transitions],
-        scores=[ScorePublic(task=s.task, metric=s.metric, base=s.base, tuned=s.tuned,
-                            base_stderr=s.base_stderr, tuned_stderr=s.tuned_stderr,
-                            samples=s.samples) for s in job.scores])
+        scores=[ScorePublic(**metric_score(s).model_dump(), samples=s.samples)
+                for s in job.scores])
 
 
 @router.get("/{job_id}/preflight", response_model=None,
