@@ -152,11 +152,22 @@ class GateNoise(_Frozen):
     (`finetune.gate_noise`)."""
 
     documents: int = Field(description="Documents the gate task will score (after eval.limit).")
-    combined_stderr: float = Field(description="Of tuned minus base at accuracy 0.5, the "
-                                   "worst case.")
-    needed_gain: float = Field(description="max(min_gain, stderr_factor x combined_stderr).")
-    possible_gain: float = Field(description="1 - chance: what a perfect model gains over a "
-                                 "base that guesses.")
+    min_detectable_lead: float | None = Field(
+        None, description="k / documents, k the fewest documents only the tuned model gets "
+        "right (none the other way) that pass the paired test at gate.alpha: the smallest "
+        "lead the gate can call beyond noise; above 1 where the documents are fewer than k. "
+        "None in reports from before the paired gate.")
+    majority_share: float | None = Field(
+        None, description="Of the documents, the share of the commonest gold answer; None "
+        "where the gold label cannot be read.")
+    combined_stderr: float | None = Field(
+        None, description="Reports from before the paired gate only: of tuned minus base at "
+        "accuracy 0.5, the worst case the unpaired rule needed a gain beyond.")
+    needed_gain: float = Field(description="max(majority_margin, min_detectable_lead) over "
+                               "the majority answer, or max(min_gain, min_detectable_lead) "
+                               "over the base, whichever leaves less room.")
+    possible_gain: float = Field(description="What a perfect model gains in that comparison: "
+                                 "1 - majority_share, or 1 - chance over a guessing base.")
     verdict: Literal["ok", "warn", "refuse"]
     sentence: str
 

@@ -1,16 +1,25 @@
 """Whether the gate can tell a gain from noise on the documents it will score.
 
-The gate wants the gain above `stderr_factor` combined standard errors. On 20 documents that
-stderr is up to 0.16, so only a gain of about a third could pass: a job run with such an
-`eval.limit` trains for nothing. Measured before training, from the gate task's own data files
-and the worst case (accuracy 0.5 for both models), this says so with the numbers: refused
-where no model could pass, warned (or refused, per `gate.noise`) where the needed gain is
-above `gate.max_needed_gain`.
+The gate's noise check is paired (`aif.orchestrator.gate`): of the documents only one model
+gets right, enough must favour the tuned model for the one-sided exact McNemar test to fall
+below `gate.alpha`. The best case for the test is every such document favouring tuned and
+none the other way; then k of them suffice, the smallest k with 0.5**k < alpha (5 at 0.05),
+and k/documents is the smallest lead the gate can ever call beyond noise. A real model that
+also loses documents needs more, and the sentence says how much more for one lost document.
+So a perfect model must lead the constant majority answer by max(majority_margin, k/documents)
+of the 1 - majority share it can gain, and a guessing base by max(min_gain, k/documents) of
+1 - the mean chance; the comparison with less room is reported. Measured before training,
+from the gate task's own data files (the first `eval.limit` rows, as lm-eval takes them):
+refused where no model could pass (fewer documents than k among them), warned (or refused,
+per `gate.noise`) where the needed lead is above `gate.max_needed_gain`. Where a row's gold
+label cannot be read, the majority share is unknown and only the base comparison counts.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
 from pathlib import Path
 
 from events.preflight_report import GateNoise
@@ -18,6 +27,23 @@ from events.recipe import Recipe
 from events.tasks import local_data_files
 from finetune.labels import task_labels
 from finetune.rows import read_rows, record
+
+_ADVICE = "raise eval.limit or give more evaluation rows"
+
+
+def fewest_wins(alpha: float, losses: int = 0) -> int:
+    """The fewest documents only the tuned model gets right that, against `losses` only the
+    other gets right, pass the one-sided exact McNemar test at `alpha`; 0 where alpha 1
+    switches the test off."""
+    if alpha >= 1:
+        return 0
+    return next(wins for wins in itertools.count(1) if _sign_p(wins, losses) < alpha)
+
+
+def _sign_p(wins: int, losses: int) -> float:
+    """P(at least `wins` of the discordant documents favour tuned) if each is a coin flip."""
+    n = wins + losses
+    return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n
 
 
 def gate_noise(recipe: Recipe) -> GateNoise | None:
@@ -27,28 +53,49 @@ def gate_noise(recipe: Recipe) -> GateNoise | None:
     if task.yaml is None:
         return None
     labels = task_labels(recipe)
-    rows, chance = 0, 0.0
-    for path in local_data_files(Path(task.yaml), task.name, task.data_file):
-        for _, raw in read_rows(path):
-            rows += 1
-            if labels is not None:
-                chance += 1 / max(1, len(labels.choices(record(raw))))
-    documents = min(rows, recipe.eval.limit or rows)
-    stderr = math.sqrt(2 * 0.25 / (documents - 1)) if documents > 1 else 1.0
-    needed = max(gate.min_gain, gate.stderr_factor * stderr)
-    possible = 1 - (chance / rows if labels is not None and rows else 0.0)
-    sentence = (f"{documents} documents of {gate.task} leave a combined stderr of up to "
-                f"{stderr:.3f}, so the gate needs a gain of {needed:.3f} "
-                f"({gate.stderr_factor} x stderr, at least min_gain {gate.min_gain:.3f}) "
-                f"where a perfect model gains {possible:.3f} over a guessing base")
+    rows = [record(raw) for path in local_data_files(Path(task.yaml), task.name, task.data_file)
+            for _, raw in read_rows(path)]
+    documents = min(len(rows), recipe.eval.limit or len(rows))
+    scored = rows[:documents]
+    answers = [labels.answer(row) for row in scored] if labels is not None else []
+    share = (max(Counter(answers).values()) / documents
+             if answers and None not in answers else None)
+    chance = (math.fsum(1 / max(1, len(labels.choices(row))) for row in scored) / documents
+              if labels is not None and documents else 0.0)
+    wins = fewest_wins(gate.alpha)
+    floor = wins / max(documents, 1)
+    leads = [("a guessing base" if labels is not None else "the base", "min_gain",
+              gate.min_gain, 1 - chance)]
+    if share is not None:
+        leads.insert(0, ("the majority answer", "majority_margin", gate.majority_margin,
+                         1 - share))
+    against, knob, least, possible = min(leads, key=lambda lead: lead[3] - max(lead[2], floor))
+    needed = max(least, floor)
+    balance = f" (the commonest answer {share:.1%} of them)" if share is not None else ""
+    if wins > documents:
+        sentence = (f"{documents} documents of {gate.task} cannot pass the paired test at "
+                    f"alpha {gate.alpha}: even with the tuned model alone right on all of them "
+                    f"p is {0.5 ** documents:.4g}")
+    else:
+        if wins:
+            more = fewest_wins(gate.alpha, 1)
+            test = (f"the paired test at alpha {gate.alpha} needs at least {wins} documents "
+                    f"only the tuned model gets right, a lead of {floor:.3f}, if none go the "
+                    f"other way (a model that also loses one needs {more}, a lead of "
+                    f"{(more - 1) / max(documents, 1):.3f})")
+        else:
+            test = f"alpha {gate.alpha} switches the paired test off"
+        sentence = (f"{documents} documents of {gate.task}{balance}: {test}, so the gate needs "
+                    f"a lead of {needed:.3f} over {against} (at least {knob} {least:.3f}) "
+                    f"where a perfect model leads by {possible:.3f}")
     if needed >= possible:
         verdict = "refuse"
-        sentence += "; no model can pass: raise eval.limit or give more evaluation rows"
+        sentence += f"; no model can pass: {_ADVICE}"
     elif needed > gate.max_needed_gain:
         verdict = gate.noise
-        sentence += (f", above gate.max_needed_gain {gate.max_needed_gain:.3f}: raise "
-                     "eval.limit or give more evaluation rows")
+        sentence += f", above gate.max_needed_gain {gate.max_needed_gain:.3f}: {_ADVICE}"
     else:
         verdict = "ok"
-    return GateNoise(documents=documents, combined_stderr=stderr, needed_gain=needed,
-                     possible_gain=possible, verdict=verdict, sentence=sentence + ".")
+    return GateNoise(documents=documents, min_detectable_lead=floor, majority_share=share,
+                     needed_gain=needed, possible_gain=possible, verdict=verdict,
+                     sentence=sentence + ".")

@@ -38,16 +38,23 @@ class TaskLabels:
         missing = [c for c in self.label_columns if c not in row]
         if missing:  # worded as the templates word it
             raise RowError(f"missing column {missing[0]!r}")
-        choices, target = _attempt(self.choices, row), _attempt(self._target, row)
-        if choices is not None and (
-            (isinstance(target, int) and 0 <= target < len(choices))
-            or (isinstance(target, str) and target in choices)
-        ):
+        if self.answer(row) is not None:
             return
+        choices, target = _attempt(self.choices, row), _attempt(self._target, row)
         labels = ", ".join(f"{c}={row[c]!r}" for c in self.label_columns if c in row)
         known = f" ({', '.join(map(str, choices))})" if choices else ""
         raise RowError(f"label {labels or repr(target)} is not one of the task's "
                        f"choices{known}; map it with data.label_map or leave the row out")
+
+    def answer(self, row: dict[str, Any]) -> str | None:
+        """The row's gold choice, the class lm-eval scores it against (the pre-flight counts
+        them for the majority answer's share); None where the templates render no choice."""
+        choices, target = _attempt(self.choices, row), _attempt(self._target, row)
+        if choices is None:
+            return None
+        if isinstance(target, int):
+            return str(choices[target]) if 0 <= target < len(choices) else None
+        return target if isinstance(target, str) and target in choices else None
 
     def choices(self, row: dict[str, Any]) -> list[str]:
         if isinstance(self.choice, list):

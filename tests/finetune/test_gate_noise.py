@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+from events.preflight_report import GateNoise
 from events.recipe import HyperparameterOverrides, Recipe
 from finetune.gate_noise import gate_noise
 from finetune.preflight import build_report
@@ -26,40 +27,116 @@ def _limited(limit: int | None, **gate: object) -> Recipe:
     return recipe.model_copy(update={"gate": recipe.gate.model_copy(update=gate)})
 
 
+def _scored_on(recipe: Recipe, rows: Path) -> Recipe:
+    """The recipe with its gate task scored on `rows` instead of the shipped test set."""
+    tasks = [t.model_copy(update={"data_file": str(rows)}) if t.name == recipe.gate.task else t
+             for t in recipe.eval.tasks]
+    return recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"tasks": tasks})})
+
+
+def _skewed(tmp_path: Path, write_jsonl: Callable, other: str = "forestry") -> Path:
+    """200 tickets, 120 of them emergencies: the majority answer scores 0.6."""
+    rows = [{"text": f"Ticket {i}", "label": "emergency" if i < 120 else other}
+            for i in range(200)]
+    return write_jsonl(tmp_path / "test.jsonl", rows)
+
+
 def test_the_shipped_test_set_leaves_room_for_a_real_gain() -> None:
     noise = gate_noise(_limited(None))
     assert noise is not None and noise.verdict == "ok"
-    assert (noise.documents, round(noise.combined_stderr, 3), round(noise.needed_gain, 3)) == (
-        200, 0.050, 0.100)
-    assert noise.possible_gain == pytest.approx(0.8)  # five teams
+    assert (noise.documents, noise.min_detectable_lead, noise.majority_share) == (
+        200, 0.025, 0.2)
+    assert (noise.needed_gain, noise.possible_gain) == pytest.approx((0.05, 0.8))
+    assert noise.combined_stderr is None
+    assert noise.sentence == (
+        "200 documents of grid_ticket_routing (the commonest answer 20.0% of them): the "
+        "paired test at alpha 0.05 needs at least 5 documents only the tuned model gets right, "
+        "a lead of 0.025, if none go the other way (a model that also loses one needs 7, a "
+        "lead of 0.030), so the gate needs a lead of 0.050 over the majority answer (at least "
+        "majority_margin 0.050) where a perfect model leads by 0.800.")
+
+
+def test_a_skewed_test_set_leaves_less_room_over_the_majority_answer(
+    tmp_path: Path, write_jsonl: Callable
+) -> None:
+    recipe = _scored_on(_limited(None), _skewed(tmp_path, write_jsonl))
+    noise = gate_noise(recipe)
+    assert noise is not None and noise.verdict == "ok"
+    assert (noise.documents, noise.min_detectable_lead) == (200, 0.025)
+    assert noise.majority_share == pytest.approx(0.6)
+    assert (noise.needed_gain, noise.possible_gain) == pytest.approx((0.05, 0.4))
+    assert "over the majority answer (at least majority_margin 0.050)" in noise.sentence
+    # a min_gain of 0.5 leaves 0.3 of the 0.8 over a guessing base, less than the 0.35 left
+    # over the majority answer: that comparison is reported, and its gain is above 0.25
+    noise = gate_noise(recipe.model_copy(update={"gate": recipe.gate.model_copy(
+        update={"min_gain": 0.5})}))
+    assert noise is not None and noise.verdict == "warn"
+    assert (noise.needed_gain, noise.possible_gain) == pytest.approx((0.5, 0.8))
+    assert "over a guessing base (at least min_gain 0.500)" in noise.sentence
+
+
+def test_an_unreadable_label_falls_back_to_chance(tmp_path: Path, write_jsonl: Callable
+                                                  ) -> None:
+    noise = gate_noise(_scored_on(_limited(None), _skewed(tmp_path, write_jsonl, "weather")))
+    assert noise is not None and noise.verdict == "ok" and noise.majority_share is None
+    assert (noise.needed_gain, noise.possible_gain) == pytest.approx((0.05, 0.8))
+    assert noise.sentence.startswith("200 documents of grid_ticket_routing: the paired test")
 
 
 def test_a_small_limit_is_warned_about_with_the_numbers() -> None:
-    noise = gate_noise(_limited(20))
+    assert gate_noise(_limited(20)).verdict == "ok"  # type: ignore[union-attr]  # 0.25 = max
+    noise = gate_noise(_limited(20, max_needed_gain=0.2))
     assert noise is not None and noise.verdict == "warn"
+    assert (noise.min_detectable_lead, noise.majority_share) == (0.25, 0.3)
     assert noise.sentence == (
-        "20 documents of grid_ticket_routing leave a combined stderr of up to 0.162, so the "
-        "gate needs a gain of 0.324 (2.0 x stderr, at least min_gain 0.050) where a perfect "
-        "model gains 0.800 over a guessing base, above gate.max_needed_gain 0.250: raise "
-        "eval.limit or give more evaluation rows.")
-    assert gate_noise(_limited(20, noise="refuse")).verdict == "refuse"  # type: ignore[union-attr]
+        "20 documents of grid_ticket_routing (the commonest answer 30.0% of them): the paired "
+        "test at alpha 0.05 needs at least 5 documents only the tuned model gets right, a lead "
+        "of 0.250, if none go the other way (a model that also loses one needs 7, a lead of "
+        "0.300), so the gate needs a lead of 0.250 over the majority answer (at least "
+        "majority_margin 0.050) where a perfect model leads by 0.700, above "
+        "gate.max_needed_gain 0.200: raise eval.limit or give more evaluation rows.")
+    noise = gate_noise(_limited(20, max_needed_gain=0.2, noise="refuse"))
+    assert noise is not None and noise.verdict == "refuse"
+
+
+def test_alpha_one_leaves_only_the_margins() -> None:
+    noise = gate_noise(_limited(20, alpha=1.0))
+    assert noise is not None and noise.verdict == "ok" and noise.min_detectable_lead == 0
+    assert noise.needed_gain == pytest.approx(0.05)
+    assert "alpha 1.0 switches the paired test off" in noise.sentence
+
+
+def test_four_documents_that_must_all_favour_tuned_are_refused() -> None:
+    noise = gate_noise(_limited(4, alpha=0.1))  # 0.5**4 < 0.1: all four must go to tuned
+    assert noise is not None and noise.verdict == "refuse"
+    assert noise.needed_gain == 1.0
+    assert noise.sentence.endswith("no model can pass: raise eval.limit or give more "
+                                   "evaluation rows.")
 
 
 def test_a_limit_no_model_can_pass_is_refused(
     tmp_path: Path, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    recipe = _limited(3)
+    recipe = _limited(4)
     row = {"text": "Sparks from the pole", "label": "emergency"}
     train = write_jsonl(tmp_path / "t.jsonl", [row])
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(
         update={"train_file": str(train)})})
     report = build_report(recipe, tokenizer)
     assert not report.usable
-    assert "3 documents of grid_ticket_routing leave a combined stderr of up to 0.500" in (
-        report.reason)
-    assert report.reason.endswith("no model can pass: raise eval.limit or give more "
-                                  "evaluation rows.")
-    assert "gate noise: 3 documents" in report.to_text()
+    assert report.reason == (
+        "4 documents of grid_ticket_routing cannot pass the paired test at alpha 0.05: even "
+        "with the tuned model alone right on all of them p is 0.0625; no model can pass: "
+        "raise eval.limit or give more evaluation rows.")
+    assert "gate noise: 4 documents" in report.to_text()
+
+
+def test_a_report_from_before_the_paired_gate_still_reads() -> None:
+    old = {"documents": 20, "combined_stderr": 0.162, "needed_gain": 0.324,
+           "possible_gain": 0.8, "verdict": "warn", "sentence": "20 documents ..."}
+    noise = GateNoise.model_validate_json(json.dumps(old))
+    assert (noise.combined_stderr, noise.min_detectable_lead, noise.majority_share) == (
+        0.162, None, None)
 
 
 @pytest.mark.parametrize(("action", "usable"), [("warn", True), ("refuse", False)])
