@@ -32,6 +32,7 @@ from kafka import (
     TopicPartition,
 )
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -403,10 +404,19 @@ class Intake:
         # Only now does Kafka learn we are done. A crash before this line re-delivers the
         # batch: the unique (tenant, source, id) constraint makes each request a duplicate, and
         # each dead letter already forwarded is not sent again.
-        self.consumer.commit({
-            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rs[-1].offset + 1, "", -1)
-            for tp, rs in batch.items()
-        })
+        try:
+            self.consumer.commit({
+                TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rs[-1].offset + 1,
+                                                                          "", -1)
+                for tp, rs in batch.items()
+            })
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # The group moved on while the batch was stored (a slow store overran the poll
+            # interval, or a member joined): whoever owns the partitions next gets these
+            # records again, and each is then a duplicate. What was stored stands.
+            log.warning("intake: offsets of %d records not committed, they will be delivered "
+                        "again and dropped as duplicates: %s", len(records), exc)
+            return stored.results
         failpoint("intake.after_commit")
         return stored.results
 

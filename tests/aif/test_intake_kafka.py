@@ -7,6 +7,7 @@ the broker are in test_intake_identity.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.orchestrator.dead_letters import DLQ_EXCERPT_BYTES
-from aif.orchestrator.intake import Intake, Outcome
+from aif.orchestrator.intake import Intake, IntakeResult, Outcome, StoredBatch
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign
@@ -140,6 +141,45 @@ def test_hostile_records_cost_no_neighbour(
     assert [r.value for r in records] == [deep, huge[:DLQ_EXCERPT_BYTES], _event(None)]
     assert headers[1]["aif.dlq.size"] == str(len(huge)).encode()
     assert headers[1]["aif.dlq.truncated"] == str(DLQ_EXCERPT_BYTES).encode()
+
+
+class _SlowStore(Intake):
+    """Stores the batch, then overruns the poll interval before committing, as a loaded box
+    once did: the group drops the member and refuses its commit."""
+
+    def _handle(self, records: list) -> StoredBatch:
+        stored = super()._handle(records)
+        time.sleep(FAST_GROUP["max_poll_interval_ms"] / 1000 + 2)
+        return stored
+
+
+def test_a_commit_the_group_refuses_keeps_what_was_stored_and_the_records_come_again(
+    broker: str, topics: Topics, sessions: sessionmaker[Session], acme_key: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, topics.shared(), partitions=1)
+    producer = make_producer(cfg)
+    value = _event("ok-1")
+    producer.send(topics.requests, key=b"k", value=value,
+                  headers=sign(value, acme_key.id, acme_key.secret))
+    producer.flush()
+    producer.close()
+
+    consumer = make_consumer(cfg, group_id=f"{topics.prefix}-g", **FAST_GROUP)
+    slow = _SlowStore(consumer, make_producer(cfg), sessions, topics)
+    with caplog.at_level(logging.WARNING, logger="aif.orchestrator.intake"):
+        first: list[IntakeResult] = _drain(slow, 1)  # no exception: the batch was stored
+    slow.consumer.close()
+    assert [r.outcome for r in first] == [Outcome.accepted]
+    assert "1 records not committed, they will be delivered again" in caplog.text
+
+    intake = _intake(cfg, topics, sessions)  # same group: the offset was never committed
+    (again,) = _drain(intake, 1)
+    intake.consumer.close()
+    assert again.outcome is Outcome.duplicate
+    with sessions() as s:
+        assert list(s.scalars(select(Job.request_id))) == ["ok-1"]
 
 
 INTAKE_PROCESS = """
