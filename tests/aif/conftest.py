@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Outbox, Tenant
@@ -121,7 +121,9 @@ def everything_said(sessions: sessionmaker[Session], job_id: str) -> str:
 def run_to_the_end(settings: Settings, sessions: sessionmaker[Session],
                    request: FineTuneRequested, timeout: float = 600) -> Job:
     """Serve with `settings`, publish the request signed by tenant acme, return the job row
-    once it is terminal."""
+    once it is terminal and its events are on the bus: the relay sends the last state's
+    events (model.ready among them) after the state is stored, and on a loaded box a reader
+    started after this returned once found the service stopped before it had sent them."""
     key = signing_key(sessions, "acme")
     event = envelope(request, source="urn:test:jobs", tenant="acme")
     job_id = job_id_for("acme", event.source, event.id)
@@ -133,8 +135,10 @@ def run_to_the_end(settings: Settings, sessions: sessionmaker[Session],
         while True:
             with sessions() as s:
                 job = s.get(Job, job_id)
-                if job is not None and JobState(job.state).terminal:
+                unsent = s.scalar(select(func.count()).select_from(Outbox).where(
+                    Outbox.key == job_id, Outbox.published_at.is_(None)))
+                if job is not None and JobState(job.state).terminal and not unsent:
                     s.expunge(job)
                     return job
-            assert time.monotonic() < deadline, "the job did not finish"
+            assert time.monotonic() < deadline, "the job did not finish, or its events stay unsent"
             time.sleep(1)
