@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         512 * 2**20, ge=1, description="Largest training file POST /v1/files stores; larger: 413."
     )
+    max_body_bytes: int = Field(
+        256 * 2**10, ge=1, description="Largest request body of every other route (JSON "
+        "requests, forms); larger: 413 before it is read.",
+    )
     estimate_tokens_per_s: EstimateTokensPerS = EstimateTokensPerS()
     quota_defaults: QuotaLimits = Field(
         QuotaLimits(), description="Every tenant's limits unless `aif tenants set-quota` "

@@ -17,6 +17,7 @@ from swagger_ui_bundle import swagger_ui_path
 from aif.metrics import JobStoreCollector, registry
 from aif.settings import Settings
 from aif.web import pages
+from aif.web.body_limit import BodyLimit
 from aif.web.deps import install_problem_handlers
 from aif.web.kafka import RequestBus
 from aif.web.routes import artifacts, files, health, jobs, leaderboard, metrics, models, recipes
@@ -48,6 +49,9 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
     app.state.metrics = registry(JobStoreCollector(sessions))
     for module in (jobs, artifacts, files, leaderboard, models, recipes, health, metrics):
         app.include_router(module.router)
+    # Uploads stream their own body against max_upload_bytes and the tenant's quota.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       own_limit=[("POST", files.router.prefix)])
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)

@@ -85,16 +85,21 @@ def _problem_response(status: int, title: str, detail: str, extra: dict[str, Any
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def problem_response(exc: StarletteHTTPException) -> JSONResponse:
+    """The problem document of an HTTP error (a `Problem` names its title and field)."""
+    title = getattr(exc, "title", None) or _TITLES.get(exc.status_code, "Error")
+    field = getattr(exc, "field", None)
+    return _problem_response(exc.status_code, title, str(exc.detail),
+                             {"field": field} if field else {}, exc.headers)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     _document_problems(app)
 
     # Starlette's class, so routing errors (unknown path, wrong method) are problems too.
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = getattr(exc, "title", None) or _TITLES.get(exc.status_code, "Error")
-        field = getattr(exc, "field", None)
-        return _problem_response(exc.status_code, title, str(exc.detail),
-                                 {"field": field} if field else {}, exc.headers)
+        return problem_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
