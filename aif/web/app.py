@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files as package_files
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -12,7 +13,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from kafka import KafkaProducer
 from sqlalchemy.orm import Session, sessionmaker
-from swagger_ui_bundle import swagger_ui_path
 
 from aif.metrics import JobStoreCollector, registry
 from aif.settings import Settings
@@ -29,6 +29,9 @@ create`). A caller sees only its own tenant's jobs (staff keys: every tenant's);
 tenant's job is answered like one that does not exist. Errors are RFC 9457 problem details
 that name the field at fault."""
 
+SWAGGER_UI = package_files("fastapi_offline") / "static"
+"""swagger-ui-bundle.js, swagger-ui.css and favicon.png of Swagger UI 5 (Apache-2.0)."""
+
 
 def create_app(sessions: sessionmaker[Session], settings: Settings,
                producer: KafkaProducer | None = None) -> FastAPI:
@@ -41,7 +44,8 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
         yield
         bus.close()
 
-    # The default docs load Swagger UI from a CDN; these serve it from an installed package.
+    # The default docs load Swagger UI from a CDN; these serve it from an installed package
+    # (fastapi-offline's Swagger UI 5, which reads OpenAPI 3.1: 4.x showed a blank page).
     app = FastAPI(title="aif-tuning", version="1.0.0", description=DESCRIPTION,
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.sessions, app.state.settings, app.state.bus = sessions, settings, bus
@@ -52,7 +56,7 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
     # Uploads stream their own body against max_upload_bytes and the tenant's quota.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        own_limit=[("POST", files.router.prefix)])
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+    app.mount("/docs/assets", StaticFiles(directory=str(SWAGGER_UI)), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -60,7 +64,7 @@ def create_app(sessions: sessionmaker[Session], settings: Settings,
             openapi_url=app.openapi_url or "/openapi.json", title="aif-tuning API",
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png")
+            swagger_favicon_url="/docs/assets/favicon.png")
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
