@@ -95,6 +95,18 @@ def add_api_key(session: Session, tenant: str, role: Role = Role.tenant) -> tupl
     return key_id, f"aif_{key_id}_{secret}"
 
 
+def another_api_key(session: Session, tenant: str, role: Role = Role.tenant
+                    ) -> tuple[str, str]:
+    """A new API key of an existing tenant (`aif tenants add-key`): one whose key was lost, or
+    never shown, as the demo's tenant's; (key id, the key). The caller commits."""
+    row = session.get(Tenant, tenant)
+    if row is None:
+        raise TenantError(f"tenant {tenant}: no such tenant")
+    if row.erased_at is not None:
+        raise TenantError(f"tenant {tenant}: erased; it gets no keys")
+    return add_api_key(session, tenant, role)
+
+
 def add_signing_key(session: Session, tenant: str) -> tuple[str, str]:
     key_id, secret = _new_id(), secrets.token_hex(32)
     session.add(SigningKey(id=key_id, tenant=tenant, secret=secret))

@@ -22,6 +22,7 @@ from aif.settings import get_settings
 from aif.tenants import (
     Role,
     TenantError,
+    another_api_key,
     create_tenant,
     erased_tenants,
     list_tenants,
@@ -35,16 +36,15 @@ console = Console()
 
 
 def _fail(exc: TenantError) -> typer.Exit:
-    console.print(f"[red]{exc}[/red]")
+    console.print(str(exc), style="red", markup=False)  # the message is text, not markup
     return typer.Exit(2)
 
 
+Staff = Annotated[bool, typer.Option(help="An operator of the centre: reads every tenant.")]
+
+
 @tenants_app.command("create")
-def create(
-    name: str,
-    staff: Annotated[bool, typer.Option(help="An operator of the centre: reads every tenant.")]
-    = False,
-) -> None:
+def create(name: str, staff: Staff = False) -> None:
     """Create a tenant with an API key and an event-signing key, each shown only now."""
     sessions = session_factory(get_settings().db_url)
     with sessions() as session:
@@ -58,6 +58,24 @@ def create(
                          ("signing key id", made.signing_key_id),
                          ("signing secret (HMAC-SHA256)", made.signing_secret)):
         typer.echo(f"  {label:<36} {value}")  # unwrapped, so it can be copied whole
+
+
+@tenants_app.command("add-key")
+def add_key(name: str, staff: Staff = False) -> None:
+    """Another API key of an existing tenant, shown only now: to sign in at /signin as the
+    demo's tenant (whose first key was never shown), or to replace a lost key."""
+    sessions = session_factory(get_settings().db_url)
+    with sessions() as session:
+        try:
+            key_id, key = another_api_key(session, name, Role.staff if staff else Role.tenant)
+        except TenantError as exc:
+            raise _fail(exc) from exc
+        session.commit()
+    console.print(f"new API key {key_id} of tenant {name}; keep it, it is not shown again:",
+                  markup=False)
+    typer.echo(f"  {key}")  # unwrapped, so it can be copied whole
+    console.print("sign in with it at /signin, or send it as Authorization: Bearer <key>",
+                  markup=False)
 
 
 @tenants_app.command("list")
@@ -195,7 +213,7 @@ def erase(
     try:
         erased = erase_tenant(session_factory(settings.db_url), settings, name, stop_timeout)
     except ErasureError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(str(exc), style="red", markup=False)
         raise typer.Exit(1) from exc
     rows = ", ".join(f"{table} {n}" for table, n in sorted(erased.rows.items())) or "no rows"
     console.print(f"erased tenant {name}: {rows}; {len(erased.files)} file(s); "

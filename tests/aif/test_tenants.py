@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from aif.cli import app
-from aif.db.models import ApiKey
+from aif.db.models import ApiKey, Tenant, utcnow
 from aif.db.session import session_factory
 from aif.settings import get_settings
 from aif.tenants import (
@@ -89,3 +89,34 @@ def test_cli_prints_keys_once_and_lists_no_secret(tmp_path: Path,
         assert authenticate(s, key) is None
         assert list(list_tenants(s)) == ["acme"]
         assert s.scalars(select(ApiKey.revoked_at)).one() is not None
+
+
+def test_add_key_gives_an_existing_tenant_another_key_shown_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's tenant is made by `make demo`, whose API key is never shown: `aif tenants
+    add-key demo` is how one signs in as it."""
+    monkeypatch.setenv("AIF_HOME", str(tmp_path / "home"))
+    with session_factory(get_settings().db_url)() as s:
+        create_tenant(s, "demo")
+        s.commit()
+    runner = CliRunner()
+    added = runner.invoke(app, ["tenants", "add-key", "demo"])
+    assert added.exit_code == 0, added.output
+    key = next(w for w in added.output.split() if w.startswith("aif_"))
+    with session_factory(get_settings().db_url)() as s:
+        who = authenticate(s, key)
+        assert who is not None and (who.tenant, who.role) == ("demo", Role.tenant)
+    listed = runner.invoke(app, ["tenants", "list"]).output
+    kinds = [line.split("│")[3].strip() for line in listed.splitlines() if "│ demo" in line]
+    assert key not in listed and kinds.count("api") == 2
+    staff = runner.invoke(app, ["tenants", "add-key", "demo", "--staff"])
+    with session_factory(get_settings().db_url)() as s:
+        staff_key = next(w for w in staff.output.split() if w.startswith("aif_"))
+        assert authenticate(s, staff_key).staff  # type: ignore[union-attr]
+    refused = runner.invoke(app, ["tenants", "add-key", "nobody"])
+    assert refused.exit_code == 2 and "tenant nobody: no such tenant" in refused.output
+    with session_factory(get_settings().db_url)() as s:
+        s.get_one(Tenant, "demo").erased_at = utcnow()
+        s.commit()
+    refused = runner.invoke(app, ["tenants", "add-key", "demo"])
+    assert refused.exit_code == 2 and "erased" in refused.output
