@@ -6,8 +6,11 @@ import json
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from aif.audit import entries
 from aif.db.models import Audit
@@ -39,7 +42,33 @@ def audit_command(
         return
     table = Table("at", "tenant", "actor", "action", "job", "event", "detail")
     for row in rows:
-        table.add_row(str(row["at"])[:19], row["tenant"] or "-", str(row["actor"]),
-                      str(row["action"]), row["job_id"] or "-", row["event_id"] or "-",
-                      json.dumps(row["detail"], sort_keys=True)[:80])
+        table.add_row(*(Text(cell) for cell in (
+            _at(row), row["tenant"] or "-", str(row["actor"]), str(row["action"]),
+            row["job_id"] or "-", row["event_id"] or "-", _detail(row))))
+    wide = console.options.update_width(10_000)
+    if Measurement.get(console, wide, table).maximum > console.width:
+        table = _narrow(rows)  # ids are 36 characters: seven columns fit no terminal
     console.print(table)
+
+
+def _at(row: dict[str, object]) -> str:
+    return str(row["at"])[:19].replace("T", " ")
+
+
+def _detail(row: dict[str, object]) -> str:
+    return json.dumps(row["detail"], sort_keys=True)[:80]
+
+
+def _narrow(rows: list[dict[str, object]]) -> Table:
+    """Each row as a few lines beside its time, nothing cut: what, whose and by whom; the job
+    and event ids whole, each on its own line; the detail."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("at", no_wrap=True)
+    table.add_column("action · tenant · actor; job, event, detail", overflow="fold")
+    for row in rows:
+        lines = [f"{row['action']} · tenant {row['tenant'] or '-'} · by {row['actor']}"]
+        lines += [f"{name} {row[key]}" for name, key in (("job", "job_id"), ("event", "event_id"))
+                  if row[key]]
+        lines.append(_detail(row))
+        table.add_row(Text(_at(row)), Text("\n".join(lines)))
+    return table

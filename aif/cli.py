@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
+import typer.core
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from aif import logs
 from aif.audit_cli import audit_command
@@ -44,6 +51,19 @@ from events.signing import SigningKey
 from events.states import JobState
 from recipes import load_recipe, recipe_files
 
+
+def _flags_take_no_value() -> None:
+    """typer's rich help prints a value type after every flag (`--help <bool>`, `--serve
+    --no-serve <bool>`), as if it took a value; a flag takes none, so none is shown."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 app = typer.Typer(help="aif-tuning: event-driven LoRA fine-tuning and evaluation.",
                   no_args_is_help=True)
 recipes_app = typer.Typer(help="List, show and validate recipes.", no_args_is_help=True)
@@ -120,6 +140,12 @@ def _overrides(**given: object) -> HyperparameterOverrides:
         raise typer.Exit(2) from exc
 
 
+def _error(text: str) -> None:
+    """An error in red, as it is: messages quote patterns and paths that rich would take
+    for markup (`[a-z0-9]` vanished from a recipe error)."""
+    console.print(text, style="red", markup=False)
+
+
 def _api_key() -> str:
     key = os.environ.get("AIF_API_KEY")
     if not key:
@@ -186,23 +212,62 @@ def _demo_signing_key(settings: Settings, tenant: str) -> SigningKey:
 def _follow(settings: Settings, tenant: str, job_id: str, api: str | None = None
             ) -> tuple[JobState, list[EventData]]:
     """Show transitions as lines and training as a bar; return the final state and events.
-    From the tenant's topics on the bus, or with `api` from the job's HTTP event stream."""
+    From the tenant's topics on the bus, or with `api` from the job's HTTP event stream.
+    Where the output is no terminal (`make demo | tee log`) a live bar shows nothing until it
+    ends, so progress comes as lines there (`ProgressLines`)."""
+    def watch_with(show: Callable[[EventData], None]) -> tuple[JobState, list[EventData]]:
+        watch = (api_client.follow(api, _api_key(), job_id, show) if api else
+                 wait_for_job(settings.kafka, settings.topics, tenant, job_id, show))
+        assert watch.final is not None  # wait_for_job returns only after the final status
+        return watch.final, watch.events
+
+    if not console.is_terminal:
+        return watch_with(ProgressLines(console).show)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("waiting for the orchestrator", total=None, info="")
 
         def show(ev: EventData) -> None:
             if isinstance(ev, JobStatusChanged):
-                progress.console.print(f"[bold]{ev.state}[/bold]  {ev.reason}")
+                progress.console.print(_status_line(ev))
                 progress.update(bar, description=str(ev.state))
             elif isinstance(ev, JobProgress):
                 progress.update(bar, description=ev.stage, total=ev.total_steps,
                                 completed=ev.step, info=_progress_info(ev))
 
-        watch = (api_client.follow(api, _api_key(), job_id, show) if api else
-                 wait_for_job(settings.kafka, settings.topics, tenant, job_id, show))
-    assert watch.final is not None  # wait_for_job returns only after the final status
-    return watch.final, watch.events
+        return watch_with(show)
+
+
+def _status_line(ev: JobStatusChanged) -> Text:
+    """A state change as one line; the reason is the service's text, never markup."""
+    return Text.assemble((str(ev.state), "bold"), f"  {ev.reason}")
+
+
+PROGRESS_LINE_S = 30.0
+"""At most one progress line this often, when the output is no terminal."""
+
+
+class ProgressLines:
+    """What `_follow` shows where the output is no terminal: each state change, and progress
+    as lines, flushed as they come: one when a stage starts, one when it reaches its last
+    step, and at most one every `every_s` seconds in between."""
+
+    def __init__(self, out: Console, every_s: float = PROGRESS_LINE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out, self.every_s, self.clock = out, every_s, clock
+        self.stage: str | None = None
+        self.last = -math.inf
+
+    def show(self, ev: EventData) -> None:
+        if isinstance(ev, JobStatusChanged):
+            self.out.print(_status_line(ev))
+        elif isinstance(ev, JobProgress):
+            now = self.clock()
+            if (ev.stage != self.stage or ev.step >= ev.total_steps
+                    or now - self.last >= self.every_s):
+                self.stage, self.last = ev.stage, now
+                self.out.print(f"{ev.stage}  {_progress_info(ev)}", markup=False,
+                               highlight=False)
 
 
 def _progress_info(ev: JobProgress) -> str:
@@ -225,12 +290,16 @@ def _print_outcome(final: JobState, events: list[EventData]) -> None:
         for s in evaluated.scores:
             table.add_row(s.task, s.metric, f"{s.base:.3f}", f"{s.tuned:.3f}", f"{s.delta:+.3f}")
         console.print(table)
-        console.print(f"gate: {'passed' if evaluated.gate.passed else 'failed'} - "
-                      f"{evaluated.gate.reason}")
+        verdict = "passed" if evaluated.gate.passed else "failed"
+        # The gate's reason is the reason of the state change it made, shown as it came.
+        told = next((e.state for e in events if isinstance(e, JobStatusChanged)
+                     and e.reason == evaluated.gate.reason), None)
+        console.print(f"gate: {verdict} (the reason is on the {told} line above)" if told else
+                      f"gate: {verdict} - {evaluated.gate.reason}", markup=False)
     ready = next((e for e in events if isinstance(e, ModelReady)), None)
     if ready:
-        console.print(f"model ready: {ready.adapter_uri}")
-    console.print(f"job finished: [bold]{final}[/bold]")
+        console.print(f"model ready: {ready.adapter_uri}", markup=False)
+    console.print(Text.assemble("job finished: ", (str(final), "bold")))
 
 
 @app.command()
@@ -319,6 +388,7 @@ def demo(
         console.print(f"wall time {time.monotonic() - started:.0f}s")
         console.print(f"leaderboard: {service.url}"
                       + ("" if serve else "  (run `aif up` to browse it)"))
+        _print_sign_in(service.url, "demo", job_id)
         if serve:
             try:
                 while True:
@@ -326,6 +396,19 @@ def demo(
             except KeyboardInterrupt:
                 pass
     raise typer.Exit(0 if final is JobState.succeeded else 1)
+
+
+def _print_sign_in(url: str, tenant: str, job_id: str) -> None:
+    """Where the demo's job is, and how to sign in as its tenant: its first API key was
+    never shown (the demo made the tenant), so the command that makes another."""
+    console.print(f"job page: {url}/jobs/{job_id}", markup=False, soft_wrap=True)
+    console.print(f"sign in at {url}/signin as tenant {tenant} with a key from: "
+                  f"{_aif()} tenants add-key {tenant}", markup=False, soft_wrap=True)
+
+
+def _aif() -> str:
+    """This program as it was started (`.venv/bin/aif` under `make demo`), else `aif`."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "aif" else "aif"
 
 
 @app.command("eval")
@@ -366,12 +449,12 @@ def eval_(
             r = r.gated_on_own_eval()
         base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
     except (RecipeError, BaseModelError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from exc
     adapters = [str(a.resolve()) for a in adapter or []]
     for given in adapter or []:
         if not (given / "adapter_config.json").is_file():
-            console.print(f"[red]--adapter {given}: no adapter_config.json there[/red]")
+            _error(f"--adapter {given}: no adapter_config.json there")
             raise typer.Exit(2)
     out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
     spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
@@ -383,7 +466,7 @@ def eval_(
         with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
             result = run(spec)
     except Exception as exc:  # e.g. an adapter for another base model, a broken task YAML
-        console.print(f"[red]evaluation failed: {type(exc).__name__}: {exc}[/red]")
+        _error(f"evaluation failed: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from exc
     if result is None:
         console.print("[red]RANK is set and not 0: only the main process reports[/red]")
@@ -461,14 +544,30 @@ def _recipe(recipe: str) -> Recipe:
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Every shipped recipe with its sector and gate."""
+    recipes = [load_recipe(name) for name in recipe_files()]
     table = Table()
-    for col in ("name", "sector", "language", "base model", "gate"):
+    table.add_column("name", no_wrap=True)  # what one types after `aif submit`: never cut
+    for col in ("sector", "language", "base model", "gate"):
         table.add_column(col)
-    for name in recipe_files():
-        r = load_recipe(name)
-        table.add_row(r.name, r.sector, r.language, r.model.base,
-                      f"{r.gate.metric} on {r.gate.task} >= base + {r.gate.min_gain}")
+    for r in recipes:
+        table.add_row(r.name, r.sector, r.language, r.model.base, _gate(r))
+    if _natural_width(table) > console.width:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)  # narrow: the rest beside the name
+        table.add_column("name", no_wrap=True)
+        table.add_column("sector · language · base model, gate", overflow="fold")
+        for r in recipes:
+            table.add_row(r.name, f"{r.sector} · {r.language} · {r.model.base}\n"
+                                  f"gate: {_gate(r)}")
     console.print(table)
+
+
+def _natural_width(table: Table) -> int:
+    """How wide the table is with no cell wrapped or cut."""
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def _gate(r: Recipe) -> str:
+    return f"{r.gate.metric} on {r.gate.task} >= base + {r.gate.min_gain}"
 
 
 @recipes_app.command("show")
@@ -477,7 +576,7 @@ def recipes_show(name: str) -> None:
     try:
         console.print_json(_recipe(name).model_dump_json())
     except RecipeError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from exc
 
 
@@ -488,8 +587,8 @@ def recipes_validate(files: list[Path]) -> None:
     for path in files:
         try:
             load_recipe_file(path)
-            console.print(f"{path}: ok")
+            console.print(f"{path}: ok", markup=False)
         except RecipeError as exc:
-            console.print(f"[red]{exc}[/red]")
+            _error(str(exc))  # a pattern such as [a-z0-9] is text, not markup
             failed = True
     raise typer.Exit(1 if failed else 0)
