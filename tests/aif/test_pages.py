@@ -429,17 +429,66 @@ def test_a_hostile_model_name_is_text_on_every_page(api: Api) -> None:
 
 
 def test_job_pages_need_a_session_and_hide_other_tenants_jobs(api: Api) -> None:
-    job = seed_model(api.sessions, api.settings, "acme", "a1", public=True)
-    for path in (f"/jobs/{job}", "/jobs", f"/jobs/{job}/events",
-                 f"/jobs/{job}/files/adapter/x"):
+    job = seed_model(api.sessions, api.settings, "acme", "a1")
+    public = seed_model(api.sessions, api.settings, "acme", "a2", public=True)
+    for path in (f"/jobs/{job}", "/jobs", f"/jobs/{job}/events", f"/jobs/{job}/files/adapter/x",
+                 f"/jobs/{public}/events", f"/jobs/{public}/files/adapter/x", "/jobs/no-such"):
         answer = _browser(api).get(path, follow_redirects=False)
         assert answer.status_code == 303 and answer.headers["location"].startswith("/signin")
     theirs = _browser(api, api.globex)
-    for path in (f"/jobs/{job}", f"/jobs/{job}/events", "/jobs/no-such-job"):
+    for path in (f"/jobs/{job}", f"/jobs/{job}/events", "/jobs/no-such-job",
+                 f"/jobs/{public}/events", f"/jobs/{public}/files/adapter/x"):
         answer = theirs.get(path)
         assert answer.status_code == 404 and "acme" not in answer.text.replace(job, "")
     assert job not in theirs.get("/jobs").text
     assert _browser(api, api.staff).get(f"/jobs/{job}").status_code == 200
+
+
+def test_a_published_jobs_page_shows_signed_out_without_the_tenants_data(
+        api: Api, tmp_path: Path) -> None:
+    """The README: signed out, published jobs show. Their page shows what the leaderboard
+    does (states, loss curve, scores, gate, recipe, base model) and nothing of the tenant's:
+    not its name, data, pre-flight report, files, model card, frozen recipe or storage."""
+    work = tmp_path / "jobs" / "acme-work-dir"
+    (work / "adapter").mkdir(parents=True)
+    (work / "adapter" / "README.md").write_text("model card: trained on acme-private.jsonl")
+    (work / "evaluation").mkdir()
+    (work / "evaluation" / "samples_tuned.jsonl").write_text("{}\n")
+    job = seed_model(api.sessions, api.settings, "acme", "a1", public=True, work_dir=work,
+                     labels={"name": "grid-router"})
+    with api.sessions() as s:
+        row = s.get_one(Job, job)
+        row.adapter_uri = "s3://acme-bucket/adapters/grid-router"
+        row.preflight = PreflightReport(
+            recipe="grid-ticket-routing", base_model="smollm2-135m-instruct", max_seq_len=256,
+            max_bad_fraction=0.1, validation=None, usable=True, train=SplitReport(
+                source="acme-private.jsonl", rows_read=12, rows_usable=12, bad_rows=0,
+                bad_row_reasons=[], tokens=500, mean_tokens=45.5, max_tokens=60,
+                trained_tokens=120, truncated=0, duplicates=0, duplicate_rows=[],
+                eval_overlap=0, eval_overlap_rows=[],
+                examples=[RenderedExample(where="line 1", text="Ticket: meter 4711 of Ms Doe",
+                                          truncated=False)]),
+        ).model_dump(mode="json")
+        train_file = row.recipe["data"]["train_file"]
+        s.commit()
+    leaderboard = _browser(api).get("/leaderboard").text
+    assert f'href="/jobs/{job}"' in leaderboard  # a published row links its page
+    for client in (_browser(api), _browser(api, api.globex)):
+        answer = client.get(f"/jobs/{job}", follow_redirects=False)
+        assert answer.status_code == 200, answer.text
+        html = answer.text
+        assert "grid-router" in html and 'id="public-part"' in html
+        assert '<td><span class="state succeeded">' in html and "+0.500" in html
+        data = json.loads(re.search(r'id="progress-data">(.*?)</script>', html)[1])  # type: ignore[index]
+        assert [p["loss"] for p in data["points"]] == LOSSES
+        assert 'data-terminal="true"' in html  # no event stream: that is the tenant's
+        for private in ("acme", str(work), "Ms Doe", "model card", "s3://acme-bucket",
+                        train_file, "/files/", "Frozen recipe", "samples_tuned"):
+            assert private not in html, private
+    own = _browser(api, api.acme).get(f"/jobs/{job}").text
+    assert 'id="public-part"' not in own
+    for shown in ("acme", "Ms Doe", "model card", "s3://acme-bucket", "samples_tuned"):
+        assert shown in own, shown
 
 
 def test_the_job_page_stream_is_the_jobs_events(api: Api) -> None:

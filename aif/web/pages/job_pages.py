@@ -2,9 +2,12 @@
 gate, lineage and hand-off, kept live through the job's event stream.
 
 The page needs a signed-in tenant (staff: any tenant's job); another tenant's job is as
-absent as one that never existed, as in the API. The event stream and artifact downloads
-are the API's own handlers, reached with the session instead of a bearer key, since a
-browser's EventSource and links cannot send one.
+absent as one that never existed, as in the API. A published job's page is open to anyone,
+as its leaderboard row is, and then shows what the leaderboard does and no more: states,
+loss curve, scores and gate, recipe and base model; not its tenant, data, pre-flight
+report, files, frozen recipe or where the adapter is. The event stream and artifact
+downloads are the API's own handlers, reached with the session instead of a bearer key,
+since a browser's EventSource and links cannot send one; they stay the tenant's.
 """
 
 from __future__ import annotations
@@ -67,6 +70,28 @@ def page_job(job_id: str, who: SignedIn, session: SessionDep) -> Job:
 PageJob = Annotated[Job, Depends(page_job)]
 
 
+@dataclass(frozen=True)
+class Shown:
+    job: Job
+    whole: bool  # the reader may read the job's tenant; else it is published: its public part
+
+
+def shown_job(request: Request, job_id: str, who: Viewer, session: SessionDep) -> Shown:
+    """The job for its page: whole to its tenant and staff; a published one's public part to
+    anyone else; otherwise sign in first (signed out) or not found (signed in)."""
+    if who is not None:
+        try:
+            return Shown(readable(session, Job, job_id, who, "job_id"), whole=True)
+        except Problem as exc:
+            missing = PageNotFound(str(exc.detail))
+    else:
+        missing = SignInFirst(request.url.path)
+    job = session.get(Job, job_id)
+    if job is not None and job.public:
+        return Shown(job, whole=False)
+    raise missing
+
+
 @dataclass
 class Step:
     state: str
@@ -109,20 +134,28 @@ def job_list(request: Request, who: SignedIn, session: SessionDep) -> Response:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job: PageJob, who: SignedIn, session: SessionDep) -> Response:
+def job_page(request: Request, shown: Annotated[Shown, Depends(shown_job)], who: Viewer,
+             session: SessionDep) -> Response:
+    job, whole = shown.job, shown.whole
     points, ready, last_id = _events(job, session)
+    common = dict(job=job, name=board.model_name(job), whole=whole, timeline=_timeline(job),
+                  terminal=JobState(job.state).terminal, points=points,
+                  trained=job_files.training_result(job), model_ready=ready, after=last_id,
+                  recipe=job.recipe or {},
+                  paired={s.id: board.paired_figures(metric_score(s)) for s in job.scores})
+    if not whole:  # published: nothing of the tenant's data, files or storage
+        return page(request, "job.html", who, **common, report=None, report_unreadable=False,
+                    provenance=None, card=None, file_paths=set(), adapter_files=[],
+                    recipe_json="")
     report = job_files.parse(PreflightReport, job.preflight)
     files = artifacts.list_artifacts(job).data
     return page(
-        request, "job.html", who, job=job, name=board.model_name(job),
-        timeline=_timeline(job), terminal=JobState(job.state).terminal, report=report,
+        request, "job.html", who, **common, report=report,
         report_unreadable=job.preflight is not None and report is None,
-        points=points, trained=job_files.training_result(job),
         provenance=job_files.provenance(job), card=job_files.model_card(job),
-        file_paths={f.path for f in files}, model_ready=ready, after=last_id,
+        file_paths={f.path for f in files},
         adapter_files=[f for f in files if f.path.startswith(("adapter/", "merged/"))],
-        recipe=job.recipe or {}, recipe_json=json.dumps(job.recipe or {}, indent=2),
-        paired={s.id: board.paired_figures(metric_score(s)) for s in job.scores})
+        recipe_json=json.dumps(job.recipe or {}, indent=2))
 
 
 @router.get("/jobs/{job_id}/events")
