@@ -9,6 +9,12 @@ Who sent a record is what its signature proves (`events.signing`): the tenant of
 key, checked before the value is even parsed. The event's `tenant` attribute may only repeat
 it. Without a signature the attribute is believed only where the service is told its network
 is trusted (`require_signed=False`); a signed record is verified either way.
+
+A fine-tuning request of a tenant its signature proved is never refused where only the
+operators see it: besides its dead letter it becomes a job, `validating` then `rejected` with
+the reason, in the same transaction, so its status events go to the tenant's status topic and
+`GET /v1/jobs/{id}` (the id `job_id_for` gives) says why. The checks are `admission`'s, the
+same `POST /v1/jobs` runs before it publishes anything.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
 from aif.db.models import DeadLetter, Job, Tenant
-from aif.orchestrator.admission import Admission
+from aif.orchestrator.admission import Admission, Refusal, Rule, read_event, screen
 from aif.orchestrator.dead_letters import (
     ERASED,
     dead_letter_copy,
@@ -49,9 +55,16 @@ from aif.orchestrator.dead_letters import (
 )
 from aif.orchestrator.references import References
 from aif.orchestrator.states import ALLOWED, transition
+from aif.quotas import QuotaLimits
 from aif.tenants import signing_secret
 from events.bus import Outgoing, send_and_wait
-from events.envelope import CloudEvent, EnvelopeError, describe_validation_error, job_id_for
+from events.envelope import (
+    CloudEvent,
+    EnvelopeError,
+    check_json_depth,
+    describe_validation_error,
+    job_id_for,
+)
 from events.failpoints import failpoint
 from events.messages import PUBLIC_LABEL, CancelRequested, FineTuneRequested
 from events.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, signing_headers, verify
@@ -133,8 +146,9 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     """Turn one record (value and headers) into a stored job, in one transaction that the
     caller commits.
 
-    `admission` refuses requests whose effective recipe cannot train; without it (callers
-    that store requests directly) the worker's validation is the only check.
+    `admission` refuses requests that can never train or are over a quota (see
+    `admission.screen`); without it (callers that store requests directly) only the schema
+    is checked here and the worker's validation does the rest.
     `require_signed=False` believes an unsigned event's `tenant` attribute (a trusted network).
     """
     try:
@@ -148,12 +162,14 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         return IntakeResult(Outcome.dead_letter, reason=(
             f"signature: unsigned record; this service requires the {KEY_ID_HEADER} and "
             f"{SIGNATURE_HEADER} headers"))
-    try:
-        event = CloudEvent.from_bytes(raw)
-    except EnvelopeError as exc:
-        return IntakeResult(Outcome.dead_letter, reason=str(exc))
+    event, refused = read_event(raw), None
+    if isinstance(event, Refusal):
+        refused, event = event, _oversized_envelope(raw, event) if signed_by else None
+        if event is None:
+            return IntakeResult(Outcome.dead_letter, reason=refused.reason, tenant=signed_by)
     if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
-        return IntakeResult(Outcome.dead_letter, reason="type: unknown event type")
+        return IntakeResult(Outcome.dead_letter, reason="type: unknown event type",
+                            tenant=signed_by)
     if signed_by is not None and event.tenant not in (None, signed_by):
         return IntakeResult(Outcome.dead_letter, tenant=signed_by, reason=(
             "tenant-mismatch: the tenant attribute names another tenant than the signing "
@@ -168,15 +184,13 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         event = event.model_copy(update={"tenant": tenant})  # stored as the key proved it
     actor = audit.signing_actor(key_id) if key_id else "unsigned"
     if event.type == CancelRequested.TYPE:
+        if refused is not None:
+            return IntakeResult(Outcome.dead_letter, reason=refused.reason, tenant=tenant)
         return _cancel(session, event, tenant, topics, actor)
-    try:
-        request = FineTuneRequested.model_validate(event.data)
-    except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter, tenant=tenant,
-                            reason=describe_validation_error(exc, "data", FineTuneRequested))
 
     job_id = job_id_for(tenant, event.source, event.id)
-    digest = _request_digest(event)
+    # An oversized event was read without its data: its digest is of the bytes.
+    digest = _request_digest(event) if refused is None else audit.sha256(raw) or ""
     request_key = (tenant, event.source, event.id)
     existing = _stored(session, *request_key)
     if existing is not None:
@@ -184,32 +198,86 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
             return IntakeResult(
                 Outcome.dead_letter,
                 existing.id,
-                "id: an event of this tenant with this source and id was already accepted "
+                "id: an event of this tenant with this source and id was already received "
                 "with a different payload",
                 tenant,
             )
+        with session.no_autoflush:
+            refused_here = _refused_here(existing)
+        if refused_here:  # sent again, or re-delivered before its dead letter went out
+            return IntakeResult(Outcome.dead_letter, existing.id, existing.reason, tenant)
         return IntakeResult(Outcome.duplicate, existing.id, tenant=tenant)
-    if admission is not None and (refusal := admission.refusal(request, tenant)):
-        return IntakeResult(Outcome.dead_letter, reason=refusal, tenant=tenant)
-    job = Job(
-        id=job_id,
-        tenant=tenant,
-        request_source=event.source,
-        request_id=event.id,
-        request_sha256=digest,
-        request=event.model_dump(mode="json"),
-        recipe_name=request.recipe or (request.recipe_inline and request.recipe_inline.name),
-        state=None,
-        reason="",
-        public=request.labels.get(PUBLIC_LABEL) == "true",
-    )
-    session.add(job)
-    session.info.setdefault(_PENDING, {})[request_key] = job
+    request = refused or screen(session, event, tenant, admission)
+    if isinstance(request, Refusal):
+        if signed_by is None:  # the tenant is not proven: only the operators hear of it
+            return IntakeResult(Outcome.dead_letter, reason=request.reason, tenant=tenant)
+        job = _add_job(session, event, tenant, digest, request.request, public=False)
+        transition(session, job, JobState.validating, topics, reason=RECEIVED)
+        transition(session, job, JobState.rejected, topics, reason=request.reason)
+        return IntakeResult(Outcome.dead_letter, job_id, request.reason, tenant)
+    job = _add_job(session, event, tenant, digest, request,
+                   public=request.labels.get(PUBLIC_LABEL) == "true")
     audit.record(session, audit.Action.submit, actor=actor, tenant=tenant, job_id=job_id,
                  event_id=event.id, payload_sha256=audit.sha256(raw),
                  request_source=event.source)
     transition(session, job, JobState.validating, topics, reason="request accepted")
     return IntakeResult(Outcome.accepted, job_id, tenant=tenant)
+
+
+RECEIVED = "request received; refused at intake"
+"""Reason of the `validating` step of a job whose request intake refused (then `rejected`)."""
+
+READ_OVERSIZED_BYTES = 1024 * 1024
+"""A signed event over the size limit but at most this large (Kafka's default largest
+record) is read for its attributes only, so that its tenant hears why it was refused."""
+
+
+def _oversized_envelope(raw: bytes | None, refused: Refusal) -> CloudEvent | None:
+    """The attributes of an event refused for its size alone, its data left out; None if it
+    is refused for anything else too, or too large to read at all."""
+    if refused.rule is not Rule.size or raw is None or len(raw) > READ_OVERSIZED_BYTES:
+        return None
+    try:
+        check_json_depth(raw)
+        attributes = json.loads(raw)
+    except (EnvelopeError, ValueError):
+        return None
+    if not isinstance(attributes, dict):
+        return None
+    attributes.pop("data", None)
+    event = read_event(json.dumps(attributes).encode())
+    return None if isinstance(event, Refusal) else event
+
+
+def _add_job(session: Session, event: CloudEvent, tenant: str, digest: str,
+             request: FineTuneRequested | None, *, public: bool) -> Job:
+    """The job row of a request, added to the session; `request` None: its data was refused
+    and is not kept (the dead letter has it, for the operators)."""
+    stored = event.model_dump(mode="json")
+    if request is None:
+        stored["data"] = {}
+    job = Job(
+        id=job_id_for(tenant, event.source, event.id),
+        tenant=tenant,
+        request_source=event.source,
+        request_id=event.id,
+        request_sha256=digest,
+        request=stored,
+        recipe_name=request and (request.recipe or (
+            request.recipe_inline and request.recipe_inline.name)),
+        state=None,
+        reason="",
+        public=public,
+    )
+    session.add(job)
+    session.info.setdefault(_PENDING, {})[(tenant, event.source, event.id)] = job
+    return job
+
+
+def _refused_here(job: Job) -> bool:
+    """A job whose request intake refused (see `RECEIVED`)."""
+    return (job.state == JobState.rejected and bool(job.transitions)
+            and job.transitions[0].reason == RECEIVED)
 
 
 _PENDING = "aif.intake.pending_jobs"
@@ -371,14 +439,16 @@ class Intake:
         max_processes: int | None = None,
         require_signed_events: bool = True,
         references: References | None = None,
+        quota_defaults: QuotaLimits | None = None,
     ) -> None:
         """`max_processes`: the most train/eval processes a request may ask for (None: any).
         `require_signed_events`: dead-letter unsigned records (False: a trusted network).
-        `references`: the site's data reference rules (None: left to the worker)."""
+        `references`: the site's data reference rules (None: left to the worker).
+        `quota_defaults`: the site's quota defaults (None: quotas left to the worker)."""
         self.consumer, self.producer, self.sessions, self.topics = (
             consumer, producer, sessions, topics)
         self.require_signed_events = require_signed_events
-        self.admission = Admission(max_processes, references)
+        self.admission = Admission(max_processes, references, quota_defaults)
         self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
         self._last_repair = 0.0
         self.rebalances = ResumeFromCommitted()

@@ -129,25 +129,36 @@ def _event(**fields: object) -> bytes:
 def test_bad_requests_are_dead_lettered_with_the_field(
     sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
-    cases = {
-        b"\xff\xfe": "not JSON",
-        _event(type="com.example.other"): "unknown event type",
-        _event(tenant="Not A Tenant"): "tenant: String should match pattern",
-        _event(data={"recipe": "grid-ticket-routing", "overrides": {"max_steps": 0}}):
-            "data.overrides.max_steps",
-        _event(data={"recipe": "grid-ticket-routing", "surprise": 1}): "data.<key>",
-        _event(data={"recipe": "grid-ticket-routing", "overrides": {"learning_rte": 1e-4}}):
-            "data.overrides.<key> (did you mean 'learning_rate'?)",
-        _event(id=None): "id: Input should be a valid string",
-        _event(id="a\x00b"): "id: String should match pattern",
-        b'{"source": "urn:test", "type": "x"}': "id: Field required (CloudEvents 1.0)",
-        b"[" * 10_000: "deeper than 32 levels",
-    }
-    for raw, fragment in cases.items():
+    """Each is one dead letter; a request with an id whose data is refused is also a job of
+    its (signing) tenant, `rejected` with the same reason, that keeps none of the data."""
+    cases = [
+        (b"\xff\xfe", "not JSON", False),
+        (_event(type="com.example.other"), "unknown event type", False),
+        (_event(tenant="Not A Tenant"), "tenant: String should match pattern", False),
+        (_event(id="e2", data={"recipe": "grid-ticket-routing",
+                               "overrides": {"max_steps": 0}}), "data.overrides.max_steps", True),
+        (_event(id="e3", data={"recipe": "grid-ticket-routing", "surprise": 1}), "data.<key>",
+         True),
+        (_event(id="e4", data={"recipe": "grid-ticket-routing",
+                               "overrides": {"learning_rte": 1e-4}}),
+         "data.overrides.<key> (did you mean 'learning_rate'?)", True),
+        (_event(id=None), "id: Input should be a valid string", False),
+        (_event(id="a\x00b"), "id: String should match pattern", False),
+        (b'{"source": "urn:test", "type": "x"}', "id: Field required (CloudEvents 1.0)", False),
+        (b"[" * 10_000, "deeper than 32 levels", False),
+    ]
+    for raw, fragment, leaves_job in cases:
         result = _accept(sessions, raw, acme_key)
         assert result.outcome is Outcome.dead_letter
         assert fragment in result.reason
-    assert _jobs(sessions) == 0
+        assert (result.job_id is not None) is leaves_job, result
+        if leaves_job:
+            with sessions() as s:
+                job = s.get_one(Job, result.job_id)
+                assert (job.tenant, job.state, job.reason) == (
+                    "acme", JobState.rejected, result.reason)
+                assert job.request["data"] == {} and job.recipe_name is None
+    assert _jobs(sessions) == 3
 
 
 def _cancel(job_id: str, tenant: str = "acme") -> bytes:

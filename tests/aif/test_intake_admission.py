@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db.models import Job
 from aif.orchestrator.admission import Admission, trainability_problems
 from aif.orchestrator.intake import Outcome, accept
 from events.bus import envelope
 from events.messages import FineTuneRequested
 from events.recipe import HyperparameterOverrides
 from events.signing import SigningKey, sign
+from events.states import JobState
 from events.topics import Topics
 from recipes import RECIPES_DIR, load_recipe
 
@@ -77,7 +79,7 @@ def test_shipped_recipes_are_read_again_when_a_file_changes(tmp_path: Path) -> N
         load_recipe("grid-ticket-routing", tmp_path)
 
 
-def test_accept_dead_letters_what_admission_refuses(
+def test_accept_dead_letters_what_admission_refuses_and_its_tenant_reads_why(
     sessions: sessionmaker[Session], acme_key: SigningKey,
 ) -> None:
     topics = Topics("t")
@@ -90,7 +92,23 @@ def test_accept_dead_letters_what_admission_refuses(
         s.commit()
     assert (result.outcome, result.reason) == (
         Outcome.dead_letter, "train.num_processes: at most 8 on this service")
-    with sessions() as s:  # an already stored request stays a duplicate whatever the rules
+    # Its tenant (the signing key's) reads why: the request is a job, rejected at intake.
+    with sessions() as s:
+        job = s.get_one(Job, result.job_id)
+        assert (job.tenant, job.state, job.reason) == ("acme", JobState.rejected, result.reason)
+        assert [t.to_state for t in job.transitions] == ["validating", "rejected"]
+    # A stored request keeps its answer whatever the rules say now: refused stays refused
+    # (a dead letter again, so one re-delivered before its dead letter went out is sent) ...
+    with sessions() as s:
+        again = accept(s, raw, topics, headers=headers)
+        assert (again.outcome, again.job_id, again.reason) == (
+            Outcome.dead_letter, result.job_id, result.reason)
+    # ... and accepted stays a duplicate.
+    raw = envelope(FineTuneRequested(recipe="grid-ticket-routing",
+                                     overrides=HyperparameterOverrides(num_processes=16)),
+                   source="urn:t", tenant="acme", event_id="e2").to_bytes()
+    headers = sign(raw, acme_key.id, acme_key.secret)
+    with sessions() as s:
         assert accept(s, raw, topics, headers=headers).outcome is Outcome.accepted
         s.commit()
         assert accept(s, raw, topics, Admission(max_processes=8),

@@ -2,7 +2,12 @@
 
 A submission is published as the very request event a Kafka partner would send, signed with
 the tenant's signing key, so intake is the one way a job comes to exist and HTTP partners
-get exactly the validation, de-duplication and admission Kafka partners get.
+get exactly the validation, de-duplication and admission Kafka partners get. What intake
+would refuse on the request alone is refused here first, by intake's own functions
+(`admission.read_event` and `admission.screen`), with a problem document naming field and
+rule instead of a 202 for a job that would never appear: 413 for the size, 429 for a quota
+with nothing left, 422 for the rest. What only the worker can refuse (files, data) ends the
+job `rejected` with the reason, readable at its URL.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
 from aif.db.models import Job, Outbox, SigningKey
+from aif.launchers import get_launcher
+from aif.orchestrator.admission import Admission, Refusal, Rule, read_event, screen
+from aif.orchestrator.references import References
 from aif.orchestrator.scores import metric_score
 from aif.orchestrator.states import ALLOWED, transition
 from aif.orchestrator.throughput import Measured
+from aif.settings import Settings
 from aif.web.deps import (
     BusDep,
     CurrentTenant,
@@ -144,10 +153,37 @@ def _signing_key(session: Session, tenant: str) -> SigningKey:
     return key
 
 
+def _admission(request: Request, settings: Settings) -> Admission:
+    """The orchestrator's own admission where the service put it beside the app
+    (`app.state.admission`), else one from the settings. The local launcher's process limit
+    is the orchestrator machine's, which a web-only deployment cannot know: intake checks it
+    there (and a refusal leaves a `rejected` job)."""
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        max_processes = (None if settings.launcher == "local"
+                         else get_launcher(settings.launcher, settings).max_processes)
+        admission = request.app.state.admission = Admission(
+            max_processes, References.of(settings), settings.quota_defaults)
+    return admission
+
+
+_REFUSED = {Rule.size: (413, "Content too large"), Rule.quota: (429, "Too many requests")}
+"""Status and title of a refusal by its rule; every other rule: 422."""
+
+
+def _refused(refusal: Refusal) -> Problem:
+    """The problem document of a request intake would refuse: its reason names the field
+    and rule, never the value sent."""
+    status, title = _REFUSED.get(refusal.rule, (422, "Invalid request"))
+    field = refusal.field
+    detail = refusal.reason if field is not None else f"body: {refusal.reason}"
+    return Problem(status, title, detail, field=field or "body")
+
+
 @router.post("", status_code=202, responses=problems(403, 409, 422, 503))
 def create_job(
     body: JobCreate, principal: CurrentTenant, session: SessionDep, bus: BusDep,
-    request: Request, response: Response,
+    settings: SettingsDep, request: Request, response: Response,
     idempotency_key: Annotated[str | None, Header(
         pattern=r"^[!-~]{1,200}$",
         description="Becomes the request's CloudEvents id: the same key again gives the "
@@ -167,8 +203,14 @@ def create_job(
             raise Problem(409, "Conflict", "this Idempotency-Key was used for a different "
                           "request", field="Idempotency-Key")
         return accepted
-    key = _signing_key(session, principal.tenant)
     value = event.to_bytes()
+    # Intake's checks, on the very bytes it would read: refused here, nothing is published.
+    screened = read_event(value)
+    if not isinstance(screened, Refusal):
+        screened = screen(session, screened, principal.tenant, _admission(request, settings))
+    if isinstance(screened, Refusal):
+        raise _refused(screened)
+    key = _signing_key(session, principal.tenant)
     try:
         bus.publish(value, key=job_id, headers=sign(value, key.id, key.secret))
     except Exception as exc:

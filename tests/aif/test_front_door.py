@@ -1,0 +1,345 @@
+"""Issue #24 point 1: a request the service will refuse is refused where the tenant sees it.
+
+Over HTTP, `POST /v1/jobs` runs intake's own checks (`aif.orchestrator.admission.read_event`
+and `screen`) before it publishes anything, and answers a problem document naming the field
+and rule: 413 for the size, 429 for a quota with nothing left, 422 for the rest. Over Kafka,
+a request whose tenant the signature proved and whose body is refused becomes a job in state
+`rejected` with the reason (its status events on the tenant's status topic, in the batch's
+transaction with the dead letter), so `GET /v1/jobs/{id}` and the status topic say why.
+No test here trains: each is a check of the request alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from kafka.consumer.fetcher import ConsumerRecord
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from aif.cli import app as cli
+from aif.db.models import DeadLetter, Job, Outbox
+from aif.orchestrator.admission import Admission
+from aif.orchestrator.intake import Outcome, accept, store_batch
+from aif.quotas import set_quota
+from aif.settings import Settings
+from aif.web.app import create_app
+from events.bus import KafkaConfig
+from events.envelope import MAX_EVENT_BYTES, job_id_for
+from events.messages import CancelRequested, FineTuneRequested, JobStatusChanged
+from events.signing import sign
+from events.states import JobState
+from events.topics import Topics
+from tests.aif.test_api_jobs import Api, make_api
+from tests.conftest import free_port
+
+S = JobState
+GOOD = {"recipe": "grid-ticket-routing"}
+BIG = {"recipe": "grid-ticket-routing", "labels": {"note": "x" * 70_000}}  # 70 KB
+
+
+class RecordingBus:
+    """The web app's way onto Kafka, recording what it would publish: no broker needed."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, str, list[tuple[str, bytes]]]] = []
+
+    def ready(self) -> None:
+        pass
+
+    def publish(self, value: bytes, key: str, headers: list[tuple[str, bytes]]) -> None:
+        self.sent.append((value, key, headers))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def api(sessions: sessionmaker[Session], tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(home=tmp_path, topic_prefix="fd",
+                        kafka=KafkaConfig(bootstrap_servers=f"127.0.0.1:{free_port()}"))
+    for made in make_api(sessions, settings):
+        made.client.app.state.bus = RecordingBus()  # type: ignore[attr-defined]
+        yield made
+
+
+def _sent(api: Api) -> list[tuple[bytes, str, list[tuple[str, bytes]]]]:
+    return api.client.app.state.bus.sent  # type: ignore[attr-defined]
+
+
+def _refused(api: Api, body: dict, status: int, field: str | None, *fragments: str) -> dict:
+    published = len(_sent(api))
+    answer = api.post(api.acme, "/v1/jobs", json=body)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == status and problem.get("field") == field, problem
+    for fragment in fragments:
+        assert fragment in problem["detail"], problem
+    assert len(_sent(api)) == published, "a refused request was published"
+    return problem
+
+
+# -- HTTP: refused before anything is published -------------------------------------------
+
+def test_an_unknown_recipe_is_a_422_with_a_suggestion(api: Api) -> None:
+    problem = _refused(api, {"recipe": "grid-ticket-routin"}, 422, "recipe",
+                       "recipe: no such recipe. Did you mean 'grid-ticket-routing'?")
+    assert problem["title"] == "Invalid request"
+
+
+def test_a_request_over_the_event_size_limit_is_a_413(api: Api) -> None:
+    problem = _refused(api, BIG, 413, "body", f"over the {MAX_EVENT_BYTES} limit")
+    assert "xxxx" not in json.dumps(problem)
+
+
+def test_a_path_outside_the_tenants_data_root_is_a_422_naming_no_path(api: Api) -> None:
+    problem = _refused(api, GOOD | {"train_file": "/etc/passwd"}, 422, "data.train_file",
+                       "data.train_file: outside the tenant's data root")
+    assert "/etc" not in json.dumps(problem) and str(api.settings.home) not in json.dumps(problem)
+
+
+@pytest.mark.parametrize(("body", "field", "rule"), [
+    (GOOD | {"overrides": {"max_steps": 1}}, "train.max_steps",
+     "must be above the warmup steps"),
+    (GOOD | {"dataset": "owner/name"}, "data.dataset", "hub datasets are not enabled"),
+    (GOOD | {"train_file": "https://example.org/t.jsonl"}, "data.train_file",
+     "remote data (http/https URLs) is not enabled"),
+    (GOOD | {"eval_file": "../globex/rows.jsonl"}, "data.eval_file",
+     "outside the tenant's data root"),
+], ids=["warmup", "hub-dataset", "remote-url", "dot-dot"])
+def test_admission_and_reference_rules_are_422s(api: Api, body: dict, field: str,
+                                               rule: str) -> None:
+    problem = _refused(api, body, 422, field, f"{field}: {rule}")
+    assert "globex" not in problem["detail"] and "example.org" not in problem["detail"]
+
+
+def test_the_services_own_admission_is_used_where_the_app_has_it(api: Api) -> None:
+    """`app.state.admission`: the orchestrator's rules (its launcher's processes)."""
+    api.client.app.state.admission = Admission(max_processes=1)  # type: ignore[attr-defined]
+    _refused(api, GOOD | {"overrides": {"num_processes": 2}}, 422, "train.num_processes",
+             "train.num_processes: at most 1 on this service")
+
+
+def test_a_quota_with_nothing_left_is_a_429(api: Api) -> None:
+    with api.sessions() as s:
+        set_quota(s, "acme", {"concurrent_jobs": 1})
+        s.commit()
+    api.store_job("acme", [S.validating, S.queued], "running")
+    problem = _refused(api, GOOD, 429, "quota.concurrent_jobs",
+                       "1 jobs of this tenant are queued or running (tenant limit 1 "
+                       "concurrent jobs)")
+    assert problem["title"] == "Too many requests"
+    # Another tenant is not held to acme's limit.
+    assert api.post(api.globex, "/v1/jobs", json=GOOD).status_code == 202
+
+
+def test_a_month_without_tokens_left_is_a_429(api: Api) -> None:
+    with api.sessions() as s:
+        set_quota(s, "acme", {"monthly_tokens": 1000})
+        s.commit()
+    done = api.store_job("acme", [S.validating, S.queued, S.training, S.failed], "used")
+    with api.sessions() as s:
+        s.execute(update(Job).where(Job.id == done).values(
+            measured={"tokens": 1000, "device_hours": 0.1}))
+        s.commit()
+    _refused(api, GOOD, 429, "quota.monthly_tokens", "no tokens left this month")
+
+
+def test_a_good_request_is_published_once_and_a_stored_one_not_again(api: Api) -> None:
+    first = api.post(api.acme, "/v1/jobs", json=GOOD, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202, first.text
+    ((value, key, headers),) = _sent(api)
+    assert key == first.json()["id"]
+    with api.sessions() as s:  # intake stores it; then the tenant's quota fills up
+        assert accept(s, value, api.settings.topics, headers=headers).job_id == key
+        set_quota(s, "acme", {"concurrent_jobs": 0})
+        s.commit()
+    # A retry of the stored request is the same job, whatever the rules say now.
+    again = api.post(api.acme, "/v1/jobs", json=GOOD, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 202 and again.json()["id"] == key
+    assert len(_sent(api)) == 1
+    _refused(api, GOOD, 429, "quota.concurrent_jobs")  # while a new one is refused
+
+
+def test_aif_submit_over_http_prints_the_problem_and_fails(api: Api, tmp_path: Path) -> None:
+    app = create_app(api.sessions, api.settings)
+    bus = app.state.bus = RecordingBus()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        done = CliRunner().invoke(cli, ["submit", "grid-ticket-routin", "--api",
+                                        f"http://127.0.0.1:{port}", "--wait"],
+                                  env={"AIF_API_KEY": api.acme.api_key,
+                                       "AIF_HOME": str(tmp_path)})
+    finally:
+        server.should_exit = True
+    assert done.exit_code != 0, done.output
+    said = " ".join(done.output.split())  # rich wraps long lines
+    assert "422" in said and "Did you mean 'grid-ticket-routing'?" in said, said
+    assert "submitted job" not in said and bus.sent == []
+
+
+# -- Kafka: a refused request of a known tenant is a rejected job it can read ---------------
+
+TOPICS = Topics("fd")
+
+
+def _record(api: Api, raw: bytes, offset: int, signed: bool = True) -> ConsumerRecord:
+    headers = sign(raw, api.acme.signing_key_id, api.acme.signing_secret) if signed else []
+    return ConsumerRecord(TOPICS.requests, 0, -1, offset, 1, 0, b"k", raw, headers, None, 1,
+                          len(raw), 0)
+
+
+def _event(data: dict, event_id: str = "e-1", tenant: str | None = "acme",
+           type_: str = FineTuneRequested.TYPE) -> bytes:
+    return json.dumps({"specversion": "1.0", "id": event_id, "source": "urn:partner",
+                       "type": type_, "data": data}
+                      | ({"tenant": tenant} if tenant else {})).encode()
+
+
+def _statuses(sessions: sessionmaker[Session], job_id: str) -> list[JobStatusChanged]:
+    with sessions() as s:
+        rows = s.scalars(select(Outbox).where(Outbox.key == job_id).order_by(Outbox.id)).all()
+        assert {r.topic for r in rows} <= {TOPICS.status("acme")}
+        return [JobStatusChanged.model_validate(json.loads(r.payload)["data"]) for r in rows]
+
+
+def _admission(api: Api) -> Admission:
+    from aif.orchestrator.references import References
+
+    return Admission(None, References.of(api.settings), api.settings.quota_defaults)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    ({"recipe": "grid-ticket-routin"},
+     "recipe: no such recipe. Did you mean 'grid-ticket-routing'?"),
+    (GOOD | {"train_file": "/etc/passwd"}, "data.train_file: outside the tenant's data root"),
+    (GOOD | {"overrides": {"max_step": 5}}, "data.overrides.<key> (did you mean 'max_steps'?)"),
+    (BIG, f"over the {MAX_EVENT_BYTES} limit"),
+], ids=["unknown-recipe", "etc-passwd", "schema", "70-kb"])
+def test_a_signed_request_refused_at_intake_is_a_rejected_job_its_tenant_reads(
+    api: Api, data: dict, reason: str,
+) -> None:
+    raw = _event(data)
+    stored = store_batch(api.sessions, [_record(api, raw, 7)], TOPICS, _admission(api))
+    (result,) = stored.results
+    job_id = job_id_for("acme", "urn:partner", "e-1")
+    assert (result.outcome, result.job_id, result.tenant) == (Outcome.dead_letter, job_id, "acme")
+    assert reason in result.reason
+    with api.sessions() as s:  # the dead letter, in the same transaction, is still there
+        (letter,) = s.scalars(select(DeadLetter)).all()
+        assert (letter.reason, letter.tenant) == (result.reason, "acme")
+    assert [reason for _, reason in stored.forward.values()] == [result.reason]
+    statuses = _statuses(api.sessions, job_id)
+    assert [(e.previous_state, e.state) for e in statuses] == [
+        (None, S.validating), (S.validating, S.rejected)]
+    assert statuses[-1].reason == result.reason and statuses[-1].request_id == "e-1"
+    shown = api.get(api.acme, f"/v1/jobs/{job_id}")
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["state"], shown.json()["reason"]) == ("rejected", result.reason)
+    assert "/etc" not in shown.text and "xxxx" not in shown.text
+    assert api.get(api.globex, f"/v1/jobs/{job_id}").status_code == 404
+    assert [j["id"] for j in api.get(api.acme, "/v1/jobs").json()["data"]] == [job_id]
+
+
+def test_a_refused_record_delivered_again_is_forwarded_once_and_stays_one_job(api: Api) -> None:
+    raw = _event({"recipe": "grid-ticket-routin"})
+    record = _record(api, raw, 3)
+    first = store_batch(api.sessions, [record], TOPICS, _admission(api))
+    assert list(first.forward.values()) == [(record, first.results[0].reason)]
+    # A crash before the dead letter was forwarded: the batch comes again.
+    again = store_batch(api.sessions, [record], TOPICS, _admission(api))
+    assert again.results == first.results and len(again.forward) == 1
+    with api.sessions() as s:
+        s.execute(update(DeadLetter).values(published_at=DeadLetter.created_at))
+        s.commit()
+    assert store_batch(api.sessions, [record], TOPICS, _admission(api)).forward == {}
+    # Sent again by the partner (a new offset): one more dead letter, the same job.
+    resent = store_batch(api.sessions, [_record(api, raw, 4)], TOPICS, _admission(api))
+    assert resent.results[0].outcome is Outcome.dead_letter and len(resent.forward) == 1
+    job_id = job_id_for("acme", "urn:partner", "e-1")
+    assert len(_statuses(api.sessions, job_id)) == 2
+    with api.sessions() as s:
+        assert s.scalars(select(Job.id)).all() == [job_id]
+        assert len(s.scalars(select(DeadLetter)).all()) == 2
+    # The same id with another payload is a conflict, as for any stored request.
+    other = store_batch(api.sessions, [_record(api, _event(GOOD), 5)], TOPICS, _admission(api))
+    assert "different payload" in other.results[0].reason
+
+
+def test_within_one_batch_a_refused_request_and_its_copy_are_one_job(api: Api) -> None:
+    raw = _event({"recipe": "grid-ticket-routin"})
+    stored = store_batch(api.sessions, [_record(api, raw, 1), _record(api, raw, 2),
+                                        _record(api, _event(GOOD, "e-2"), 3)],
+                         TOPICS, _admission(api))
+    assert [r.outcome for r in stored.results] == [
+        Outcome.dead_letter, Outcome.dead_letter, Outcome.accepted]
+    with api.sessions() as s:
+        assert sorted(s.scalars(select(Job.state)).all()) == ["rejected", "validating"]
+
+
+@pytest.mark.parametrize(("raw", "signed"), [
+    (_event({"recipe": "grid-ticket-routin"}), False),  # trusted network: tenant not proven
+    (_event(GOOD, tenant="globex"), True),  # tenant-mismatch: a forgery, not a request
+    (_event({"job_id": "nope"}, type_=CancelRequested.TYPE), True),  # not a job request
+    (_event(GOOD, type_="com.example.other"), True),
+    (b'{"specversion": "1.0", "source": "urn:partner", "type": "x"}', True),  # no id
+    (b"[" * 100, True),
+], ids=["unsigned", "tenant-mismatch", "cancel", "other-type", "no-id", "deep"])
+def test_refusals_without_a_request_of_a_proven_tenant_leave_no_job(
+    api: Api, raw: bytes, signed: bool,
+) -> None:
+    with api.sessions() as s:
+        result = accept(s, raw, TOPICS, _admission(api), require_signed=not signed,
+                        headers=_record(api, raw, 0, signed).headers)
+        s.commit()
+        assert result.outcome is Outcome.dead_letter and s.scalars(select(Job)).all() == []
+        assert s.scalars(select(Outbox)).all() == []
+
+
+def test_an_oversized_record_too_large_to_read_leaves_no_job(api: Api) -> None:
+    huge = _event({"recipe": "grid-ticket-routing", "labels": {"a": "x" * (2 * 2**20)}})
+    with api.sessions() as s:
+        result = accept(s, huge, TOPICS, _admission(api), headers=_record(api, huge, 0).headers)
+        s.commit()
+        assert result.outcome is Outcome.dead_letter and s.scalars(select(Job)).all() == []
+    assert result.tenant == "acme"  # its dead letter is erased with the tenant
+
+
+def test_without_admission_intake_still_refuses_only_the_schema(api: Api) -> None:
+    """Callers that store requests directly leave the rules to the worker."""
+    with api.sessions() as s:
+        raw = _event({"recipe": "grid-ticket-routin"})
+        ok = accept(s, raw, TOPICS, headers=_record(api, raw, 0).headers)
+        raw = _event({"recipe": "Bad Name"}, "e-2")
+        bad = accept(s, raw, TOPICS, headers=_record(api, raw, 0).headers)
+        s.commit()
+    assert ok.outcome is Outcome.accepted
+    assert bad.outcome is Outcome.dead_letter and bad.reason.startswith("data.recipe: ")
+
+
+def test_a_signed_request_over_quota_is_rejected_at_intake(api: Api) -> None:
+    with api.sessions() as s:
+        set_quota(s, "acme", {"concurrent_jobs": 0})
+        s.commit()
+    raw = _event(GOOD)
+    (result,) = store_batch(api.sessions, [_record(api, raw, 0)], TOPICS,
+                            _admission(api)).results
+    assert result.reason.startswith("quota.concurrent_jobs: 0 jobs of this tenant")
+    assert api.get(api.acme, f"/v1/jobs/{result.job_id}").json()["state"] == "rejected"
+    # Envelope and request stored as sent, as for an accepted job.
+    with api.sessions() as s:
+        job = s.get_one(Job, result.job_id)
+        assert job.request["data"] == GOOD and job.recipe_name == "grid-ticket-routing"
+        assert job.public is False
