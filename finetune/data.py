@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -24,7 +24,14 @@ from transformers import (
 
 from events.recipe import DataFormat, DataSection
 from finetune.labels import TaskLabels, mapped
-from finetune.rows import DataValidationError, HubSplit, RowError, check_counts, read_rows, record
+from finetune.rows import (
+    DataValidationError,
+    HubSplit,
+    RowError,
+    check_counts,
+    checked_rows,
+    record,
+)
 
 IGNORE_INDEX = -100
 
@@ -159,7 +166,7 @@ def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int,
     encoded: list[Encoded] = []
     problems: list[str] = []
     rows = 0
-    for where, raw in read_rows(source):
+    for where, raw in checked_rows(source):
         rows += 1
         try:
             row = mapped(record(raw), label_map)
@@ -261,10 +268,8 @@ class _PromptCompletion:
                 raise RowError(f"missing column {column!r}")
             if row[column] is None:
                 raise RowError(f"column {column!r} is null")
-        try:
-            prompt, completion = self.prompt.render(row), self.completion.render(row)
-        except TemplateError as exc:
-            raise RowError(f"template error: {exc}") from exc
+        prompt, completion = (_rendered(template, row, name) for name, template in (
+            ("data.prompt_template", self.prompt), ("data.completion_template", self.completion)))
         if not completion.strip():
             raise RowError("empty completion")
         prompt_ids = self.tokenizer(prompt)["input_ids"]
@@ -286,9 +291,13 @@ class _Chat:
         self.tokenizer = tokenizer
 
     def _ids(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except RENDER_ERRORS as exc:  # e.g. its raise_exception() on roles out of turn
+            raise RowError("the chat template refuses the conversation "
+                           f"({type(exc).__name__})") from exc
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def __call__(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -315,6 +324,19 @@ class _Chat:
             labels += [IGNORE_INDEX] * (len(prefix) - len(ids)) + full[len(prefix) :]
             ids = full
         return ids, labels
+
+
+RENDER_ERRORS = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError,
+                 RecursionError)
+"""How a template can fail on one row's values. Their messages are not shown: they may quote
+a value (`{{ teams[label] }}` fails naming the label), and a reason never does."""
+
+
+def _rendered(template: Template, row: dict[str, Any], name: str) -> str:
+    try:
+        return template.render(row)
+    except RENDER_ERRORS as exc:
+        raise RowError(f"template error in {name} ({type(exc).__name__})") from exc
 
 
 def _fit(ids: list[int], labels: list[int], max_seq_len: int) -> Example:

@@ -15,7 +15,7 @@ from pathlib import Path
 from events.preflight_report import HeldOut
 from events.recipe import Recipe
 from finetune.data import sources
-from finetune.rows import DataValidationError, RowError, read_rows
+from finetune.rows import DataValidationError, RowError, checked_rows
 
 FOLDER = "held_out"
 
@@ -24,11 +24,11 @@ def hold_out(recipe: Recipe, work_dir: Path) -> HeldOut:
     """Split the training source by `data.eval_split` (seeded by `train.seed`)."""
     source, _ = sources(recipe.data)
     rows, problems = [], []
-    for where, raw in read_rows(source):
-        if isinstance(raw, RowError):
-            problems.append(f"{where}: {raw}")
+    for where, row in checked_rows(source):
+        if isinstance(row, RowError):
+            problems.append(f"{where}: {row}")
         else:
-            rows.append(raw)
+            rows.append(row)
     count = round(recipe.data.eval_split * len(rows))
     if problems or not 0 < count < len(rows):
         problems = problems or [f"data.eval_split {recipe.data.eval_split:g} of {len(rows)} "

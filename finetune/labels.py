@@ -30,21 +30,32 @@ class TaskLabels:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.choice, self.target = config["doc_to_choice"], config["doc_to_target"]
-        template = self.target if isinstance(self.target, str) else ""
-        self.label_columns = sorted(meta.find_undeclared_variables(_ENV.parse(template)))
+        self.label_columns = _variables(self.target)
+        # What a refusal names: the columns the target reads that are not the choices'.
+        self.named_columns = ([c for c in self.label_columns if c not in _variables(self.choice)]
+                              or self.label_columns)
+        # Choices that do not depend on the row (a list, or a template of none of its
+        # columns) may be listed in a refusal; choices read from a row are its data.
+        self.fixed_choices = None if _variables(self.choice) else _attempt(self.choices, {})
 
     def check(self, row: dict[str, Any]) -> None:
-        """RowError naming the label and the choices unless the row's target is a choice."""
+        """RowError naming the label's column and the task's choices unless the row's target
+        is a choice; never the row's values (choices read from the row are not listed)."""
         missing = [c for c in self.label_columns if c not in row]
         if missing:  # worded as the templates word it
             raise RowError(f"missing column {missing[0]!r}")
         if self.answer(row) is not None:
             return
-        choices, target = _attempt(self.choices, row), _attempt(self._target, row)
-        labels = ", ".join(f"{c}={row[c]!r}" for c in self.label_columns if c in row)
-        known = f" ({', '.join(map(str, choices))})" if choices else ""
-        raise RowError(f"label {labels or repr(target)} is not one of the task's "
-                       f"choices{known}; map it with data.label_map or leave the row out")
+        columns = self.named_columns or ([self.target] if isinstance(self.target, str)
+                                         and self.target in row else [])
+        where = (f"column{'s' * (len(columns) > 1)} {', '.join(map(repr, columns))}: "
+                 if columns else "")
+        if self.fixed_choices is not None:
+            known = f"the task's choices ({', '.join(map(str, self.fixed_choices))})"
+        else:
+            known = "the choices the task reads from the row"
+        raise RowError(f"{where}the label is not one of {known}; map it with data.label_map "
+                       "or leave the row out")
 
     def answer(self, row: dict[str, Any]) -> str | None:
         """The row's gold choice, the class lm-eval scores it against (the pre-flight counts
@@ -70,6 +81,16 @@ class TaskLabels:
             return row[self.target]
         text = _ENV.from_string(self.target).render(row)
         return int(text) if text.strip().isdigit() else text
+
+
+def _variables(template: object) -> list[str]:
+    """The columns a template reads (none for a fixed list, number or plain column name)."""
+    if not isinstance(template, str):
+        return []
+    try:
+        return sorted(meta.find_undeclared_variables(_ENV.parse(template)))
+    except TemplateError:  # each row's check fails on it as lm-eval would
+        return []
 
 
 def _attempt(render: Callable[[dict[str, Any]], Any], row: dict[str, Any]) -> Any:

@@ -30,7 +30,7 @@ from events.checksums import sha256_file
 from events.preflight_report import PiiKind, PiiReport, RedactedCopy
 from events.recipe import DataSection, PiiPolicy
 from finetune.data import sources
-from finetune.rows import RowError, read_rows, record
+from finetune.rows import RowError, checked_rows
 
 SHOWN_ROWS = 20
 REDACTED_DIR = "redacted"
@@ -180,10 +180,8 @@ def scan(data: DataSection, language: str, policy: PiiPolicy,
                 role=role, source=str(source), path=str(out),
                 source_sha256=sha256_file(source) if isinstance(source, Path) else None))
         with out.open("w", encoding="utf-8") if out else nullcontext() as fh:
-            for where, raw in read_rows(source):
-                try:
-                    row = record(raw)
-                except RowError:
+            for where, row in checked_rows(source):
+                if isinstance(row, RowError):
                     continue
                 kinds: list[str] = []
                 redacted = _redact_value(row, language, kinds)

@@ -39,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 from events.jobspec import FailureKind, PreflightSpec, record_failure
 from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
 from events.recipe import DataSection, EvalSection, PiiPolicy, Recipe
-from events.remote_data import RemoteDataError, fetch_all
+from events.remote_data import RemoteDataError, fetch_all, local_copy, remote_fields
 from events.tasks import TaskConfigError, eval_data_files
 from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
@@ -56,6 +56,7 @@ from finetune.gate_noise import gate_noise
 from finetune.held_out import hold_out
 from finetune.hyperparameters import pick
 from finetune.labels import task_labels
+from finetune.rows import SourceNames, url_name
 
 EXIT_UNUSABLE = 2
 
@@ -66,23 +67,34 @@ NO_LOSS = ("[no loss]", "[/no loss]")
 
 
 def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
-                 work_dir: Path | None = None, estimator: Estimator | None = None
-                 ) -> PreflightReport:
+                 work_dir: Path | None = None, estimator: Estimator | None = None,
+                 names: SourceNames | None = None) -> PreflightReport:
     """Read both splits as training would and describe them, with the compute estimate if
     an `estimator` is given; DataValidationError only when a source cannot be read at all
     (missing file, unreachable hub dataset).
 
     With `data.pii: redact` the redacted copies are written under `work_dir` and described
-    instead of the originals, since they are what training will read.
+    instead of the originals, since they are what training will read. Files are named in
+    the report by `names` (default: as given).
     """
+    names = names or SourceNames()
+    for path in (recipe.data.train_file, recipe.data.validation_file, recipe.data.eval_file):
+        if path is not None:
+            names.known.setdefault(path, names(path))
     given = recipe  # the tenant's own files: what the estimate's data size counts
     scan = None
     if recipe.data.pii is not PiiPolicy.off:
         scan = pii.scan(recipe.data, recipe.language, recipe.data.pii, work_dir)
+        scan = scan.model_copy(update={"redacted": [
+            c.model_copy(update={"source": names.text(c.source)}) for c in scan.redacted]})
+        names.known.update({c.path: f"{c.source} (redacted copy)" for c in scan.redacted})
         recipe = recipe.model_copy(update={"data": scan.applied_to(recipe.data)})
     held = None
     if recipe.data.eval_split:
         held = hold_out(recipe, work_dir or Path(tempfile.mkdtemp(prefix="aif-preflight-")))
+        held = held.model_copy(update={"source": names.text(held.source)})
+        names.known.update({held.train_file: f"{held.source} (rows not held out)",
+                            held.eval_file: f"{held.source} (held-out rows)"})
         recipe = held.applied_to(recipe)
     data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
                          task_labels(recipe))
@@ -97,7 +109,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
                 split.check(recipe.data.max_bad_fraction)
         except DataValidationError as exc:
             reasons.append(str(exc))
-    train = _split_report(data.train, tokenizer, eval_strings)
+    train = _split_report(data.train, tokenizer, eval_strings, names)
     picked = pick(recipe, train.rows_usable,
                   max((len(e.example["input_ids"]) for e in data.train.encoded), default=0))
     if picked is not None:  # the estimate and training count the picked steps
@@ -118,15 +130,16 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         max_seq_len=recipe.train.max_seq_len,
         max_bad_fraction=recipe.data.max_bad_fraction,
         train=train,
-        validation=data.validation and _split_report(data.validation, tokenizer, eval_strings),
+        validation=data.validation and _split_report(data.validation, tokenizer, eval_strings,
+                                                     names),
         usable=not reasons,
-        reason="\n".join(reasons),
+        reason=names.text("\n".join(reasons)),
         pii=scan,
         estimate=estimator(given, data.train) if estimator else None,
         held_out=held,
         picked=picked,
         gate_noise=noise,
-        warnings=warnings,
+        warnings=[names.text(w) for w in warnings],
     )
 
 
@@ -153,7 +166,7 @@ def render(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _split_report(split: Split, tokenizer: PreTrainedTokenizerBase,
-                  eval_strings: set[str]) -> SplitReport:
+                  eval_strings: set[str], names: SourceNames) -> SplitReport:
     lengths = [e.length for e in split.encoded]
     first_seen: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
     duplicates = []
@@ -164,7 +177,7 @@ def _split_report(split: Split, tokenizer: PreTrainedTokenizerBase,
         first_seen.setdefault(key, e.where)
     overlap = [e.where for e in split.encoded if not eval_strings.isdisjoint(_strings(e.row))]
     return SplitReport(
-        source=split.source,
+        source=names.text(split.source),
         rows_read=split.rows,
         rows_usable=len(split.encoded),
         bad_rows=len(split.skipped),
@@ -208,8 +221,7 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def main(spec_path: Path) -> int:
-    spec = PreflightSpec.read(spec_path)
+def main(spec: PreflightSpec, names: SourceNames) -> int:
     cache, work_dir = Path(spec.model_cache_dir), Path(spec.work_dir)
     # URL data is fetched into the job directory first: the report and training read the copy.
     data = fetch_all(spec.recipe.data, work_dir, spec.remote_data_allow_networks,
@@ -217,8 +229,17 @@ def main(spec_path: Path) -> int:
     tokenizer = load_tokenizer(spec.recipe.model.base, cache)
     estimator = Estimator.on_this_node(spec.recipe.model.base, cache, spec.throughput)
     build_report(spec.recipe.model_copy(update={"data": data}), tokenizer, work_dir,
-                 estimator).write(work_dir / PREFLIGHT)
+                 estimator, names).write(work_dir / PREFLIGHT)
     return 0
+
+
+def source_names(spec: PreflightSpec) -> SourceNames:
+    """How the job's reasons and report name its files: as its tenant named them, a URL's
+    download by the URL."""
+    work_dir = Path(spec.work_dir)
+    return SourceNames(spec.tenant, {
+        str(local_copy(work_dir, field, url)): url_name(url)
+        for field, url in remote_fields(spec.recipe.data).items()})
 
 
 def _cli(argv: list[str]) -> int:
@@ -226,11 +247,14 @@ def _cli(argv: list[str]) -> int:
         print("usage: python -m finetune.preflight PREFLIGHT_SPEC_JSON", file=sys.stderr)
         return EXIT_UNUSABLE
     spec_path = Path(argv[0])
+    names = SourceNames(tenant="")  # until the spec is read: every path by its file name
     try:
-        return main(spec_path)
+        spec = PreflightSpec.read(spec_path)
+        names = source_names(spec)
+        return main(spec, names)
     except (DataValidationError, TokenizerUnfitError, BaseModelError, TaskConfigError,
             RemoteDataError) as exc:
-        kind, reason, code = FailureKind.final, str(exc), EXIT_UNUSABLE
+        kind, reason, code = FailureKind.final, names.text(str(exc)), EXIT_UNUSABLE
     except (ValidationError, UnicodeError, ValueError) as exc:
         # A parser refused the spec, the data or a task file. Its message may quote the
         # input, so only the class is kept.

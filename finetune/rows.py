@@ -9,7 +9,9 @@ its own:
 prints a JSON summary (file type, rows read, rows usable as objects with columns, bad rows as
 "line N: reason") and exits 0 when the file is usable, 1 when it has no rows or more bad rows
 than the fraction allows, 2 when it cannot be read at all. Reasons name the line and the rule,
-never the data.
+never the data. A row is checked here alike for the upload and the pre-flight (`record`, and
+what `read_rows` finds: a line that is not JSON, a CSV row with more cells than the header),
+so a file the pre-flight refuses for its rows' shape is refused at upload, for the same reason.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 SHOWN_PROBLEMS = 20
@@ -58,6 +62,54 @@ class HubSplit:
         return f"hub dataset {self.dataset!r}{config} split {self.split!r}"
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
+class SourceNames:
+    """How reasons and reports name a data file: as the tenant named it, never by the path
+    it has on the server.
+
+    The pre-flight stage reads canonical paths (`<data_root>/<tenant>/...`) and copies in the
+    job directory, while the tenant named `exports/t.csv`, a `file_id` or a URL. `known`
+    maps the paths the stage has a better name for (a URL's download, a redacted copy); any
+    other absolute path is named by what follows the tenant's folder in it (an upload by its
+    file id), else by its file name. Without a tenant (`aif preflight` on one's own files)
+    everything is shown as given.
+    """
+
+    def __init__(self, tenant: str | None = None, known: Mapping[str, str] = ()) -> None:
+        self.tenant = tenant
+        self.known = dict(known)
+
+    def __call__(self, path: str) -> str:
+        if path in self.known:
+            return self.known[path]
+        if self.tenant is None or not path.startswith("/"):
+            return path
+        parts = PurePosixPath(path).parts[1:]
+        if self.tenant not in parts[:-1]:
+            return parts[-1] if parts else path
+        own = parts[len(parts) - parts[::-1].index(self.tenant):]
+        if len(own) == 3 and own[0] == "files" and own[2].startswith("data."):
+            return own[1]  # an upload: its file_id
+        return "/".join(own)
+
+    def text(self, text: str) -> str:
+        """`text` with every absolute path in it named as above."""
+        if self.tenant is None:
+            return text
+        for path in sorted(self.known, key=len, reverse=True):  # they may hold spaces
+            text = text.replace(path, self.known[path])
+        return _ABSOLUTE_PATH.sub(lambda m: self(m.group()), text)
+
+
+def url_name(url: str) -> str:
+    """A data URL as reasons name it: without user, password, query or fragment."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
 def record(row: Any) -> dict[str, Any]:
     """The row as an object with columns, or RowError saying why it is not one."""
     if isinstance(row, RowError):
@@ -65,6 +117,17 @@ def record(row: Any) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise RowError(f"expected an object with columns, got {type(row).__name__}")
     return row
+
+
+def checked_rows(source: Path | HubSplit) -> Iterator[tuple[str, dict[str, Any] | RowError]]:
+    """Yield (where, row as an object with columns) or (where, RowError saying why it is not
+    one): the one check of a row's shape, for an upload (`summarise`) and for every reader
+    of a job's rows (pre-flight, personal-data scan, held-out split, training)."""
+    for where, raw in read_rows(source):
+        try:
+            yield where, record(raw)
+        except RowError as exc:
+            yield where, exc
 
 
 def check_counts(source: object, rows: int, usable: int, problems: list[str],
@@ -116,15 +179,26 @@ def _read_jsonl(source: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _read_csv(source: Path) -> Iterator[tuple[str, Any]]:
-    """Rows of a CSV file; past a byte that is not UTF-8 or broken quoting nothing can be
-    trusted (there are no reliable line boundaries), so the file is refused there."""
+    """Rows of a CSV file by the line they start on, as objects keyed by the header (cells
+    missing at the end are None); a row with more cells than the header is a bad row, since
+    its cells cannot be told apart from a cell holding an unquoted comma. Past a byte that is
+    not UTF-8 or broken quoting nothing can be trusted (there are no reliable line
+    boundaries), so the file is refused there."""
     line = 0
     try:
         with open(source, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                line = reader.line_num
-                yield f"line {line}", row
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            line = reader.line_num
+            for cells in reader:
+                where, line = f"line {line + 1}", reader.line_num
+                if not cells:  # a blank line
+                    continue
+                if len(cells) > len(header):
+                    yield where, RowError(f"{len(cells)} columns, the header has {len(header)}")
+                else:
+                    yield where, dict(zip(header, [*cells, *[None] * (len(header) - len(cells))],
+                                          strict=True))
     except (UnicodeDecodeError, csv.Error) as exc:
         problem = f"after line {line}: not a UTF-8 CSV file ({type(exc).__name__})"
         raise DataValidationError(source, [problem], line) from exc
@@ -160,14 +234,12 @@ def summarise(path: Path, max_bad_fraction: float = 0.0) -> tuple[dict[str, Any]
     rows = usable = 0
     bad: list[str] = []  # "line N: reason" per row that is not an object with columns
     try:
-        for where, row in read_rows(path):
+        for where, row in checked_rows(path):
             rows += 1
-            try:
-                record(row)
-            except RowError as exc:
-                bad.append(f"{where}: {exc}")
-                continue
-            usable += 1
+            if isinstance(row, RowError):
+                bad.append(f"{where}: {row}")
+            else:
+                usable += 1
     except DataValidationError as exc:  # the file itself cannot be read (any further)
         code, problems = EXIT_UNREADABLE, [*bad, *exc.problems]
     else:

@@ -152,7 +152,54 @@ def test_template_errors_are_row_problems(
     )
     with pytest.raises(DataValidationError) as caught:
         _load(recipe, tokenizer)
-    assert caught.value.problems[0].startswith("line 1: template error")
+    assert caught.value.problems[0] == (
+        "line 1: template error in data.prompt_template (UndefinedError)")
+
+
+SECRET = "SECRET-MARKER-9c2d"
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    # The message would name the key looked up: the row's value.
+    ({"prompt_template": "{{ {'a': 'b'}[text] }}"},
+     "template error in data.prompt_template (UndefinedError)"),
+    ({"completion_template": "{{ text.index(label) }}"},  # ValueError: substring not found
+     "template error in data.completion_template (ValueError)"),
+    ({"prompt_template": "{{ text + 1 }}"},  # TypeError: no longer a crash of the stage
+     "template error in data.prompt_template (TypeError)"),
+    ({"prompt_template": "{{ 1 // (text|length - text|length) }}"},
+     "template error in data.prompt_template (ZeroDivisionError)"),
+])
+def test_a_template_failing_on_a_row_is_a_row_problem_that_quotes_nothing(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase, data: dict, problem: str,
+) -> None:
+    rows = [{"text": SECRET, "label": f"{SECRET}-label"}]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data=data)
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert caught.value.problems == [f"line 1: {problem}"]
+    assert SECRET not in str(caught.value)
+
+
+def test_a_chat_template_refusing_a_conversation_is_a_row_problem_that_quotes_nothing(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tokenizer.chat_template = (  # as some models' templates do, quoting what they refuse
+        "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}{% endfor %}"
+        + tokenizer.chat_template)
+    rows = [{"messages": [{"role": "user", "content": "Sparks"},
+                          {"role": "assistant", "content": "emergency"}]},
+            {"messages": [{"role": SECRET, "content": SECRET},
+                          {"role": "assistant", "content": SECRET}]}]
+    recipe = make_recipe(write_jsonl(tmp_path / "t.jsonl", rows), data=CHAT, train=LONG)
+    with pytest.raises(DataValidationError) as caught:
+        _load(recipe, tokenizer)
+    assert caught.value.problems == [
+        "line 2: the chat template refuses the conversation (TemplateError)"]
+    assert SECRET not in str(caught.value)
 
 
 def test_text_trains_on_every_token(

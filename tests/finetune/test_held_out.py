@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from events.recipe import Recipe
 from finetune.data import DataValidationError
 from finetune.preflight import build_report
+from finetune.rows import SourceNames
 from recipes import load_recipe
 
 TEAMS = ["dispatch", "accounts", "metering", "forestry", "emergency"]
@@ -66,4 +67,29 @@ def test_unreadable_lines_are_named_before_any_split(
     path = tmp_path / "t.jsonl"
     path.write_text('{"text": "a ticket", "label": "metering"}\n{oops\n' * 3)
     with pytest.raises(DataValidationError, match="line 2: invalid JSON"):
+        build_report(_recipe(path, 0.3), tokenizer, tmp_path)
+
+
+def test_the_split_names_the_tenants_file_as_it_named_it(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [{"text": f"Ticket {i}: a matter for the {TEAMS[i % 5]} team today", "label":
+             TEAMS[i % 5]} for i in range(40)]
+    path = tmp_path / "srv" / "data" / "acme" / "exports" / "t.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = build_report(_recipe(path, 0.25), tokenizer, tmp_path / "job",
+                          names=SourceNames("acme"))
+    assert report.held_out is not None and report.held_out.source == "exports/t.jsonl"
+    assert report.train.source == "exports/t.jsonl (rows not held out)"
+    assert Path(report.held_out.train_file).is_relative_to(tmp_path / "job")  # read by training
+    assert str(tmp_path) not in report.reason + report.summary() + report.train.source
+
+
+def test_a_csv_row_with_a_cell_too_many_is_named_before_any_split(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "a ticket,metering\n" * 4 + "a ticket, sadly,metering\n")
+    with pytest.raises(DataValidationError, match="line 6: 3 columns, the header has 2"):
         build_report(_recipe(path, 0.3), tokenizer, tmp_path)

@@ -1,8 +1,10 @@
 """Training rows whose label is not one of the gate task's choices are refused by line and
-label, through the task's own templates; `data.label_map` renames a data set's labels."""
+column, through the task's own templates, never quoting the row; `data.label_map` renames a
+data set's labels."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from events.recipe import Recipe
 from finetune.data import DataValidationError, load_examples
 from finetune.labels import TaskLabels, task_labels
 from finetune.preflight import build_report
+from finetune.rows import RowError
 from recipes import load_recipe
 
 TENANCY = "tenancy-law-sentence-function-de"
@@ -35,9 +38,10 @@ def test_an_unknown_label_is_refused_with_its_line_and_the_choices(
     report = build_report(_on(TENANCY, write_jsonl(tmp_path / "t.jsonl", rows)), tokenizer)
     assert not report.usable
     assert report.train.bad_row_reasons == [
-        "line 2: label Funktion='Continuation' is not one of the task's choices (Permission, "
+        "line 2: column 'Funktion': the label is not one of the task's choices (Permission, "
         "Duty, Consequence, Objection); map it with data.label_map or leave the row out"]
     assert report.train.rows_usable == 2
+    assert "Continuation" not in report.reason + report.to_text()
 
 
 def test_a_label_map_makes_the_rows_usable_and_trains_the_mapped_label(
@@ -51,20 +55,30 @@ def test_a_label_map_makes_the_rows_usable_and_trains_the_mapped_label(
     assert train.encoded[0].row["Funktion"] == "Consequence"
 
 
-@pytest.mark.parametrize(("name", "row", "label"), [
-    ("science-curriculum-quiz", {"id": "q", "question": "Which bin?", "answerKey": "E",
-                                 "choices": {"text": ["red", "blue"], "label": ["A", "B"]}},
-     "answerKey='E'"),
-    ("market-news-sentiment", {"text": "Acme beats estimates", "label": 3}, "label=3"),
-    ("comment-moderation-de", {"text": "Ein Kommentar", "coarse": 2, "fine": 1}, "coarse=2"),
+MARKER = "SECRET-MARKER-0b7e"
+
+
+@pytest.mark.parametrize(("name", "row", "reason"), [
+    ("science-curriculum-quiz", {"id": MARKER, "question": MARKER, "answerKey": MARKER,
+                                 "choices": {"text": [MARKER], "label": [f"{MARKER}-A"]}},
+     "column 'answerKey': the label is not one of the choices the task reads from the row"),
+    ("market-news-sentiment", {"text": MARKER, "label": 3},
+     "column 'label': the label is not one of the task's choices (bearish, bullish, neutral)"),
+    ("market-news-sentiment", {"text": MARKER, "label": MARKER},
+     "column 'label': the label is not one of the task's choices (bearish, bullish, neutral)"),
+    ("comment-moderation-de", {"text": MARKER, "coarse": 2, "fine": MARKER},
+     "column 'coarse': the label is not one of the task's choices (OTHER, OFFENSE)"),
+    ("tenancy-law-sentence-function-de", {"Funktion": {MARKER: [MARKER]}, "Text": MARKER},
+     "column 'Funktion': the label is not one of the task's choices (Permission, Duty"),
 ])
-def test_every_kind_of_target_is_checked(
+def test_every_kind_of_target_is_checked_and_the_refusal_quotes_no_value(
     tmp_path: Path, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase,
-    name: str, row: dict[str, Any], label: str,
+    name: str, row: dict[str, Any], reason: str,
 ) -> None:
     recipe = _on(name, write_jsonl(tmp_path / "t.jsonl", [row]))
-    with pytest.raises(DataValidationError, match=f"line 1: label {label}"):
+    with pytest.raises(DataValidationError, match=f"line 1: {re.escape(reason)}") as caught:
         load_examples(recipe.data, tokenizer, 256, task=task_labels(recipe))
+    assert MARKER not in str(caught.value)
 
 
 def test_built_in_or_generative_gate_tasks_are_not_checked(tmp_path: Path) -> None:
@@ -78,8 +92,18 @@ def test_built_in_or_generative_gate_tasks_are_not_checked(tmp_path: Path) -> No
 def test_a_choice_column_and_a_target_column() -> None:
     labels = TaskLabels({"doc_to_choice": "options", "doc_to_target": "gold"})
     labels.check({"options": ["a", "b"], "gold": 1})
-    with pytest.raises(Exception, match=r"label 2 is not one of the task's choices \(a, b\)"):
-        labels.check({"options": ["a", "b"], "gold": 2})
+    with pytest.raises(RowError) as caught:  # the row's own choices are its data too
+        labels.check({"options": [MARKER, "b"], "gold": 2})
+    assert str(caught.value).startswith("column 'gold': the label is not one of the choices "
+                                        "the task reads from the row;")
+    assert MARKER not in str(caught.value)
+
+
+def test_fixed_choices_rendered_by_a_template_are_listed() -> None:
+    labels = TaskLabels({"doc_to_choice": "{{ ['low', 'high'] }}", "doc_to_target": "{{ x }}"})
+    with pytest.raises(RowError, match=r"^column 'x': the label is not one of the task's "
+                                       r"choices \(low, high\);"):
+        labels.check({"x": MARKER})
 
 
 def test_a_row_without_the_label_column_says_so(tmp_path: Path, write_jsonl: Callable,

@@ -12,9 +12,12 @@ from transformers import PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from aif.cli import app
+from events.jobspec import PreflightSpec, StageFailure, Throughput
 from events.recipe import Recipe
+from finetune import preflight
 from finetune.data import DataValidationError, load_examples
 from finetune.preflight import PreflightReport, build_report
+from finetune.rows import SourceNames
 
 ROW = {"text": "Sparks from the pole near the school", "label": "emergency"}
 OTHER = {"text": "My bill is twice as high as last month", "label": "accounts"}
@@ -107,6 +110,71 @@ def test_unreadable_source_raises(
 ) -> None:
     with pytest.raises(DataValidationError, match="no such file"):
         build_report(make_recipe(tmp_path / "missing.jsonl"), tokenizer)
+
+
+def _tenant_file(tmp_path: Path, name: str) -> Path:
+    """Where the orchestrator hands the stage a file tenant acme named `name`."""
+    path = tmp_path / "srv" / "data" / "acme" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_a_tenants_files_are_named_as_it_named_them_never_by_the_server_path(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [ROW, OTHER, {**ROW, "text": "Sparks at Ada's, mail ada@example.org"}, {"text": "x"}]
+    train = write_jsonl(_tenant_file(tmp_path, "exports/t.jsonl"), rows)
+    validation = write_jsonl(_tenant_file(tmp_path, "v.jsonl"), [OTHER, {"text": "x"}])
+    work = tmp_path / "jobs" / "acme" / "job-1"
+    work.mkdir(parents=True)
+    recipe = make_recipe(train, data={"validation_file": str(validation), "pii": "redact"})
+    report = build_report(recipe, tokenizer, work, names=SourceNames("acme"))
+    assert not report.usable
+    assert report.reason == (
+        "exports/t.jsonl (redacted copy): 1 problem(s) in 4 row(s) read:\n"
+        "  line 4: missing column 'label'\n"
+        "v.jsonl (redacted copy): 1 problem(s) in 2 row(s) read:\n"
+        "  line 2: missing column 'label'")
+    assert report.train.source == "exports/t.jsonl (redacted copy)"
+    assert report.validation is not None
+    assert report.validation.source == "v.jsonl (redacted copy)"
+    assert report.pii is not None
+    assert [c.source for c in report.pii.redacted] == ["exports/t.jsonl", "v.jsonl"]
+    assert all(Path(c.path).is_relative_to(work) for c in report.pii.redacted)  # read by training
+    described = report.model_copy(update={"pii": None}).model_dump_json()
+    assert str(tmp_path) not in described + report.summary()
+
+
+def _spec(tmp_path: Path, recipe: Recipe, tiny_model_dir: Path) -> Path:
+    work = tmp_path / "jobs" / "acme" / "job-1"
+    work.mkdir(parents=True, exist_ok=True)
+    spec = PreflightSpec(job_id="job-1", tenant="acme", recipe=recipe, work_dir=str(work),
+                         model_cache_dir=str(tmp_path / "models"),
+                         throughput=Throughput(launcher="local", devices=1,
+                                               tokens_per_s={"cpu": 100.0}))
+    path = work / "preflight_spec.json"
+    spec.write(path)
+    return path
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("exports/t.parquet", b"PAR1 not really", "exports/t.parquet: 1 problem(s) in 0 row(s) "
+     "read:\n  not a readable Parquet file (ArrowInvalid)"),
+    ("files/file-0a1b/data.csv", b"text,label\nok,fine\n\xff\n", "file-0a1b: 1 problem(s) in "
+     "0 row(s) read:\n  after line 0: not a UTF-8 CSV file (UnicodeDecodeError)"),
+    ("t.txt", b"x", "t.txt: 1 problem(s) in 0 row(s) read:\n  unsupported file type '.txt'"),
+])
+def test_a_file_the_stage_cannot_read_is_named_as_the_tenant_named_it(
+    tmp_path: Path, make_recipe: Callable, tiny_model_dir: Path, name: str, content: bytes,
+    reason: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = _tenant_file(tmp_path, name)
+    path.write_bytes(content)
+    spec_path = _spec(tmp_path, make_recipe(path), tiny_model_dir)
+    assert preflight._cli([str(spec_path)]) == preflight.EXIT_UNUSABLE
+    failure = StageFailure.find(spec_path)
+    assert failure is not None and failure.reason.startswith(reason), failure.reason
+    assert str(tmp_path) not in failure.reason + capsys.readouterr().err
 
 
 def _recipe_file(recipe: Recipe, path: Path) -> Path:

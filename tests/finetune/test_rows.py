@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune.rows import SourceNames, read_rows, url_name
+
 SECRET = "SECRET-MARKER-5be0"
 GOOD = '{"text": "Sparks from the pole", "label": "emergency"}\n'
 
@@ -49,7 +51,7 @@ def test_only_the_first_problems_are_listed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "content", "code", "problem"), [
-    ("t.csv", f"text,label\n{GOOD.strip()},x\n", 0, None),
+    ("t.csv", 'text,label\n"Sparks, from the pole",emergency\n', 0, None),
     ("t.csv", f"text,label\nok,fine\n{SECRET},\xff\n".encode("latin-1"), 2,
      "after line 0: not a UTF-8 CSV file (UnicodeDecodeError)"),
     ("t.parquet", f"PAR1{SECRET}".encode(), 2, "not a readable Parquet file (ArrowInvalid)"),
@@ -69,6 +71,52 @@ def test_whole_files_that_cannot_be_used(tmp_path: Path, name: str, content: str
     assert summary["usable"] is (code == 0)
     assert summary["problems"] == ([problem] if problem else [])
     assert SECRET not in json.dumps(summary) + stderr
+
+
+def test_a_csv_row_with_more_cells_than_the_header_is_a_bad_row_by_its_first_line(
+    tmp_path: Path,
+) -> None:
+    """An unquoted comma splits a cell in two: the row is refused as such (the upload check
+    and the pre-flight read it alike), never read as a row with an odd label."""
+    path = tmp_path / "t.csv"
+    path.write_text(f'text,label\n"Sparks\nfrom the pole",emergency\n\n{SECRET} a, b,{SECRET}\n'
+                    f'{SECRET}\nshort\n')
+    code, summary, stderr = _rows(path)
+    assert (code, summary["rows"], summary["objects"]) == (1, 4, 3)
+    assert summary["problems"] == ["line 5: 3 columns, the header has 2"]
+    assert SECRET not in json.dumps(summary) + stderr
+    rows = list(read_rows(path))
+    assert [where for where, _ in rows] == ["line 2", "line 5", "line 6", "line 7"]
+    assert rows[3][1] == {"text": "short", "label": None}  # cells missing at the end: None
+
+
+@pytest.mark.parametrize(("path", "named"), [
+    ("/srv/aif/data/acme/exports/t.csv", "exports/t.csv"),
+    ("/srv/aif/data/acme/t.csv", "t.csv"),
+    ("/home/acme/aif/data/acme/t.csv", "t.csv"),  # the folder nearest the file is the tenant's
+    ("/srv/aif/data/acme/files/file-0a1b/data.parquet", "file-0a1b"),  # an upload: its id
+    ("/srv/aif/recipes/energy/data/train.jsonl", "train.jsonl"),  # not the tenant's: file name
+    ("exports/t.csv", "exports/t.csv"),  # already relative
+    ("/srv/aif/jobs/acme/j-1/remote/train_file.csv", "https://example.org/t.csv"),  # known
+])
+def test_files_are_named_as_the_tenant_named_them(path: str, named: str) -> None:
+    names = SourceNames("acme", {"/srv/aif/jobs/acme/j-1/remote/train_file.csv":
+                                 "https://example.org/t.csv"})
+    assert names(path) == named
+    assert names.text(f"{path}: 1 problem(s) in 12/14 rows (see {path!r}); and/or") == (
+        f"{named}: 1 problem(s) in 12/14 rows (see {named!r}); and/or")
+    assert SourceNames()(path) == SourceNames().text(path) == path  # aif preflight: as given
+
+
+def test_a_known_path_with_spaces_is_named_whole() -> None:
+    names = SourceNames("acme", {"/srv/my data/acme/t.csv": "t.csv"})
+    assert names.text("/srv/my data/acme/t.csv: bad; /srv/other/x.jsonl") == "t.csv: bad; x.jsonl"
+
+
+def test_a_data_url_is_named_without_its_credentials_or_query() -> None:
+    assert url_name("https://u:pw@example.org:8443/d/t.csv?sig=abc#x") == (
+        "https://example.org:8443/d/t.csv")
+    assert url_name("s3://bucket/tenants/acme/t.jsonl") == "s3://bucket/tenants/acme/t.jsonl"
 
 
 def test_a_bad_fraction_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
