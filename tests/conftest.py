@@ -30,6 +30,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+pytest_plugins = ("cpu_usage",)  # CPU seconds per test, printed at the end (docs/testing.md)
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "AIF_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
