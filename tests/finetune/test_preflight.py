@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from aif.cli import app
 from events.jobspec import PreflightSpec, StageFailure, Throughput
 from events.recipe import Recipe
+from events.remote_data import local_copy
 from finetune import preflight
 from finetune.data import DataValidationError, load_examples
 from finetune.preflight import PreflightReport, build_report
@@ -155,6 +156,17 @@ def _spec(tmp_path: Path, recipe: Recipe, tiny_model_dir: Path) -> Path:
     path = work / "preflight_spec.json"
     spec.write(path)
     return path
+
+
+def test_a_urls_download_is_named_by_the_url_without_its_credentials(
+    tmp_path: Path, make_recipe: Callable, tiny_model_dir: Path
+) -> None:
+    url = "https://user:pw@data.example.org/exports/t.jsonl?signature=abc"
+    spec = PreflightSpec.read(_spec(tmp_path, make_recipe(url), tiny_model_dir))
+    names = preflight.source_names(spec)
+    copy = local_copy(Path(spec.work_dir), "train_file", url)
+    assert names.text(f"{copy}: 1 problem(s)") == (
+        "https://data.example.org/exports/t.jsonl: 1 problem(s)")
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [
