@@ -435,7 +435,7 @@ class Intake:
         producer: KafkaProducer,
         sessions: sessionmaker[Session],
         topics: Topics,
-        ensure_topics: Callable[[], None] = lambda: None,
+        ensure_topics: Callable[..., None] = lambda also=(): None,
         max_processes: int | None = None,
         require_signed_events: bool = True,
         references: References | None = None,
@@ -449,7 +449,8 @@ class Intake:
             consumer, producer, sessions, topics)
         self.require_signed_events = require_signed_events
         self.admission = Admission(max_processes, references, quota_defaults)
-        self.ensure_topics = ensure_topics  # see events.bus.TopicKeeper
+        # events.bus.TopicKeeper.ensure: the shared topics, and those named in `also`
+        self.ensure_topics = ensure_topics
         self._last_repair = 0.0
         self.rebalances = ResumeFromCommitted()
         consumer.subscribe([topics.requests], listener=self.rebalances)
@@ -498,6 +499,7 @@ class Intake:
         for r, res in zip(records, stored.results, strict=True):
             if res.outcome is Outcome.dead_letter:
                 log.warning("dead-lettered %s: %s", dlq_id(r), res.reason)
+        self._tenant_topics(stored.results)
         if not stored.forward:
             return stored
         self.ensure_topics()
@@ -513,6 +515,20 @@ class Intake:
             raise failed
         failpoint("intake.after_dlq")
         return stored
+
+    def _tenant_topics(self, results: list[IntakeResult]) -> None:
+        """Both topics of each tenant that has a job now, so that a follower (which reads
+        status and models topics together) is not left waiting for a models topic that only
+        a model would create: a job refused here, or before training, never makes one. The
+        relay creates the status topic in any case, so a failure here only waits."""
+        tenants = sorted({r.tenant for r in results if r.tenant and r.job_id})
+        if not tenants:
+            return
+        try:
+            self.ensure_topics(also=[name for tenant in tenants
+                                     for name in self.topics.of_tenant(tenant)])
+        except Exception as exc:
+            log.warning("intake: tenants' topics not created yet: %s", exc)
 
     def _repair_if_idle(self) -> None:
         """No partitions assigned: the requests topic may be gone; recreate it, now and then."""
