@@ -98,9 +98,9 @@ def quota_problems(session: Session, tenant: str, defaults: QuotaLimits) -> list
     used = quotas.usage(session, tenant, utcnow())
     problems = []
     if (limit := found.get("concurrent_jobs")) is not None and used.running_jobs >= limit.value:
-        problems.append(f"quota.concurrent_jobs: {used.running_jobs} jobs of this tenant are "
-                        f"queued or running ({limit} concurrent jobs); submit again once one "
-                        "has ended")
+        problems.append(f"quota.concurrent_jobs: this tenant's queued or running jobs: "
+                        f"{used.running_jobs} ({limit} concurrent jobs); submit again once "
+                        "one has ended")
     if (limit := found.get("monthly_tokens")) is not None and used.tokens >= limit.value:
         problems.append(f"quota.monthly_tokens: no tokens left this month ({limit} tokens a "
                         "month)")

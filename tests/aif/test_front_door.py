@@ -134,7 +134,7 @@ def test_a_quota_with_nothing_left_is_a_429(api: Api) -> None:
         s.commit()
     api.store_job("acme", [S.validating, S.queued], "running")
     problem = _refused(api, GOOD, 429, "quota.concurrent_jobs",
-                       "1 jobs of this tenant are queued or running (tenant limit 1 "
+                       "this tenant's queued or running jobs: 1 (tenant limit 1 "
                        "concurrent jobs)")
     assert problem["title"] == "Too many requests"
     # Another tenant is not held to acme's limit.
@@ -253,6 +253,7 @@ def test_a_signed_request_refused_at_intake_is_a_rejected_job_its_tenant_reads(
     assert [j["id"] for j in api.get(api.acme, "/v1/jobs").json()["data"]] == [job_id]
 
 
+@pytest.mark.store
 def test_a_refused_record_delivered_again_is_forwarded_once_and_stays_one_job(api: Api) -> None:
     raw = _event({"recipe": "grid-ticket-routin"})
     record = _record(api, raw, 3)
@@ -278,6 +279,7 @@ def test_a_refused_record_delivered_again_is_forwarded_once_and_stays_one_job(ap
     assert "different payload" in other.results[0].reason
 
 
+@pytest.mark.store
 def test_within_one_batch_a_refused_request_and_its_copy_are_one_job(api: Api) -> None:
     raw = _event({"recipe": "grid-ticket-routin"})
     stored = store_batch(api.sessions, [_record(api, raw, 1), _record(api, raw, 2),
@@ -336,7 +338,8 @@ def test_a_signed_request_over_quota_is_rejected_at_intake(api: Api) -> None:
     raw = _event(GOOD)
     (result,) = store_batch(api.sessions, [_record(api, raw, 0)], TOPICS,
                             _admission(api)).results
-    assert result.reason.startswith("quota.concurrent_jobs: 0 jobs of this tenant")
+    assert result.reason.startswith("quota.concurrent_jobs: this tenant's queued or running "
+                                    "jobs: 0 (tenant limit 0 concurrent jobs)")
     assert api.get(api.acme, f"/v1/jobs/{result.job_id}").json()["state"] == "rejected"
     # Envelope and request stored as sent, as for an accepted job.
     with api.sessions() as s:
