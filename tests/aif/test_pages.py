@@ -311,6 +311,15 @@ def test_the_paired_figures_are_on_the_leaderboard_the_job_page_and_the_api(api:
     (row,) = [r for r in api.get(api.acme, "/v1/leaderboard").json()["data"]
               if r["job_id"] == job and r["task"] == "grid_ticket_routing"]
     assert row["vs_base"] == score["vs_base"] and row["vs_majority"] == score["vs_majority"]
+    exported = {r["job_id"]: r for r in client.get("/leaderboard.json").json()["rows"]}[job]
+    (csv_row,) = [r for r in csv.DictReader(io.StringIO(client.get("/leaderboard.csv").text))
+                  if r["job_id"] == job]
+    for other in ("base", "majority"):
+        for name, value in score[f"vs_{other}"].items():
+            column = f"grid_ticket_routing:vs_{other}_{name}"
+            assert exported[column] == value and float(csv_row[column]) == pytest.approx(value)
+    assert exported["general_knowledge_guard:vs_base_p_value"] is None  # the guard: none
+    assert csv_row["general_knowledge_guard:vs_base_p_value"] == ""
 
 
 def test_pins_come_from_the_stages_files_in_the_job_directory(api: Api, tmp_path: Path

@@ -21,7 +21,7 @@ from aif.db.models import Job
 from aif.orchestrator.gate import figures, gain_checks
 from aif.orchestrator.scores import metric_score
 from aif.web.pages import job_files
-from events.messages import MetricScore
+from events.messages import MetricScore, PairedComparison
 from events.recipe import Recipe
 
 NAME_LABEL = "name"
@@ -42,6 +42,8 @@ class Cell:
     majority: float | None = None  # ... and the constant majority answer's accuracy
     recall: dict[str, float] | None = None
     paired: list[str] = field(default_factory=list)  # tuned rows: `paired_figures`
+    vs_base: PairedComparison | None = None  # tuned rows: the gate's paired comparisons
+    vs_majority: PairedComparison | None = None
 
 
 @dataclass
@@ -185,7 +187,8 @@ def _cells(job: Job, recipe: Recipe | None, kind: str) -> dict[str, Cell]:
         cells[task] = Cell(task, metric, s.tuned, s.tuned_stderr, s.base, score.delta,
                            _verdict(recipe, score), pins, macro_f1=s.tuned_macro_f1,
                            majority=s.majority, recall=s.tuned_recall,
-                           paired=paired_figures(score))
+                           paired=paired_figures(score), vs_base=score.vs_base,
+                           vs_majority=score.vs_majority)
     return cells
 
 
@@ -271,6 +274,14 @@ def build(session: Session, visible: ColumnElement[bool], query: BoardQuery,
     return Board(present + none_last, tasks, options)
 
 
+def _paired_columns(prefix: str, paired: PairedComparison | None) -> dict[str, object]:
+    """A paired comparison as export columns, one per field: the documents, the difference,
+    its paired 95% interval, the discordant documents each way and the one-sided p-value
+    (empty where none was made)."""
+    return {f"{prefix}_{name}": getattr(paired, name) if paired else None
+            for name in PairedComparison.model_fields}
+
+
 def export_records(board: Board, staff: bool) -> list[dict[str, object]]:
     """The view as flat records, one per row, for the CSV and JSON exports."""
     records = []
@@ -290,5 +301,8 @@ def export_records(board: Board, staff: bool) -> list[dict[str, object]]:
             record[f"{task}:delta"] = cell.delta if cell else None
             record[f"{task}:macro_f1"] = cell.macro_f1 if cell else None
             record[f"{task}:majority"] = cell.majority if cell else None
+            for other in ("base", "majority"):
+                record.update(_paired_columns(f"{task}:vs_{other}", getattr(
+                    cell, f"vs_{other}") if cell else None))
         records.append(record)
     return records
