@@ -28,6 +28,7 @@ from aif.cli import app as cli
 from aif.db.models import DeadLetter, Job, Outbox
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.intake import Outcome, accept, store_batch
+from aif.orchestrator.references import References
 from aif.quotas import set_quota
 from aif.settings import Settings
 from aif.web.app import create_app
@@ -216,9 +217,10 @@ def _statuses(sessions: sessionmaker[Session], job_id: str) -> list[JobStatusCha
 
 
 def _admission(api: Api) -> Admission:
-    from aif.orchestrator.references import References
-
-    return Admission(None, References.of(api.settings), api.settings.quota_defaults)
+    """Intake's admission with the site's reference rules and quota defaults."""
+    admission = Admission(None, References.of(api.settings))
+    admission.quota_defaults = api.settings.quota_defaults
+    return admission
 
 
 @pytest.mark.parametrize(("data", "reason"), [

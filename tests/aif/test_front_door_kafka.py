@@ -31,7 +31,7 @@ def _submit(args: list[str], env: dict[str, str], timeout_s: float = 90) -> Resu
                               daemon=True)
     thread.start()
     thread.join(timeout_s)
-    assert done, f"aif submit {' '.join(args)} still waits after {timeout_s:.0f} s"
+    assert done, f"aif {' '.join(args)} still waits after {timeout_s:.0f} s"
     return done[0]
 
 
