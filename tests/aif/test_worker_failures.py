@@ -70,7 +70,8 @@ def test_refusals_quote_no_data(
         w.run_job(job_id)
     job = w.load(job_id)
     assert job.state == JobState.rejected, job.reason
-    assert str(hostile) in job.reason  # the refusal names the file ...
+    assert f"hostile{suffix}" in job.reason  # the refusal names the file as the tenant did,
+    assert str(data_root) not in job.reason  # not where the server keeps it ...
     assert (Path(job.work_dir) / "preflight.log").is_file()  # the stage's log is read below
     said = everything_said(sessions, job_id) + caplog.text
     assert SECRET not in said  # ... and never its contents

@@ -73,7 +73,7 @@ def test_a_job_naming_its_file_id_trains_on_the_stored_file(
     job = worker.load(job_id)
     assert job.state == JobState.queued, job.reason
     stored = str(tmp_path / "data" / "acme" / "files" / uploaded["id"] / "data.jsonl")
-    assert job.preflight["train"]["source"] == stored
+    assert job.preflight["train"]["source"] == uploaded["id"]  # as the tenant named it
     assert job.preflight["train"]["rows_usable"] == 40
     assert job.recipe["data"]["train_file"] == stored  # what the training stage will read
 
