@@ -21,12 +21,13 @@ import itertools
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from events.preflight_report import GateNoise
 from events.recipe import Recipe
 from events.tasks import local_data_files
 from finetune.labels import task_labels
-from finetune.rows import read_rows, record
+from finetune.rows import DataValidationError, RowError, checked_rows
 
 _ADVICE = "raise eval.limit or give more evaluation rows"
 
@@ -46,6 +47,21 @@ def _sign_p(wins: int, losses: int) -> float:
     return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The gate task's rows of one file; DataValidationError naming each bad row by line, as
+    for training data: lm-eval would stop on any of them, after the training was paid for."""
+    rows, problems, read = [], [], 0
+    for where, row in checked_rows(path):
+        read += 1
+        if isinstance(row, RowError):
+            problems.append(f"{where}: {row}")
+        else:
+            rows.append(row)
+    if problems:
+        raise DataValidationError(path, problems, read)
+    return rows
+
+
 def gate_noise(recipe: Recipe) -> GateNoise | None:
     """None for a built-in gate task, whose documents live on the hub."""
     gate = recipe.gate
@@ -53,8 +69,8 @@ def gate_noise(recipe: Recipe) -> GateNoise | None:
     if task.yaml is None:
         return None
     labels = task_labels(recipe)
-    rows = [record(raw) for path in local_data_files(Path(task.yaml), task.name, task.data_file)
-            for _, raw in read_rows(path)]
+    rows = [row for path in local_data_files(Path(task.yaml), task.name, task.data_file)
+            for row in _rows(path)]
     documents = min(len(rows), recipe.eval.limit or len(rows))
     scored = rows[:documents]
     answers = [labels.answer(row) for row in scored] if labels is not None else []

@@ -14,6 +14,7 @@ from events.preflight_report import GateNoise
 from events.recipe import HyperparameterOverrides, Recipe
 from finetune.gate_noise import gate_noise
 from finetune.preflight import build_report
+from finetune.rows import DataValidationError
 from recipes import load_recipe
 
 GRID = "grid-ticket-routing"
@@ -81,6 +82,20 @@ def test_an_unreadable_label_falls_back_to_chance(tmp_path: Path, write_jsonl: C
     assert noise is not None and noise.verdict == "ok" and noise.majority_share is None
     assert (noise.needed_gain, noise.possible_gain) == pytest.approx((0.05, 0.8))
     assert noise.sentence.startswith("200 documents of grid_ticket_routing: the paired test")
+
+
+def test_a_bad_evaluation_row_is_refused_by_line_and_quoted_nowhere(tmp_path: Path) -> None:
+    """Before, the row error escaped the stage (a retryable exit 1 with a traceback);
+    lm-eval would stop on such a row after the training was paid for."""
+    secret = "SECRET-MARKER-7f3a"
+    rows = tmp_path / "test.jsonl"
+    rows.write_text(f'{{"text": "a", "label": "emergency"}}\n{{"text": "{secret}", \n'
+                    f'["{secret}"]\n')
+    with pytest.raises(DataValidationError) as refused:
+        gate_noise(_scored_on(_limited(None), rows))
+    said = str(refused.value)
+    assert "2 problem(s) in 3 row(s) read" in said and "line 2:" in said and "line 3:" in said
+    assert secret not in said
 
 
 def test_a_small_limit_is_warned_about_with_the_numbers() -> None:
