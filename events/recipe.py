@@ -7,18 +7,51 @@ the default and nobody would notice.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from events.envelope import describe_validation_error
 
 
 class RecipeError(ValueError):
     """A recipe file or inline recipe is invalid; the message names file and field."""
+
+
+def _json_number(value: Any) -> Any:
+    """A number as JSON has it. Lax mode reads `true` as 1 and "0.5" as 0.5: a request's
+    `"max_steps": true` trained one step, and `"learning_rate": false` was accepted."""
+    if isinstance(value, bool | str | bytes | bytearray):
+        raise PydanticCustomError("number_type", "Input should be a number, not {kind}",
+                                  {"kind": "a boolean" if isinstance(value, bool) else "text"})
+    return value
+
+
+# The tags keep the error locations in a union as lax mode named them (`learning_rate.float`).
+# An optional number's bounds go before NUMBER in an `Annotated` of its own: on the field, or
+# after NUMBER, they reach the JSON Schema as `ge`/`le` instead of `minimum`/`maximum`.
+NUMBER = BeforeValidator(_json_number)
+Int = Annotated[int, NUMBER, Tag("int")]
+"""An integer: a number without a fractional part (1.0 too, as in JSON Schema), never a
+boolean or a string."""
+Float = Annotated[float, NUMBER, Tag("float")]
+"""A number, never a boolean or a string."""
+Bool = Annotated[bool, Strict()]
+"""true or false, never 0, 1, "yes" or "true"."""
 
 
 class _Strict(BaseModel):
@@ -36,8 +69,8 @@ class PublishedFigures(_Strict):
     """What the base model's provider published about its training; the AI-Act pack sets the
     fine-tune's compute against it (`events.compute.share_of_base`)."""
 
-    parameters: int = Field(ge=1, description="Parameters of the base model.")
-    training_tokens: int = Field(ge=1, description="Tokens the base model was trained on.")
+    parameters: Int = Field(ge=1, description="Parameters of the base model.")
+    training_tokens: Int = Field(ge=1, description="Tokens the base model was trained on.")
     source: str = Field(description="Where the figures are published (model card URL).")
 
 
@@ -102,7 +135,7 @@ class DataSection(_Strict):
     validation_file: str | None = Field(
         None, description="Local file of validation rows, in the training file's format."
     )
-    validation_split: float = Field(
+    validation_split: Float = Field(
         0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out for "
         "validation (seeded by train.seed) when no validation file or split is given.",
     )
@@ -111,11 +144,11 @@ class DataSection(_Strict):
         "scored with the gate task's template, they become the gate's primary task (named "
         "<gate task>_own) and the recipe's own test set is only reported.",
     )
-    eval_split: float = Field(
+    eval_split: Float = Field(
         0.0, ge=0.0, le=0.5, description="Without eval_file: hold this seeded share (by "
         "train.seed) of the training rows out of training and use it as eval_file.",
     )
-    max_bad_fraction: float = Field(
+    max_bad_fraction: Float = Field(
         0.0, ge=0.0, lt=1.0, description="Bad rows are skipped up to this fraction of the rows "
         "read; above it the job is rejected before training.",
     )
@@ -131,13 +164,13 @@ class DataSection(_Strict):
         description="The format's column name -> the file's, e.g. {output: answer}, for data "
         "whose columns are named otherwise (such as a hub data set's).",
     )
-    max_eval_overlap: float = Field(
+    max_eval_overlap: Float = Field(
         0.0, ge=0.0, le=1.0, description="Share of training rows that may share a long string "
         "with the evaluation documents the job uses; above it the pre-flight warns (or with "
         "eval_overlap: refuse, refuses).",
     )
     eval_overlap: Literal["warn", "refuse"] = "warn"
-    label_map: dict[str, dict[str, str | int]] = Field(
+    label_map: dict[str, dict[str, str | Int]] = Field(
         default_factory=dict,
         description="Column -> {a data set's label: the recipe's}, applied to every row before "
         "the templates, for data sets whose classes are named or cut otherwise.",
@@ -192,16 +225,16 @@ class DataSection(_Strict):
 
 
 class LoraSection(_Strict):
-    r: int = Field(16, ge=1, le=256)
-    alpha: int = Field(32, ge=1, le=1024)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    r: Int = Field(16, ge=1, le=256)
+    alpha: Int = Field(32, ge=1, le=1024)
+    dropout: Float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    use_dora: bool = False
-    quantize_4bit: bool = Field(
+    use_dora: Bool = False
+    quantize_4bit: Bool = Field(
         False, description="QLoRA: the frozen base in 4-bit NF4 (bitsandbytes; CUDA only), "
         "the adapter in bf16. A node without both stops the job with a clear error.",
     )
-    save_merged: bool = Field(
+    save_merged: Bool = Field(
         False, description="Also write the base with the adapter merged in (`merged/`), for "
         "servers that cannot load LoRA adapters.",
     )
@@ -216,54 +249,54 @@ class TrainSection(_Strict):
     which sees the rows, picks them (`finetune.hyperparameters`) and the job is frozen with
     the picked values, so training and the job record read numbers only."""
 
-    max_steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps; derived "
+    max_steps: Int = Field(100, ge=1, le=1_000_000, description="Optimizer steps; derived "
                            "from epochs when epochs is given.")
-    epochs: float | Auto | None = Field(
+    epochs: Float | Auto | None = Field(
         None, description="Passes over the training rows (max_steps follows from the row "
         "count and the batch); auto: picked from the data set's size; None: max_steps.",
     )
-    learning_rate: float | Auto = Field(2e-4, description="Peak learning rate, or auto "
+    learning_rate: Float | Auto = Field(2e-4, description="Peak learning rate, or auto "
                                         "(picked from the batch size).")
     lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5)
-    batch_size: int | Auto = Field(8, description="Examples per micro-batch and process, or "
+    warmup_ratio: Float = Field(0.05, ge=0.0, le=0.5)
+    batch_size: Int | Auto = Field(8, description="Examples per micro-batch and process, or "
                                    "auto (picked from the rows' count and length).")
-    class_balance: bool = Field(
+    class_balance: Bool = Field(
         False, description="Sample training rows inversely to how often their answer (the "
         "trained tokens) occurs, so every class is seen equally often; for skewed labels.",
     )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many validation losses (every eval_steps) "
+    early_stopping_patience: Annotated[int, Field(ge=1), NUMBER, Tag("int")] | None = Field(
+        None, description="Stop after this many validation losses (every eval_steps) "
         "without a new best, and keep the adapter of the best one; needs validation rows.",
     )
-    early_stopping_min_delta: float = Field(
+    early_stopping_min_delta: Float = Field(
         0.01, ge=0.0, description="A validation loss must be this much below the best so far "
         "to count as a new best.",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
-    max_seq_len: int = Field(256, ge=16, le=131072)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    seed: int = 42
-    num_processes: int = Field(1, ge=1, le=1024)
-    logging_steps: int = Field(5, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this norm.")
-    grad_norm_limit: float = Field(
+    gradient_accumulation_steps: Int = Field(1, ge=1, le=1024)
+    max_seq_len: Int = Field(256, ge=16, le=131072)
+    weight_decay: Float = Field(0.0, ge=0.0, le=1.0)
+    seed: Int = 42
+    num_processes: Int = Field(1, ge=1, le=1024)
+    logging_steps: Int = Field(5, ge=1)
+    max_grad_norm: Float = Field(1.0, gt=0.0, description="Gradients are clipped to this norm.")
+    grad_norm_limit: Float = Field(
         1e4, gt=0.0, description="A gradient norm above this (before clipping) stops the job.",
     )
-    eval_steps: int | None = Field(
-        None, ge=1, description="Validation loss every N optimizer steps (besides the end); "
+    eval_steps: Annotated[int, Field(ge=1), NUMBER, Tag("int")] | None = Field(
+        None, description="Validation loss every N optimizer steps (besides the end); "
         "None: only at the end.",
     )
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: Bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% "
         "more compute; for long sequences or large models.",
     )
-    packing: bool = Field(
+    packing: Bool = Field(
         True, description="Padding-free batches: a micro-batch's examples side by side in one "
         "row, each attending only to itself. Off: each batch is padded to its longest example.",
     )
-    checkpoint_steps: int | None = Field(
-        100, ge=1, description="Resumable checkpoint every N optimizer steps; None: only on "
+    checkpoint_steps: Annotated[int, Field(ge=1), NUMBER, Tag("int")] | None = Field(
+        100, description="Resumable checkpoint every N optimizer steps; None: only on "
         "SIGTERM.",
     )
 
@@ -302,15 +335,16 @@ OWN_EVAL_SUFFIX = "_own"
 
 class EvalSection(_Strict):
     tasks: list[EvalTask] = Field(min_length=1)
-    num_fewshot: int = Field(0, ge=0, le=64)
-    batch_size: int = Field(16, ge=1, le=1024)
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many documents.")
-    apply_chat_template: bool = False
-    seed: int = 1234
-    log_samples: bool = Field(
+    num_fewshot: Int = Field(0, ge=0, le=64)
+    batch_size: Int = Field(16, ge=1, le=1024)
+    limit: Annotated[int, Field(ge=1), NUMBER, Tag("int")] | None = Field(
+        None, description="Evaluate at most this many documents.")
+    apply_chat_template: Bool = False
+    seed: Int = 1234
+    log_samples: Bool = Field(
         False, description="Keep every scored document (prompt, choices, model output) as JSONL."
     )
-    num_processes: int = Field(
+    num_processes: Int = Field(
         1, ge=1, le=1024, description="Data-parallel lm-eval under accelerate launch; lm-eval "
         "splits the documents across GPUs (on CPUs every process scores them all).",
     )
@@ -321,7 +355,7 @@ class GuardTask(_Strict):
 
     task: str
     metric: str = "acc"
-    max_regression: float = Field(
+    max_regression: Float = Field(
         0.05, ge=0.0, le=1.0, description="Largest allowed drop below base (absolute)."
     )
 
@@ -329,13 +363,13 @@ class GuardTask(_Strict):
 class GateSection(_Strict):
     task: str
     metric: str = "acc"
-    min_gain: float = Field(0.0, description="Tuned must beat base by this much (absolute).")
-    alpha: float = Field(
+    min_gain: Float = Field(0.0, description="Tuned must beat base by this much (absolute).")
+    alpha: Float = Field(
         0.05, gt=0.0, le=1.0, description="The gain over base (and over the majority answer) "
         "must also be significant: the one-sided exact McNemar test on the documents both "
         "scored, paired by doc_id, below this p-value. 1 switches every noise check off.",
     )
-    stderr_factor: float = Field(
+    stderr_factor: Float = Field(
         1.0, ge=0.0, description="Only where per-document outcomes are missing (a metric "
         "not scored 0/1 per document, results from before they were kept): the gain must "
         "exceed this many combined stderrs instead of the paired test; 0 switches it off.",
@@ -343,17 +377,17 @@ class GateSection(_Strict):
     guards: list[GuardTask] = Field(
         default_factory=list, description="Regression checks on general tasks."
     )
-    max_needed_gain: float = Field(
+    max_needed_gain: Float = Field(
         0.25, gt=0.0, le=1.0, description="The pre-flight warns (or with noise: refuse, "
         "refuses) when the evaluation's documents are so few that the noise alone demands a "
         "larger gain than this; a gain no model can make is always refused.",
     )
     noise: Literal["warn", "refuse"] = "warn"
-    majority_margin: float = Field(
+    majority_margin: Float = Field(
         0.05, description="On multiple-choice tasks tuned must also beat the constant "
         "majority answer by this much (absolute), and beyond the noise (alpha).",
     )
-    max_class_share: float = Field(
+    max_class_share: Float = Field(
         0.9, gt=0.0, le=1.0, description="A tuned model giving one answer to more than this "
         "share of the documents (and to more than the targets hold) has collapsed onto it.",
     )
@@ -362,18 +396,19 @@ class GateSection(_Strict):
 class OutputSection(_Strict):
     """What of a job's scratch space outlives the job (the adapter and reports always do)."""
 
-    keep_checkpoints: bool = Field(
+    keep_checkpoints: Bool = Field(
         False, description="Keep the resumable training checkpoints once the job has ended; "
         "by default they are deleted with the rest of the scratch space.",
     )
 
 
 class Resources(_Strict):
-    gpu_hours: float | None = Field(None, ge=0.0, description="Estimate on one GPU, hub data.")
+    gpu_hours: Annotated[float, Field(ge=0.0), NUMBER, Tag("float")] | None = Field(
+        None, description="Estimate on one GPU, hub data.")
 
 
 class Recipe(_Strict):
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], NUMBER] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     sector: Literal[
         "health", "energy", "climate", "education", "media", "public_sector", "finance", "general"
@@ -450,14 +485,14 @@ class Recipe(_Strict):
 class HyperparameterOverrides(_Strict):
     """What a request may change in a recipe; bounded so one request cannot book a cluster."""
 
-    max_steps: int | None = Field(None, ge=1, le=100_000)
-    epochs: float | Auto | None = Field(None, description="Passes over the rows, or auto; "
+    max_steps: Annotated[int, Field(ge=1, le=100_000), NUMBER, Tag("int")] | None = None
+    epochs: Float | Auto | None = Field(None, description="Passes over the rows, or auto; "
                                         "replaces the recipe's max_steps.")
-    learning_rate: float | Auto | None = None
-    batch_size: int | Auto | None = None
-    lora_r: int | None = Field(None, ge=1, le=256)
-    eval_limit: int | None = Field(None, ge=1, le=100_000)
-    num_processes: int | None = Field(None, ge=1, le=64)
+    learning_rate: Float | Auto | None = None
+    batch_size: Int | Auto | None = None
+    lora_r: Annotated[int, Field(ge=1, le=256), NUMBER, Tag("int")] | None = None
+    eval_limit: Annotated[int, Field(ge=1, le=100_000), NUMBER, Tag("int")] | None = None
+    num_processes: Annotated[int, Field(ge=1, le=64), NUMBER, Tag("int")] | None = None
 
     @model_validator(mode="after")
     def check_bounds(self) -> HyperparameterOverrides:
@@ -487,13 +522,26 @@ class HyperparameterOverrides(_Strict):
             update["lora"] = recipe.lora.model_copy(update={"r": self.lora_r})
         if self.eval_limit is not None:
             update["eval"] = recipe.eval.model_copy(update={"limit": self.eval_limit})
-        return Recipe.model_validate(recipe.model_copy(update=update).model_dump())
+        try:
+            return Recipe.model_validate(recipe.model_copy(update=update).model_dump())
+        except ValidationError as exc:  # each override is valid, the recipe with it is not
+            raise RecipeError(f"overrides: {describe_validation_error(exc)}") from exc
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 (and JSON) do: `2e-4` is a float,
+    where YAML 1.1 makes it text, which the number fields refuse."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
 
 
 def load_recipe_file(path: Path) -> Recipe:
     """Parse and validate one recipe YAML; paths inside it become absolute."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_YamlLoader)  # a SafeLoader
     except FileNotFoundError as exc:
         raise RecipeError(f"{path}: no such recipe file") from exc
     except yaml.YAMLError as exc:

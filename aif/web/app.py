@@ -27,7 +27,8 @@ DESCRIPTION = """Submit, follow and compare LoRA fine-tuning jobs.
 Every `/v1` route needs `Authorization: Bearer <API key>` (keys come from `aif tenants
 create`). A caller sees only its own tenant's jobs (staff keys: every tenant's); another
 tenant's job is answered like one that does not exist. Errors are RFC 9457 problem details
-that name the field at fault."""
+that name the field at fault. A request body over `AIF_MAX_BODY_BYTES` (256 KiB unless set;
+uploads: `AIF_MAX_UPLOAD_BYTES`) is refused with 413 before it is read."""
 
 SWAGGER_UI = package_files("fastapi_offline") / "static"
 """swagger-ui-bundle.js, swagger-ui.css and favicon.png of Swagger UI 5 (Apache-2.0)."""

@@ -10,16 +10,18 @@ or revoked key gets 401 without a word about the resource.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy import ColumnElement, true
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from aif.db.models import DataFile, Job
 from aif.settings import Settings
@@ -36,6 +38,16 @@ class Problem(HTTPException):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(status, detail or title, headers)
         self.title, self.field = title, field
+
+
+def _in_utc(at: datetime) -> datetime:
+    """SQLite reads back naive UTC; every database answers the same instant alike, with
+    the offset RFC 3339 (`format: date-time`) requires."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_in_utc)]
+"""A stored time as the API answers it: in UTC, with its offset."""
 
 
 class ProblemPublic(BaseModel):
@@ -55,9 +67,31 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             for status in statuses}
 
 
+_BODY_PROBLEMS = {
+    400: "Bad request: the body cannot be read as its content type (JSON that is not "
+         "UTF-8, for one)",
+    413: "Content too large: the body is over `AIF_MAX_BODY_BYTES` (uploads: "
+         "`AIF_MAX_UPLOAD_BYTES` or the tenant's quota), refused before it is read",
+}
+"""What any operation that takes a body may answer besides its own problems."""
+
+
+def _absent_not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without FastAPI's `null` for `X | None`: a query parameter or a
+    header is left out to mean None, and `?state=null` is the text "null", no null."""
+    options = [s for s in schema.get("anyOf", []) if s != {"type": "null"}]
+    if "anyOf" not in schema or len(options) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf"
+            and not (k == "default" and v is None)}
+    return options[0] | rest
+
+
 def _document_problems(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers do: every error response of every
-    route, FastAPI's own 422 included, is a ProblemPublic as `application/problem+json`."""
+    route, FastAPI's own 422 included, is a ProblemPublic as `application/problem+json`,
+    an operation that takes a body lists the answers to one it cannot read or take, and
+    an optional parameter is one that may be left out, not one that may be null."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -66,6 +100,12 @@ def _document_problems(app: FastAPI) -> None:
         doc = generate()
         ref = {"$ref": "#/components/schemas/ProblemPublic"}
         for operation in (op for path in doc["paths"].values() for op in path.values()):
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _absent_not_null(parameter["schema"])
+            if "requestBody" in operation:
+                for status, description in _BODY_PROBLEMS.items():
+                    operation["responses"].setdefault(str(status), {"description": description})
+                operation["responses"] = dict(sorted(operation["responses"].items()))
             for status, response in operation["responses"].items():
                 if int(status) >= 400:
                     response["content"] = {PROBLEM_JSON: {"schema": ref}}
@@ -98,7 +138,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     # Starlette's class, so routing errors (unknown path, wrong method) are problems too.
     @app.exception_handler(StarletteHTTPException)
-    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            exc = _method_not_allowed(request, exc)
         return problem_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -112,9 +154,25 @@ def install_problem_handlers(app: FastAPI) -> None:
                                   "errors": errors})
 
 
+def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Problem:
+    """405 with `Allow` naming every method the OpenAPI document gives the path: Starlette
+    names only those of the first route that matched, and each method is a route of its
+    own. Paths outside the document keep Starlette's answer."""
+    paths = request.app.openapi()["paths"]
+    allowed = sorted({method.upper() for template, operations in paths.items()
+                      if compile_path(template)[0].match(request.scope["path"])
+                      for method in operations})
+    if not allowed:
+        return Problem(405, "Method not allowed", f"{request.method} is not allowed here",
+                       headers=exc.headers)
+    listed = ", ".join(allowed)
+    return Problem(405, "Method not allowed", f"{request.method} is not allowed here; "
+                   f"allowed: {listed}", headers={**(exc.headers or {}), "Allow": listed})
+
+
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-           409: "Conflict", 413: "Content too large", 422: "Invalid request",
-           503: "Service unavailable"}
+           405: "Method not allowed", 409: "Conflict", 413: "Content too large",
+           422: "Invalid request", 503: "Service unavailable"}
 
 
 def get_session(request: Request) -> Iterator[Session]:

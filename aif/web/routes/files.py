@@ -18,12 +18,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
@@ -39,6 +38,7 @@ from aif.web.deps import (
     Problem,
     SessionDep,
     SettingsDep,
+    UtcDateTime,
     changeable,
     problems,
     readable,
@@ -62,13 +62,7 @@ class FilePublic(BaseModel):
     sha256: str
     size_bytes: int
     rows: int
-    created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def in_utc(cls, at: datetime) -> datetime:
-        """SQLite reads back naive UTC; every database answers the same instant alike."""
-        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    created_at: UtcDateTime
 
 
 class FilesPublic(BaseModel):

@@ -7,7 +7,6 @@ only their own tenant's (403).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
@@ -17,7 +16,15 @@ from sqlalchemy import select
 from aif import audit, registry
 from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import RegisteredModel
-from aif.web.deps import CurrentTenant, Problem, SessionDep, SettingsDep, problems, tenant_scope
+from aif.web.deps import (
+    CurrentTenant,
+    Problem,
+    SessionDep,
+    SettingsDep,
+    UtcDateTime,
+    problems,
+    tenant_scope,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=problems(401))
 
@@ -41,8 +48,8 @@ class ModelPublic(BaseModel):
     scores: list[dict[str, Any]]
     gate_reason: str
     serving: dict[str, str]
-    created_at: datetime
-    retired_at: datetime | None
+    created_at: UtcDateTime
+    retired_at: UtcDateTime | None
 
 
 class ModelsPublic(BaseModel):
