@@ -48,10 +48,10 @@ def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str], tasks: Mate
                  batch_size=spec.recipe.eval.batch_size)
     apart = spec.output_dirs()
     scored: list[list[TaskMetric] | AdapterNotAppliedError] = []
-    for index, (name, adapter_dir) in enumerate(zip(names, adapter_dirs, strict=True)):
+    for index, name in enumerate(names):
         tuned.set_adapter(name)
         try:
-            probe_adapter(tuned, tokenizer, adapter_dir, spec.base_model_dir)
+            probe_adapter(tuned, tokenizer)
         except AdapterNotAppliedError as exc:
             if not apart:
                 raise

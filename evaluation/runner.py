@@ -50,10 +50,10 @@ def check_adapter_applied(base_model_dir: str, adapter_dir: str) -> float:
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
     tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
-    return probe_adapter(tuned, tokenizer, adapter_dir, base_model_dir)
+    return probe_adapter(tuned, tokenizer)
 
 
-def probe_adapter(tuned: Any, tokenizer: Any, adapter_dir: str, base_model_dir: str) -> float:
+def probe_adapter(tuned: Any, tokenizer: Any) -> float:
     """The probe on a loaded peft model, its active adapter against the adapter disabled."""
     inputs = tokenizer(PROBE_PROMPT, return_tensors="pt").to(tuned.device)
     with torch.no_grad():
@@ -63,7 +63,7 @@ def probe_adapter(tuned: Any, tokenizer: Any, adapter_dir: str, base_model_dir: 
     diff = (tuned_logits - base_logits).abs().max().item()
     if not diff >= PROBE_TOLERANCE:
         raise AdapterNotAppliedError(
-            f"ADAPTER NOT APPLIED: {adapter_dir} changes no logit of {base_model_dir} "
+            f"ADAPTER NOT APPLIED: the job's adapter changes no logit of its base model "
             f"(max |diff| = {diff:.3g} < {PROBE_TOLERANCE}); its LoRA weights are zero or do "
             "not reach the model, so a 'tuned' score would be the base model's"
         )

@@ -106,8 +106,10 @@ def test_probe_sees_random_adapter(tiny_model_dir: Path, random_adapter_dir: Pat
 
 
 def test_probe_rejects_zero_adapter(tiny_model_dir: Path, zero_adapter_dir: Path) -> None:
-    with pytest.raises(AdapterNotAppliedError, match="ADAPTER NOT APPLIED"):
+    with pytest.raises(AdapterNotAppliedError, match="ADAPTER NOT APPLIED") as refused:
         check_adapter_applied(str(tiny_model_dir), str(zero_adapter_dir))
+    assert str(zero_adapter_dir) not in str(refused.value)  # the job's reason: no server path
+    assert str(tiny_model_dir) not in str(refused.value)
 
 
 def test_zero_adapter_is_never_scored(
