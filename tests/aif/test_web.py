@@ -1,5 +1,7 @@
-"""The HTML leaderboard page: open to anyone, so it shows only jobs their tenant published."""
+"""The HTML leaderboard page: open to anyone, so it shows only jobs their tenant published;
+and /docs, whose Swagger UI must read the OpenAPI version the app publishes."""
 
+import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -49,3 +51,14 @@ def test_the_old_unauthenticated_json_routes_are_gone(sessions: sessionmaker[Ses
     for url in ("/api/leaderboard", "/api/jobs/job-private", "/api/jobs/job-private/preflight"):
         answer = client.get(url)
         assert answer.status_code == 404 and "job-private" not in answer.text.replace(url, "")
+
+
+def test_the_docs_serve_a_swagger_ui_that_reads_the_documents_openapi_version(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """Swagger UI 4 shows a blank page for OpenAPI 3.1 (FastAPI's); 5 reads it. Without a
+    browser (tests/aif/test_docs_browser.py renders it): the bundle's own version."""
+    client = _client(sessions, tmp_path)
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1.")
+    [bundle] = re.findall(r'src="(/docs/assets/swagger-ui-bundle\.js)"', client.get("/docs").text)
+    version = re.search(r'PACKAGE_VERSION:"(\d+)\.\d+\.\d+"', client.get(bundle).text)
+    assert version is not None and int(version[1]) >= 5, version
