@@ -180,14 +180,21 @@ def test_schemathesis_finds_no_server_error_and_no_answer_the_document_does_not_
     assert f"{operations - skipped} selected / {operations} total" in report, report
 
 
-def test_a_number_field_takes_only_a_number(tmp_path: Path) -> None:
-    """Lax mode read `false` as 0.0 and `true` as 1 step; JSON has numbers for that."""
+def _client(tmp_path: Path) -> tuple[TestClient, dict[str, str]]:
+    """The app without a broker (nothing here publishes), and tenant acme's Authorization."""
     client = TestClient(create_app(session_factory(f"sqlite:///{tmp_path / 'aif.db'}"),
                                    Settings(home=tmp_path, kafka=KafkaConfig(
-                                       bootstrap_servers=f"127.0.0.1:{free_port()}"))))
+                                       bootstrap_servers=f"127.0.0.1:{free_port()}"))),
+                        raise_server_exceptions=False)
     with client.app.state.sessions() as s:  # type: ignore[attr-defined]
         auth = {"Authorization": f"Bearer {create_tenant(s, 'acme').api_key}"}
         s.commit()
+    return client, auth
+
+
+def test_a_number_field_takes_only_a_number(tmp_path: Path) -> None:
+    """Lax mode read `false` as 0.0 and `true` as 1 step; JSON has numbers for that."""
+    client, auth = _client(tmp_path)
     inline = load_recipe("grid-ticket-routing").model_dump(mode="json")
     for body, field in (
             ({"overrides": {"learning_rate": False}}, "body.overrides.learning_rate.float"),
@@ -206,13 +213,7 @@ def test_a_number_field_takes_only_a_number(tmp_path: Path) -> None:
 def test_an_override_the_recipe_cannot_take_is_refused_by_name(tmp_path: Path) -> None:
     """Each override is valid alone; with the recipe it breaks a rule (learning_rate at most
     0.01): a RecipeError, as the front door expects, where a ValidationError was a 500."""
-    client = TestClient(create_app(session_factory(f"sqlite:///{tmp_path / 'aif.db'}"),
-                                   Settings(home=tmp_path, kafka=KafkaConfig(
-                                       bootstrap_servers=f"127.0.0.1:{free_port()}"))),
-                        raise_server_exceptions=False)
-    with client.app.state.sessions() as s:  # type: ignore[attr-defined]
-        auth = {"Authorization": f"Bearer {create_tenant(s, 'acme').api_key}"}
-        s.commit()
+    client, auth = _client(tmp_path)
     answer = client.post("/v1/jobs", headers=auth, json={
         "recipe": "grid-ticket-routing", "overrides": {"learning_rate": 3.4e16}})
     assert answer.status_code == 422, answer.text
