@@ -437,7 +437,10 @@ def eval_(
     from evaluation.run import run
     from evaluation.runner import cli_command
     from events.jobspec import EvaluationSpec
+    from events.tasks import TaskConfigError
     from finetune.base_model import BaseModelError, resolve_base_model
+    from finetune.gate_noise import gate_noise
+    from finetune.rows import DataValidationError
 
     settings = _setup()
     try:
@@ -448,7 +451,8 @@ def eval_(
             r = r.model_copy(update={"data": r.data.with_eval(str(eval_file.resolve()), None)})
             r = r.gated_on_own_eval()
         base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
-    except (RecipeError, BaseModelError) as exc:
+        noise = gate_noise(r)
+    except (RecipeError, BaseModelError, DataValidationError, TaskConfigError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from exc
     adapters = [str(a.resolve()) for a in adapter or []]
@@ -456,6 +460,8 @@ def eval_(
         if not (given / "adapter_config.json").is_file():
             _error(f"--adapter {given}: no adapter_config.json there")
             raise typer.Exit(2)
+    if noise is not None:  # what the pre-flight would say of these documents
+        console.print(f"evidence: {noise.sentence}", markup=False, soft_wrap=True)
     out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
     spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
                           adapter_dir=adapters[0] if adapters else None,

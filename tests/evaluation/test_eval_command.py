@@ -33,7 +33,11 @@ def test_scores_base_and_adapter_and_applies_the_gate(
     assert base["samples"] == tuned["samples"] == 8
     assert f"{base['value']:.4f}" in done.stdout and f"{tuned['value']:.4f}" in done.stdout
     assert "gate: " in done.stdout
-    assert "lm_eval run --model hf" in " ".join(done.stdout.split())
+    said = " ".join(done.stdout.split())
+    assert "lm_eval run --model hf" in said
+    # the pre-flight's evidence planning on the same 8 documents: too few for the paired test
+    assert ("evidence: 8 documents of grid_ticket_routing (the commonest answer 37.5% of "
+            "them): the paired test at alpha 0.05") in said
 
 
 def test_unknown_recipe_names_it(tmp_path: Path) -> None:
