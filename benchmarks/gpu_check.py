@@ -124,9 +124,10 @@ def _quantize_nf4(model: LlamaForCausalLM) -> None:
                 q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
                                       compute_dtype=torch.bfloat16, quant_type="nf4",
                                       compress_statistics=True, device="meta")
+                # Params4bit.to(a CUDA device) quantises and returns the packed parameter.
                 q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
-                                             quant_type="nf4", compress_statistics=True)
-                q = q.to(child.weight.device)  # quantises
+                                             quant_type="nf4", compress_statistics=True,
+                                             ).to(child.weight.device)
                 setattr(parent, child_name, q)
                 del child
     model.is_loaded_in_4bit = True
