@@ -38,6 +38,7 @@ from events.messages import CancelRequested, FineTuneRequested, JobStatusChanged
 from events.signing import sign
 from events.states import JobState
 from events.topics import Topics
+from tests.aif.conftest import local_worker
 from tests.aif.test_api_jobs import Api, make_api
 from tests.conftest import free_port
 
@@ -168,6 +169,26 @@ def test_a_good_request_is_published_once_and_a_stored_one_not_again(api: Api) -
     assert again.status_code == 202 and again.json()["id"] == key
     assert len(_sent(api)) == 1
     _refused(api, GOOD, 429, "quota.concurrent_jobs")  # while a new one is refused
+
+
+def test_what_only_the_worker_can_refuse_leaves_a_rejected_job_at_its_url(
+    api: Api, tmp_path: Path,
+) -> None:
+    """A file that does not exist is known only where the files are: accepted at the door,
+    the job ends `rejected` with the reason, readable where the 202 pointed."""
+    answer = api.post(api.acme, "/v1/jobs", json=GOOD | {"train_file": "not-there.jsonl"})
+    assert answer.status_code == 202, answer.text
+    ((value, key, headers),) = _sent(api)
+    with api.sessions() as s:  # intake stores it, the worker validates it
+        assert accept(s, value, api.settings.topics, _admission(api),
+                      headers=headers).outcome is Outcome.accepted
+        s.commit()
+    worker = local_worker(api.sessions, tmp_path)
+    assert worker.leases.claim() == key
+    worker.run_job(key)
+    shown = api.get(api.acme, answer.json()["url"])
+    assert (shown.json()["state"], shown.json()["reason"]) == (
+        "rejected", "data.train_file: no such file in the tenant's data root")
 
 
 def test_aif_submit_over_http_prints_the_problem_and_fails(api: Api, tmp_path: Path) -> None:
