@@ -67,10 +67,11 @@ class Service(AbstractContextManager["Service"]):
         intake = Intake(consumer, producer, sessions, s.topics, ensure_topics=keepers[0].ensure,
                         max_processes=launcher.max_processes,
                         require_signed_events=s.require_signed_events,
-                        references=References.of(s))
+                        references=References.of(s), quota_defaults=s.quota_defaults)
         relay = OutboxRelay(sessions, producer, ensure_topics=keepers[1].ensure)
         workers = [JobWorker(s, sessions, launcher) for _ in range(s.worker_slots)]
         self.stoppables = [intake, relay, *workers]
+        self.admission = intake.admission  # the web's front door checks what intake checks
         if s.metrics_port is not None:
             self.lag = ConsumerLagCollector(s.kafka, s.consumer_group, s.topics.requests)
             self.metrics_server, _ = start_http_server(
@@ -92,8 +93,10 @@ class Service(AbstractContextManager["Service"]):
         if self.orchestrator:
             self._start_orchestrator(sessions)
         if self.web:
-            config = uvicorn.Config(create_app(sessions, s, getattr(self, "producer", None)),
-                                    host=s.web_host,
+            app = create_app(sessions, s, getattr(self, "producer", None))
+            if self.orchestrator:  # the launcher's process limit too, known here
+                app.state.admission = self.admission
+            config = uvicorn.Config(app, host=s.web_host,
                                     port=s.web_port, log_level="warning")
             self.server = uvicorn.Server(config)
             t = threading.Thread(target=self.server.run, name="web", daemon=True)

@@ -71,7 +71,8 @@ _BODY_PROBLEMS = {
     400: "Bad request: the body cannot be read as its content type (JSON that is not "
          "UTF-8, for one)",
     413: "Content too large: the body is over `AIF_MAX_BODY_BYTES` (uploads: "
-         "`AIF_MAX_UPLOAD_BYTES` or the tenant's quota), refused before it is read",
+         "`AIF_MAX_UPLOAD_BYTES` or the tenant's quota), refused before it is read; a job "
+         "request whose event would be over intake's 64 KiB limit",
 }
 """What any operation that takes a body may answer besides its own problems."""
 
@@ -172,7 +173,7 @@ def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Proble
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Conflict", 413: "Content too large",
-           422: "Invalid request", 503: "Service unavailable"}
+           422: "Invalid request", 429: "Too many requests", 503: "Service unavailable"}
 
 
 def get_session(request: Request) -> Iterator[Session]:

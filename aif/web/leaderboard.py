@@ -8,8 +8,6 @@ pre-flight report or samples, so a public row shows nothing its tenant did not p
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
@@ -17,7 +15,7 @@ from sqlalchemy.orm import Session
 from aif.db.models import Job, Score
 from aif.orchestrator.scores import metric_score
 from aif.tenants import Principal
-from aif.web.deps import tenant_scope
+from aif.web.deps import UtcDateTime, tenant_scope
 from events.messages import PairedComparison
 
 
@@ -46,7 +44,7 @@ class LeaderboardRowPublic(BaseModel):
     vs_majority: PairedComparison | None = None
     gate_passed: bool | None
     gate_reason: str | None
-    finished_at: datetime
+    finished_at: UtcDateTime
 
 
 class LeaderboardPublic(BaseModel):

@@ -46,6 +46,7 @@ from aif.web.deps import (
     Problem,
     SessionDep,
     SettingsDep,
+    UtcDateTime,
     problems,
     tenant_scope,
 )
@@ -83,7 +84,7 @@ class TransitionPublic(BaseModel):
     from_state: str | None
     to_state: str
     reason: str
-    at: datetime
+    at: UtcDateTime
 
 
 class ScorePublic(MetricScore):
@@ -109,8 +110,8 @@ class JobPublic(BaseModel):
     estimate: Estimate | None = Field(description="The pre-flight's compute estimate, kept "
                                       "once the job was queued.")
     measured: Measured | None = Field(description="What training measured, once trained.")
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
     @classmethod
     def of(cls, job: Job, **extra: Any) -> JobPublic:
@@ -180,7 +181,7 @@ def _refused(refusal: Refusal) -> Problem:
     return Problem(status, title, detail, field=field or "body")
 
 
-@router.post("", status_code=202, responses=problems(403, 409, 422, 503))
+@router.post("", status_code=202, responses=problems(403, 409, 422, 429, 503))
 def create_job(
     body: JobCreate, principal: CurrentTenant, session: SessionDep, bus: BusDep,
     settings: SettingsDep, request: Request, response: Response,
@@ -342,7 +343,8 @@ async def _stream(sessions: sessionmaker[Session], job_id: str, after: int,
 async def job_events(
     job: JobDep, request: Request,
     last_event_id: Annotated[int | None, Header(
-        ge=0, description="Resume after this event (the `id:` of the last one received).")]
+        ge=0, le=2**63 - 1,  # a database integer: larger ones overflowed mid-stream
+        description="Resume after this event (the `id:` of the last one received).")]
     = None,
 ) -> StreamingResponse:
     """Every event of the job (status, progress, evaluation, model ready) as they are
