@@ -51,7 +51,8 @@ def evaluate_adapters(spec: EvaluationSpec, adapter_dirs: list[str], tasks: Mate
     for index, name in enumerate(names):
         tuned.set_adapter(name)
         try:
-            probe_adapter(tuned, tokenizer)
+            probe_adapter(tuned, tokenizer, which=f"adapter {index + 1} of {len(names)}"
+                          if not apart and len(names) > 1 else "the job's adapter")
         except AdapterNotAppliedError as exc:
             if not apart:
                 raise

@@ -53,8 +53,9 @@ def check_adapter_applied(base_model_dir: str, adapter_dir: str) -> float:
     return probe_adapter(tuned, tokenizer)
 
 
-def probe_adapter(tuned: Any, tokenizer: Any) -> float:
-    """The probe on a loaded peft model, its active adapter against the adapter disabled."""
+def probe_adapter(tuned: Any, tokenizer: Any, which: str = "the job's adapter") -> float:
+    """The probe on a loaded peft model, its active adapter against the adapter disabled;
+    `which` names the adapter in the error, never by its folder (a job's reason)."""
     inputs = tokenizer(PROBE_PROMPT, return_tensors="pt").to(tuned.device)
     with torch.no_grad():
         with tuned.disable_adapter():
@@ -63,7 +64,7 @@ def probe_adapter(tuned: Any, tokenizer: Any) -> float:
     diff = (tuned_logits - base_logits).abs().max().item()
     if not diff >= PROBE_TOLERANCE:
         raise AdapterNotAppliedError(
-            f"ADAPTER NOT APPLIED: the job's adapter changes no logit of its base model "
+            f"ADAPTER NOT APPLIED: {which} changes no logit of its base model "
             f"(max |diff| = {diff:.3g} < {PROBE_TOLERANCE}); its LoRA weights are zero or do "
             "not reach the model, so a 'tuned' score would be the base model's"
         )

@@ -199,7 +199,9 @@ def test_lists_are_scoped_filtered_and_paged(api: Api) -> None:
             break
     assert sorted(seen) == sorted({*mine, cancelled}) and len(seen) == 6
 
-    for params, field in (({"label": "no-equals"}, "label"), ({"cursor": "garbage"}, "cursor"),
+    for params, field in (({"label": "no-equals"}, "query.label.0"),
+                          ({"label": "=x"}, "query.label.0"),
+                          ({"cursor": "garbage"}, "cursor"),
                           ({"limit": 0}, "query.limit"), ({"state": "nope"}, "query.state")):
         answer = api.get(api.acme, "/v1/jobs", params=params)
         assert answer.status_code == 422 and answer.json()["field"] == field, answer.text

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -240,10 +240,12 @@ def _after_cursor(cursor: str) -> ColumnElement[bool]:
     return or_(Job.created_at < at, and_(Job.created_at == at, Job.id < job_id))
 
 
+LabelFilter = Annotated[str, StringConstraints(pattern=r"^[^=]+=")]
+"""A `label` filter of the job list: key=value."""
+
+
 def _label_filter(label: str) -> ColumnElement[bool]:
-    key, sep, value = label.partition("=")
-    if not sep or not key:
-        raise Problem(422, "Invalid request", "label: give key=value", field="label")
+    key, _, value = label.partition("=")  # the parameter's pattern: key=value
     return Job.request["data"]["labels"][key].as_string() == value
 
 
@@ -251,7 +253,7 @@ def _label_filter(label: str) -> ColumnElement[bool]:
 def list_jobs(
     principal: CurrentTenant, session: SessionDep,
     state: JobState | None = None, recipe: str | None = None,
-    label: Annotated[list[str] | None, Query(
+    label: Annotated[list[LabelFilter] | None, Query(
         description="key=value; repeat it for jobs carrying every one of them.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the "
