@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 from sqlalchemy import select
@@ -33,6 +34,9 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{server._port}"
+    # moto keeps its buckets per process, not per server: without a reset, a test sees the
+    # objects an earlier test of the same worker published
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
     yield endpoint
     server.stop()

@@ -43,6 +43,8 @@ EXCEPTIONS = [
     ("POST", "/v1/jobs", ACCEPTS_422,
      "jobs.py: 'exactly one of recipe or recipe_inline' and the other cross-field rules "
      "of FineTuneRequested are not in the schema"),
+    ("GET", "/v1/jobs", ACCEPTS_422,
+     "jobs.py: `cursor` must be one this API returned, which no schema can say"),
     ("GET", "/v1/jobs/{job_id}/events", "enabled = false",
      "jobs.py: the stream's schema says `type: string` where each SSE event is an object "
      "(its Last-Event-ID, unbounded before, overflowed the database at 2**63)"),
