@@ -273,6 +273,13 @@ class ProgressLine(_Frozen):
     loss: float | None = None
     tokens_per_s: float | None = None
     eta_s: float | None = None
+    reward_margin: float | None = Field(
+        None, description="dpo/orpo: the chosen answer's reward minus the rejected one's, "
+        "mean over the pairs since the last line (dpo: beta x log-ratio to the base model; "
+        "orpo: orpo_lambda x mean token log-probability, as TRL logs them).")
+    reward_accuracy: float | None = Field(
+        None, description="dpo/orpo: share of those pairs whose chosen answer has the larger "
+        "reward.")
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -63,6 +63,20 @@ class DataFormat(StrEnum):
     chat = "chat"
     instruction = "instruction"
     text = "text"
+    preference = "preference"  # pairs, for train.method dpo and orpo (finetune.preference_data)
+
+
+class TrainMethod(StrEnum):
+    """What the adapter learns from: answers to imitate, or pairs of a preferred and a
+    rejected answer to the same prompt."""
+
+    sft = "sft"
+    dpo = "dpo"
+    orpo = "orpo"
+
+    @property
+    def preference(self) -> bool:
+        return self is not TrainMethod.sft
 
 
 class PublishedFigures(_Strict):
@@ -152,7 +166,12 @@ class DataSection(_Strict):
         0.0, ge=0.0, lt=1.0, description="Bad rows are skipped up to this fraction of the rows "
         "read; above it the job is rejected before training.",
     )
-    format: DataFormat = DataFormat.prompt_completion
+    format: DataFormat = Field(
+        DataFormat.prompt_completion, description="How a row reads: prompt_completion "
+        "(the templates), chat (`messages`), instruction (`instruction`, `input`, `output`), "
+        "text, or preference (`prompt`, `chosen`, `rejected` text, or `messages` before the "
+        "two answers in place of `prompt`), the pairs train.method dpo and orpo learn from.",
+    )
     prompt_template: str | None = Field(
         None, description="Jinja template over the row's columns giving the prompt."
     )
@@ -244,10 +263,36 @@ AUTO = "auto"
 Auto = Literal["auto"]
 
 
+Beta = Annotated[float, Field(gt=0.0, le=10.0), NUMBER, Tag("float")]
+"""DPO's beta: above 0, where the loss would ignore the preference (and IPO divides by it)."""
+
+
 class TrainSection(_Strict):
     """How to train. `epochs`, `batch_size` and `learning_rate` may be `auto`: the pre-flight,
     which sees the rows, picks them (`finetune.hyperparameters`) and the job is frozen with
     the picked values, so training and the job record read numbers only."""
+
+    method: TrainMethod = Field(
+        TrainMethod.sft, description="sft: learn to write the rows' answers. dpo: prefer each "
+        "pair's chosen answer over its rejected one, measured against the base model (the "
+        "adapter switched off, so no second copy of the weights). orpo: the SFT loss on the "
+        "chosen answer plus an odds-ratio penalty on the rejected one, without a reference "
+        "model. dpo and orpo read data.format preference.",
+    )
+    beta: Beta = Field(
+        0.1, description="dpo: how strongly the preference is pushed against staying close "
+        "to the base model; smaller lets the adapter move further from it (0.1 as in the DPO "
+        "paper). Also scales the reported rewards.",
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="dpo: sigmoid, the DPO paper's loss on the reward margin; "
+        "ipo, the squared loss of IPO on per-token log-ratios, which does not keep pushing "
+        "pairs that are already separated (less overfitting on small pair sets).",
+    )
+    orpo_lambda: Float = Field(
+        0.1, gt=0.0, le=10.0, description="orpo: weight of the odds-ratio term next to the "
+        "SFT loss on the chosen answer (0.1 as in the ORPO paper).",
+    )
 
     max_steps: Int = Field(100, ge=1, le=1_000_000, description="Optimizer steps; derived "
                            "from epochs when epochs is given.")
@@ -312,6 +357,9 @@ class TrainSection(_Strict):
         if self.early_stopping_patience is not None and self.eval_steps is None:
             raise ValueError("train.early_stopping_patience: needs train.eval_steps (how "
                              "often the validation loss is measured)")
+        if self.class_balance and self.method.preference:
+            raise ValueError(f"train.class_balance: not for train.method {self.method}; a "
+                             "pair has two answers, not one class")
         return self
 
     def picked(self) -> bool:
@@ -429,6 +477,18 @@ class Recipe(_Strict):
     resources: Resources = Resources()
 
     @model_validator(mode="after")
+    def check_method(self) -> Recipe:
+        """Pairs are what dpo and orpo learn from, and all they can learn from."""
+        pairs = self.data.format is DataFormat.preference
+        if self.train.method.preference and not pairs:
+            raise ValueError(f"train.method {self.train.method}: needs data.format "
+                             "preference (rows with prompt, chosen and rejected)")
+        if pairs and not self.train.method.preference:
+            raise ValueError("data.format preference: needs train.method dpo or orpo; sft "
+                             "learns from one answer per row")
+        return self
+
+    @model_validator(mode="after")
     def check_gate_task(self) -> Recipe:
         names = [t.name for t in self.eval.tasks]
         if self.gate.task not in names:
@@ -493,6 +553,11 @@ class HyperparameterOverrides(_Strict):
     lora_r: Annotated[int, Field(ge=1, le=256), NUMBER, Tag("int")] | None = None
     eval_limit: Annotated[int, Field(ge=1, le=100_000), NUMBER, Tag("int")] | None = None
     num_processes: Annotated[int, Field(ge=1, le=64), NUMBER, Tag("int")] | None = None
+    method: TrainMethod | None = Field(
+        None, description="sft, dpo or orpo; dpo and orpo need the data in the preference "
+        "format (a recipe of pairs, or train_file/dataset of pairs with such a recipe).",
+    )
+    beta: Beta | None = Field(None, description="dpo's beta (see the recipe's train.beta).")
 
     @model_validator(mode="after")
     def check_bounds(self) -> HyperparameterOverrides:
@@ -512,6 +577,8 @@ class HyperparameterOverrides(_Strict):
                 "learning_rate": self.learning_rate,
                 "batch_size": self.batch_size,
                 "num_processes": self.num_processes,
+                "method": self.method,
+                "beta": self.beta,
             }.items()
             if v is not None
         }
