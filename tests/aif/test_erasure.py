@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif import audit, storage
 from aif.db.models import Audit, Base, Job, Outbox, Score, Tenant
 from aif.erasure import erase_tenant
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import transition
 from aif.launchers import StageCommand, get_launcher
 from aif.orchestrator.dead_letters import note_dead_letter
 from aif.orchestrator.errors import LeaseLost, StageRunFailed
 from aif.orchestrator.intake import Outcome, accept
-from aif.orchestrator.states import enqueue_event, transition
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.tenants import TenantError, create_tenant
@@ -229,12 +230,14 @@ def test_erasure_stops_a_running_stage_first(
     watcher = threading.Thread(target=watch)
     watcher.start()
     deadline = time.monotonic() + 60
-    while not (work / "checkpoints" / "partial.bin").exists():
+    ref = None
+    # The stage may write its checkpoint before the worker has recorded the run: wait for both.
+    while ref is None or not (work / "checkpoints" / "partial.bin").exists():
         assert time.monotonic() < deadline, (work / "training.log").read_text()
         time.sleep(0.1)
-    with sessions() as s:
-        ref = s.get_one(Job, job_id).run_ref
-    assert ref is not None and get_launcher("local").attach(ref).poll() is None
+        with sessions() as s:
+            ref = s.get_one(Job, job_id).run_ref
+    assert get_launcher("local").attach(ref).poll() is None
 
     erased = erase_tenant(sessions, settings, "acme", timeout_s=30)
 
