@@ -41,6 +41,8 @@ class TokenizerUnfitError(ValueError):
 
 Example = dict[str, list[int]]
 Encoder = Callable[[dict[str, Any]], tuple[list[int], list[int]]]
+RowEncoder = Callable[[dict[str, Any]], tuple[Example, int]]
+"""A row -> (the example as trained, its tokens before truncation to max_seq_len)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,17 @@ class Encoded:
 
     @property
     def truncated(self) -> bool:
-        return self.length > len(self.example["input_ids"])
+        return self.length > sum(len(ids) for ids, _ in sequences(self.example))
+
+
+def sequences(example: Example) -> list[tuple[list[int], list[int]]]:
+    """(token ids, labels) of each sequence an example trains on: its one, or a preference
+    pair's chosen and rejected (`finetune.preference_data`)."""
+    sides = PAIR_SIDES if PAIR_SIDES[0] + "input_ids" in example else ("",)
+    return [(example[side + "input_ids"], example[side + "labels"]) for side in sides]
+
+
+PAIR_SIDES = ("chosen_", "rejected_")
 
 
 @dataclass(frozen=True)
@@ -96,9 +108,9 @@ def read_examples(
     if tokenizer.eos_token_id is None:
         raise TokenizerUnfitError(
             "the tokenizer has no EOS token, so the model could not learn to stop")
-    encode = _encoder(data, tokenizer)
+    encode = _row_encoder(data, tokenizer, max_seq_len)
     train_source, validation_source = sources(data)
-    read = lambda source: _read_split(source, encode, max_seq_len, task, data.label_map)  # noqa: E731
+    read = lambda source: _read_split(source, encode, task, data.label_map)  # noqa: E731
     train = read(train_source)
     if validation_source is not None:
         return TokenizedData(train, read(validation_source))
@@ -161,8 +173,8 @@ def sources(data: DataSection) -> tuple[Path | HubSplit, Path | HubSplit | None]
     return train, None
 
 
-def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int,
-                task: TaskLabels | None, label_map: dict[str, dict[str, str | int]]) -> Split:
+def _read_split(source: Path | HubSplit, encode: RowEncoder, task: TaskLabels | None,
+                label_map: dict[str, dict[str, str | int]]) -> Split:
     encoded: list[Encoded] = []
     problems: list[str] = []
     rows = 0
@@ -172,12 +184,11 @@ def _read_split(source: Path | HubSplit, encode: Encoder, max_seq_len: int,
             row = mapped(record(raw), label_map)
             if task is not None:  # before the templates, which may fail on such a label
                 task.check(row)
-            ids, labels = encode(row)
-            example = _fit(ids, labels, max_seq_len)
+            example, length = encode(row)
         except RowError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        encoded.append(Encoded(where, row, example, len(ids)))
+        encoded.append(Encoded(where, row, example, length))
     return Split(str(source), rows, encoded, problems)
 
 
@@ -197,6 +208,35 @@ def _hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     )
 
 
+def _row_encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase,
+                 max_seq_len: int) -> RowEncoder:
+    """The format's encoder, reading the columns `data.columns` maps."""
+    if data.format is DataFormat.preference:
+        from finetune.preference_data import PairEncoder  # which builds on this module
+
+        encode: RowEncoder = PairEncoder(tokenizer, max_seq_len)
+    else:
+        encode = _fitted(_encoder(data, tokenizer), max_seq_len)
+    if not data.columns:
+        return encode
+
+    def renamed(row: dict[str, Any]) -> tuple[Example, int]:
+        for name, column in data.columns.items():
+            if column not in row:
+                raise RowError(f"missing column {column!r} (mapped to {name!r})")
+        return encode({**row, **{name: row[column] for name, column in data.columns.items()}})
+
+    return renamed
+
+
+def _fitted(encode: Encoder, max_seq_len: int) -> RowEncoder:
+    def fitted(row: dict[str, Any]) -> tuple[Example, int]:
+        ids, labels = encode(row)
+        return _fit(ids, labels, max_seq_len), len(ids)
+
+    return fitted
+
+
 def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
     formats: dict[DataFormat, Callable[[], Encoder]] = {
         DataFormat.prompt_completion: lambda: _PromptCompletion(data, tokenizer),
@@ -204,17 +244,7 @@ def _encoder(data: DataSection, tokenizer: PreTrainedTokenizerBase) -> Encoder:
         DataFormat.instruction: lambda: _Instruction(_Chat(tokenizer)),
         DataFormat.text: lambda: _Text(tokenizer),
     }
-    encode = formats[data.format]()
-    if not data.columns:
-        return encode
-
-    def renamed(row: dict[str, Any]) -> tuple[list[int], list[int]]:
-        for name, column in data.columns.items():
-            if column not in row:
-                raise RowError(f"missing column {column!r} (mapped to {name!r})")
-        return encode({**row, **{name: row[column] for name, column in data.columns.items()}})
-
-    return renamed
+    return formats[data.format]()
 
 
 def _string(row: dict[str, Any], column: str, required: bool = True) -> str:

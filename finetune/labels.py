@@ -102,7 +102,10 @@ def _attempt(render: Callable[[dict[str, Any]], Any], row: dict[str, Any]) -> An
 
 
 def task_labels(recipe: Recipe) -> TaskLabels | None:
-    """The check for the recipe's gate task if it is a multiple-choice task of its own."""
+    """The check for the recipe's gate task if it is a multiple-choice task of its own; none
+    for preference pairs, whose answers are free text with no label column."""
+    if recipe.train.method.preference:
+        return None
     task = next(t for t in recipe.eval.tasks if t.name == recipe.gate.task)
     if task.yaml is None:
         return None

@@ -1,0 +1,95 @@
+"""Preference pairs (train.method dpo and orpo) -> token ids, the loss on the answers only.
+
+A row is a `prompt` (text, or the chat `messages` before the answer) with a `chosen` and a
+`rejected` answer; `data.columns` maps other column names as for SFT rows. The rows are read,
+listed and refused by `finetune.data` like SFT rows (`data.format: preference` picks this
+encoder there), so the pre-flight, `max_bad_fraction` and the validation split treat them alike.
+
+A pair is refused, by line and rule, where DPO cannot learn from it: an empty field, two
+answers that are the same text, or a prompt and answer over max_seq_len. SFT cuts a long
+row to max_seq_len; a pair is not cut, since the preference is between whole answers and a
+cut may remove what makes one worse (or leave the two equal). A field too long for any
+max_seq_len window is refused before it is tokenised: a 10 MB cell costs no tokenizer time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from finetune.data import IGNORE_INDEX, PAIR_SIDES, Example, _Chat, _string, collator
+from finetune.rows import RowError
+
+ANSWERS = ("chosen", "rejected")
+
+
+class PairEncoder:
+    """A pair row -> ({chosen_,rejected_}{input_ids,labels}, tokens of both sequences)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        # A token is at most this many characters, so a longer text has more tokens than
+        # max_seq_len: refusing it untokenised gives the same verdict as tokenising it.
+        self.max_chars = max_seq_len * max(map(len, tokenizer.get_vocab()))
+        self.chat = _Chat(tokenizer) if tokenizer.chat_template else None
+
+    def __call__(self, row: dict[str, Any]) -> tuple[Example, int]:
+        answers = [_string(row, name) for name in ANSWERS]
+        if answers[0].split() == answers[1].split():
+            raise RowError("chosen and rejected are the same answer (up to whitespace)")
+        texts = dict(zip(ANSWERS, answers, strict=True))
+        if "messages" not in row:
+            texts["prompt"] = _string(row, "prompt")
+        for column, text in texts.items():
+            if len(text) > self.max_chars:
+                raise RowError(f"column {column!r} has {len(text)} characters, more than "
+                               f"max_seq_len {self.max_seq_len} tokens can hold")
+        prompt, *responses = (self._chat(row["messages"], answers) if "messages" in row
+                              else self._text(texts["prompt"], answers))
+        longest = len(prompt) + max(map(len, responses))
+        if longest > self.max_seq_len:
+            raise RowError(f"the prompt and the longer answer are {longest} tokens, over "
+                           f"max_seq_len {self.max_seq_len}; pairs are not cut, raise it or "
+                           "shorten the row")
+        example: Example = {}
+        for side, response in zip(PAIR_SIDES, responses, strict=True):
+            example[side + "input_ids"] = prompt + response
+            example[side + "labels"] = [IGNORE_INDEX] * len(prompt) + response
+        return example, 2 * len(prompt) + sum(map(len, responses))
+
+    def _text(self, prompt: str, answers: list[str]) -> list[list[int]]:
+        """Prompt and answers as SFT's prompt_completion has them: each answer ends in EOS."""
+        return [self.tokenizer(prompt)["input_ids"], *(
+            [*self.tokenizer(a, add_special_tokens=False)["input_ids"], self.tokenizer.eos_token_id]
+            for a in answers)]
+
+    def _chat(self, messages: Any, answers: list[str]) -> list[list[int]]:
+        """The conversation with the generation prompt, then each answer's assistant turn as
+        the chat template renders it (end-of-turn token included)."""
+        if self.chat is None:
+            raise RowError("column 'messages' needs a tokenizer with a chat template")
+        if not isinstance(messages, list) or not messages:
+            raise RowError("column 'messages' must be a non-empty list")
+        full = [self.chat({"messages": [*messages, {"role": "assistant", "content": a}]})[0]
+                for a in answers]  # checks each message and that turns render as prefixes
+        prompt = self.chat._ids(messages, generation_prompt=True)
+        return [prompt, *(ids[len(prompt):] for ids in full)]
+
+
+def pair_collator(tokenizer: PreTrainedTokenizerBase,
+                  packing: bool) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
+    """A batch of B pairs as SFT's collator batches 2B sequences: the chosen answers, then
+    the rejected ones in the same order, so one forward pass scores both halves."""
+    collate = collator(tokenizer, packing)
+
+    def collate_pairs(pairs: list[Example]) -> dict[str, torch.Tensor]:
+        return collate([
+            {"input_ids": pair[side + "input_ids"], "labels": pair[side + "labels"],
+             "attention_mask": [1] * len(pair[side + "input_ids"])}
+            for side in PAIR_SIDES for pair in pairs])
+
+    return collate_pairs
