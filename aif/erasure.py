@@ -37,13 +37,9 @@ from aif.db.models import (
     Tenant,
     utcnow,
 )
-from aif.launchers import get_launcher
-from aif.orchestrator.dead_letters import ERASED
-from aif.orchestrator.stage_runs import stop
-from aif.orchestrator.states import ALLOWED, SOURCE, transition
+from aif.jobstore import commands
+from aif.launchers import get_launcher, stop
 from aif.settings import Settings
-from events.bus import envelope
-from events.messages import ModelRetired
 from events.states import JobState
 
 STOP_TIMEOUT_S = 120.0
@@ -73,10 +69,7 @@ def _stop_jobs(sessions: sessionmaker[Session], settings: Settings, job_ids: lis
         for job_id in job_ids:
             job = session.get_one(Job, job_id, with_for_update=True)
             state = JobState(job.state)
-            if not state.terminal:
-                to = JobState.cancelled if JobState.cancelled in ALLOWED[state] else (
-                    JobState.failed)
-                transition(session, job, to, settings.topics, reason, actor=audit.OPERATOR)
+            commands.end(session, job, settings.topics, reason, audit.OPERATOR)
             if job.run_ref and (not state.terminal or state is JobState.cancelled):
                 refs.append((job.id, job.run_ref))  # a cancelled stage may still be stopping
         session.commit()
@@ -128,29 +121,18 @@ def _delete(session: Session, table: Table, where: ColumnElement[bool], erased: 
         erased.rows[table.name] += count
 
 
-def _retire(session: Session, settings: Settings, job: Job, reason: str,
-            erased: Erased) -> None:
-    """Announce that a handed-off model is gone, through the outbox (after the job's own
-    rows were deleted, so this row stays). It names neither the request nor its data."""
-    data = ModelRetired(job_id=job.id, tenant=job.tenant, adapter_uri=job.adapter_uri,
-                        reason=reason, at=utcnow())
-    event = envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id,
-                     event_id=f"{job.id}:model-retired")
-    session.add(Outbox(topic=settings.topics.models(job.tenant), key=job.id,
-                       payload=event.to_bytes().decode()))
-    erased.retired.append(job.id)
-
-
 def _erase_jobs(session: Session, settings: Settings, jobs: list[Job], reason: str,
                 erased: Erased) -> None:
-    """Delete every row about `jobs` and announce each handed-off model as retired."""
+    """Delete every row about `jobs`, then announce each handed-off model as retired (after
+    the jobs' own outbox rows went, so its row stays)."""
     ids = [j.id for j in jobs]
     handed_off = [j for j in jobs if j.state == JobState.succeeded]
     registry.withdraw(session, settings, ids)  # published copies and loaded adapters
     for table, column in _job_tables():
         _delete(session, table, table.c[column].in_(ids), erased)
     for job in handed_off:
-        _retire(session, settings, job, reason, erased)
+        commands.retire(session, settings.topics, job, reason)
+        erased.retired.append(job.id)
 
 
 def _folders(settings: Settings, jobs: list[Job]) -> list[Path]:
@@ -188,7 +170,7 @@ def erase_tenant(sessions: sessionmaker[Session], settings: Settings, tenant: st
                        storage.data_root(settings.data_root, tenant),
                        storage.jobs_root(settings.jobs_dir, tenant),
                        storage.base_scores(settings.base_scores_dir, tenant)], erased)
-        _erase_jobs(session, settings, jobs, ERASED, erased)
+        _erase_jobs(session, settings, jobs, commands.ERASED, erased)
         for table in _tenant_tables():
             _delete(session, table, table.c.tenant == tenant, erased)
         audit.record(session, audit.Action.erase, actor=audit.OPERATOR, tenant=tenant,

@@ -16,11 +16,11 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Tenant, TenantQuota, utcnow
+from aif.settings import QuotaLimits
 from aif.tenants import TenantError
 from events.preflight_report import Estimate
 from events.states import JobState
@@ -28,17 +28,6 @@ from events.states import JobState
 RUNNING = [s.value for s in (JobState.queued, JobState.training, JobState.evaluating,
                              JobState.handing_off)]
 """Non-terminal states past validation: the jobs the concurrent-jobs limit counts."""
-
-
-class QuotaLimits(BaseModel):
-    """Limits of one tenant, or the site's defaults; None: no limit from here."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    concurrent_jobs: int | None = Field(None, ge=0)
-    dataset_bytes: int | None = Field(None, ge=0)
-    monthly_tokens: int | None = Field(None, ge=0)
-    monthly_device_hours: float | None = Field(None, ge=0.0)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from enum import StrEnum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import audit
 from aif.artifact_stores import ArtifactStore, artifact_store
 from aif.db.models import Job, RegisteredModel, utcnow
-from aif.orchestrator.states import enqueue_event
+from aif.jobstore import commands
+from aif.jobstore.outbox import enqueue_event
 from aif.serving_endpoints import Endpoints
 from aif.settings import Settings
-from events.messages import ModelRetired, ModelServing
+from events.messages import ModelServing
 
 LABEL = "model"
 """The request label that names the model; without it the recipe's name does."""
@@ -133,13 +133,7 @@ def retire_row(session: Session, settings: Settings, row: RegisteredModel, reaso
                        f"{job.id}:serving:v{row.version}:unload")
     published_store(settings).remove(row.served_name)
     row.status, row.retired_at = Status.retired, utcnow()
-    event = enqueue_event(session, settings.topics.models, ModelRetired(
-        job_id=job.id, tenant=row.tenant, adapter_uri=row.adapter_uri, reason=reason,
-        at=row.retired_at, name=row.name, version=row.version), job=job,
-        event_id=f"{job.id}:model-retired:v{row.version}")
-    audit.record(session, audit.Action.retire, actor=actor, tenant=row.tenant, job_id=job.id,
-                 event_id=event.id, payload_sha256=audit.sha256(event.to_bytes()),
-                 name=row.name, version=row.version, reason=reason)
+    commands.retire(session, settings.topics, job, reason, row, actor)
 
 
 def retire(sessions: sessionmaker[Session], settings: Settings, tenant: str | None, ref: str,

@@ -14,11 +14,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers import KubernetesConfig, SlurmConfig, check_launcher_name
-from aif.quotas import QuotaLimits
 from events.bus import KafkaConfig
 from events.jobspec import ServingLimits
 from events.recipe import PiiPolicy
 from events.topics import Topics
+
+
+class QuotaLimits(BaseModel):
+    """Limits of one tenant, or the site's defaults; None: no limit from here. Defined here,
+    not in `aif.quotas` (which counts usage in the database), so settings load no database."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrent_jobs: int | None = Field(None, ge=0)
+    dataset_bytes: int | None = Field(None, ge=0)
+    monthly_tokens: int | None = Field(None, ge=0)
+    monthly_device_hours: float | None = Field(None, ge=0.0)
 
 
 class EstimateTokensPerS(BaseModel):

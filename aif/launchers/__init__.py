@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING
 
-from aif.launchers.base import LOST, Launcher, RunHandle, StageCommand
+from aif.launchers.base import LOST, Launcher, RunHandle, StageCommand, stop
 from aif.launchers.kubernetes import KubernetesConfig, KubernetesLauncher
 from aif.launchers.local import LocalLauncher
 from aif.launchers.slurm import SlurmConfig, SlurmLauncher
@@ -40,4 +40,4 @@ def get_launcher(name: str, settings: Settings | None = None) -> Launcher:
 
 
 __all__ = ["LAUNCHERS", "LOST", "KubernetesConfig", "Launcher", "RunHandle", "SlurmConfig",
-           "StageCommand", "check_launcher_name", "get_launcher"]
+           "StageCommand", "check_launcher_name", "get_launcher", "stop"]

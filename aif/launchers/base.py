@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,21 @@ class RunHandle(Protocol):
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the run's combined output, for failure reasons."""
+
+
+STOP_WAIT_S = 60.0
+"""How long a stopped stage may take to exit (training writes a checkpoint on SIGTERM)."""
+
+
+def stop(run: RunHandle, wait_s: float = STOP_WAIT_S) -> bool:
+    """SIGTERM the run and wait for it to end; False if it still runs after `wait_s`."""
+    run.terminate()
+    deadline = time.monotonic() + wait_s
+    while run.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 class Launcher(ABC):

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from aif import quotas
 from aif.db.models import utcnow
 from aif.orchestrator.references import References
-from aif.quotas import QuotaLimits
+from aif.settings import QuotaLimits
 from events.envelope import MAX_EVENT_BYTES, CloudEvent, EnvelopeError, describe_validation_error
 from events.messages import FineTuneRequested
 from events.recipe import AUTO, Recipe, RecipeError

@@ -17,14 +17,12 @@ from sqlalchemy.orm import Session
 
 from aif import audit
 from aif.db.models import DeadLetter
+from aif.jobstore.commands import ERASED
 
 DLQ_MAX_COPY_BYTES = 256 * 1024
 """A refused value up to this size is forwarded whole; Kafka's default limits are 1 MiB."""
 DLQ_EXCERPT_BYTES = 16 * 1024
 """A larger one is forwarded as its first bytes, and only these are kept in the database."""
-ERASED = "tenant-erased"
-"""Reason prefix of an erased tenant's events: neither stored nor forwarded, only counted,
-so a replay cannot bring erased data back."""
 
 
 def _kept(value: bytes | None, reason: str) -> bytes | None:

@@ -46,16 +46,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
 from aif.db.models import DeadLetter, Job, Tenant
+from aif.jobstore.commands import ERASED, cancel, reject, rejected_at_intake
+from aif.jobstore.transitions import transition
 from aif.orchestrator.admission import Admission, Refusal, Rule, read_event, screen
-from aif.orchestrator.dead_letters import (
-    ERASED,
-    dead_letter_copy,
-    dlq_id,
-    note_dead_letter,
-)
+from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
 from aif.orchestrator.references import References
-from aif.orchestrator.states import ALLOWED, transition
-from aif.quotas import QuotaLimits
+from aif.settings import QuotaLimits
 from aif.tenants import signing_secret
 from events.bus import Outgoing, send_and_wait
 from events.envelope import (
@@ -203,7 +199,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
                 tenant,
             )
         with session.no_autoflush:
-            refused_here = _refused_here(existing)
+            refused_here = rejected_at_intake(existing)
         if refused_here:  # sent again, or re-delivered before its dead letter went out
             return IntakeResult(Outcome.dead_letter, existing.id, existing.reason, tenant)
         return IntakeResult(Outcome.duplicate, existing.id, tenant=tenant)
@@ -212,8 +208,7 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         if signed_by is None:  # the tenant is not proven: only the operators hear of it
             return IntakeResult(Outcome.dead_letter, reason=request.reason, tenant=tenant)
         job = _add_job(session, event, tenant, digest, request.request, public=False)
-        transition(session, job, JobState.validating, topics, reason=RECEIVED)
-        transition(session, job, JobState.rejected, topics, reason=request.reason)
+        reject(session, job, topics, request.reason)
         return IntakeResult(Outcome.dead_letter, job_id, request.reason, tenant)
     job = _add_job(session, event, tenant, digest, request,
                    public=request.labels.get(PUBLIC_LABEL) == "true")
@@ -223,9 +218,6 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     transition(session, job, JobState.validating, topics, reason="request accepted")
     return IntakeResult(Outcome.accepted, job_id, tenant=tenant)
 
-
-RECEIVED = "request received; refused at intake"
-"""Reason of the `validating` step of a job whose request intake refused (then `rejected`)."""
 
 READ_OVERSIZED_BYTES = 1024 * 1024
 """A signed event over the size limit but at most this large (Kafka's default largest
@@ -274,12 +266,6 @@ def _add_job(session: Session, event: CloudEvent, tenant: str, digest: str,
     return job
 
 
-def _refused_here(job: Job) -> bool:
-    """A job whose request intake refused (see `RECEIVED`)."""
-    return (job.state == JobState.rejected and bool(job.transitions)
-            and job.transitions[0].reason == RECEIVED)
-
-
 _PENDING = "aif.intake.pending_jobs"
 
 
@@ -299,8 +285,7 @@ def _stored(session: Session, tenant: str, source: str, event_id: str) -> Job | 
 
 def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, actor: str
             ) -> IntakeResult:
-    """Cancel in the store; a worker running the job sees the state change at its next
-    heartbeat and stops the stage process."""
+    """Cancel in the store (`commands.cancel`) a job of the record's own tenant."""
     try:
         request = CancelRequested.model_validate(event.data)
     except ValidationError as exc:
@@ -310,13 +295,10 @@ def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, ac
     if job is None or job.tenant != tenant:  # another tenant's job does not exist for you
         return IntakeResult(Outcome.dead_letter, request.job_id,
                             "data.job_id: no such job for this tenant", tenant)
-    state = JobState(job.state)
-    if JobState.cancelled not in ALLOWED[state]:
-        return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {state}", tenant)
-    audit.record(session, audit.Action.cancel, actor=actor, tenant=tenant, job_id=job.id,
-                 event_id=event.id, payload_sha256=audit.sha256(event.to_bytes()))
-    transition(session, job, JobState.cancelled, topics, request.reason or "cancel requested",
-               actor=actor)
+    if not cancel(session, job, topics, request.reason or "cancel requested", actor,
+                  event_id=event.id, payload_sha256=audit.sha256(event.to_bytes())):
+        return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {job.state}",
+                            tenant)
     return IntakeResult(Outcome.cancel, job.id, "cancelled", tenant)
 
 

@@ -14,26 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import storage
 from aif.db.models import Job, utcnow
+from aif.jobstore.transitions import advance
 from aif.orchestrator.errors import RetryableError, StageRunFailed
 from aif.orchestrator.leases import Leases
-from aif.orchestrator.states import transition
 from aif.settings import Settings
 from events.recipe import Recipe
 from events.states import JobState
-from events.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-def final_state(state: JobState) -> JobState:
-    """Where a final error ends a job: nothing was trained yet -> rejected, else failed."""
-    return JobState.rejected if state is JobState.validating else JobState.failed
-
-
-def advance(session: Session, job: Job, to: JobState, topics: Topics, reason: str = "") -> None:
-    """Move the job on; a new state starts with a fresh count of attempts."""
-    job.attempts, job.next_attempt_at = 0, None
-    transition(session, job, to, topics, reason)
 
 
 class Outcomes:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Score
+from aif.jobstore.outbox import enqueue_event
 from aif.orchestrator.gate import decide
-from aif.orchestrator.states import enqueue_event
 from events.jobspec import EvaluationResult
 from events.messages import EvaluationCompleted, GateDecision, MetricScore
 from events.recipe import Recipe

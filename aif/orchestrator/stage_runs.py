@@ -22,10 +22,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
-from aif.launchers import LOST, Launcher, RunHandle, StageCommand, get_launcher
+from aif.jobstore.outbox import enqueue_event
+from aif.launchers import LOST, Launcher, RunHandle, StageCommand, get_launcher, stop
 from aif.orchestrator.errors import FinalStageFailure, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
-from aif.orchestrator.states import enqueue_event
 from aif.settings import Settings
 from events.jobspec import FailureKind, ProgressLine, StageFailure
 from events.messages import JobProgress
@@ -37,19 +37,6 @@ FINAL_EXIT_CODES = frozenset({2, 3})
 """Stage exit codes that mean the request itself is unusable (see finetune.train)."""
 
 POLL_S = 0.5
-STOP_WAIT_S = 60.0
-"""How long a stopped stage may take to exit (training writes a checkpoint on SIGTERM)."""
-
-
-def stop(run: RunHandle, wait_s: float = STOP_WAIT_S) -> bool:
-    """SIGTERM the run and wait for it to end; False if it still runs after `wait_s`."""
-    run.terminate()
-    deadline = time.monotonic() + wait_s
-    while run.poll() is None:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S / 5)
-    return True
 
 
 class StageRunner:

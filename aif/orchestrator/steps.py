@@ -26,16 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif import audit, quotas, registry
 from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job, utcnow
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import advance, final_state
 from aif.launchers import StageCommand
 from aif.orchestrator import batches, handoff, specs
 from aif.orchestrator.ai_act_pack import write_pack
 from aif.orchestrator.errors import Deferred, FinalError, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
-from aif.orchestrator.outcomes import Outcomes, advance, final_state
+from aif.orchestrator.outcomes import Outcomes
 from aif.orchestrator.references import References
 from aif.orchestrator.scores import metric_score, record_evaluation
 from aif.orchestrator.stage_runs import StageRunner
-from aif.orchestrator.states import enqueue_event
 from aif.orchestrator.throughput import measure, throughput
 from aif.settings import Settings
 from aif.storage import jobs_root, private_dirs

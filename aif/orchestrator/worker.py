@@ -16,11 +16,12 @@ import uuid
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
+from aif.jobstore.transitions import final_state
 from aif.launchers import Launcher
 from aif.logs import job_context
 from aif.orchestrator.errors import Deferred, FinalError, LeaseLost
 from aif.orchestrator.leases import Leases
-from aif.orchestrator.outcomes import Outcomes, final_state
+from aif.orchestrator.outcomes import Outcomes
 from aif.orchestrator.stage_runs import StageRunner
 from aif.orchestrator.steps import Steps
 from aif.settings import Settings

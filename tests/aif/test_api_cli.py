@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from aif.cli import app as cli
 from aif.db.models import Job
 from aif.db.session import session_factory
+from aif.jobstore.transitions import transition
 from aif.orchestrator.intake import accept
-from aif.orchestrator.states import transition
 from aif.settings import Settings
 from aif.tenants import create_tenant
 from aif.web.app import create_app

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Score
-from aif.orchestrator.states import enqueue_event, transition
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import transition
 from aif.settings import Settings
 from aif.tenants import Credentials, Role, create_tenant, revoke
 from aif.web import openapi

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
-from aif.quotas import QuotaLimits, set_quota
-from aif.settings import Settings
+from aif.quotas import set_quota
+from aif.settings import QuotaLimits, Settings
 from events.bus import KafkaConfig
 from events.states import JobState
 from tests.aif.test_api_files import ROWS, _client, _jsonl, _stored, keys  # noqa: F401

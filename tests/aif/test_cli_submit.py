@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from aif.cli import _demo_signing_key, app
 from aif.db.models import Job
 from aif.db.session import session_factory
-from aif.orchestrator.states import job_envelope
+from aif.jobstore.outbox import job_envelope
 from aif.settings import Settings
 from aif.tenants import signing_secret
 from events.bus import KafkaConfig, ensure_topics, make_consumer, make_producer, publish

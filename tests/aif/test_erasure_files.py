@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from aif import audit
 from aif.cli import app
 from aif.db.models import Audit, DataFile, Job, Outbox, Score
+from aif.jobstore.transitions import transition
 from aif.orchestrator.intake import accept
-from aif.orchestrator.states import transition
 from aif.settings import Settings
 from aif.tenants import create_tenant
 from aif.web.app import create_app

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from aif.db.models import Job, Outbox
 from aif.follow import follow_job, wait_for_job
-from aif.orchestrator.states import job_envelope, transition
+from aif.jobstore.outbox import job_envelope
+from aif.jobstore.transitions import transition
 from events.bus import KafkaConfig, ensure_topics, envelope, make_producer, publish
 from events.client import follow_request
 from events.envelope import CloudEvent

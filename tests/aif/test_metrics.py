@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
+from aif.jobstore.transitions import transition
 from aif.metrics import ConsumerLagCollector, registry
-from aif.orchestrator.states import transition
 from aif.service import Service
 from aif.settings import Settings
 from aif.web.app import create_app

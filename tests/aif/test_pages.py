@@ -22,8 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, WebSession
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import transition
 from aif.orchestrator.scores import record_evaluation
-from aif.orchestrator.states import enqueue_event, transition
 from aif.settings import Settings
 from aif.tenants import Credentials, revoke
 from aif.web.pages.sessions import COOKIE

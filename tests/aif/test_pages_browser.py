@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import ApiKey, Job, WebSession
 from aif.db.session import session_factory
-from aif.orchestrator.states import enqueue_event, transition
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import transition
 from aif.settings import Settings
 from aif.tenants import Credentials, Role, create_tenant
 from aif.web.app import create_app

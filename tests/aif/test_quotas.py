@@ -14,8 +14,8 @@ from aif.db.models import Job, utcnow
 from aif.launchers.slurm import SlurmConfig
 from aif.orchestrator.throughput import Measured, measure, throughput
 from aif.orchestrator.worker import JobWorker
-from aif.quotas import Limit, QuotaLimits, limits, refusal, set_quota, usage
-from aif.settings import Settings
+from aif.quotas import Limit, limits, refusal, set_quota, usage
+from aif.settings import QuotaLimits, Settings
 from aif.tenants import TenantError, create_tenant
 from events.compute import training_flops
 from events.jobspec import TrainingResult

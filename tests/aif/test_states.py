@@ -3,7 +3,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, Outbox, Transition
-from aif.orchestrator.states import ALLOWED, IllegalTransition, transition
+from aif.jobstore.transitions import ALLOWED, IllegalTransition, transition
 from events.envelope import CloudEvent
 from events.messages import JobStatusChanged
 from events.states import JobState

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
+from aif.jobstore.transitions import transition
 from aif.launchers import get_launcher
-from aif.orchestrator.states import transition
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.tenants import create_tenant

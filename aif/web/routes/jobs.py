@@ -31,11 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif import audit
 from aif.db.models import Job, Outbox, SigningKey
+from aif.jobstore.commands import cancel
 from aif.launchers import get_launcher
 from aif.orchestrator.admission import Admission, Refusal, Rule, read_event, screen
 from aif.orchestrator.references import References
 from aif.orchestrator.scores import metric_score
-from aif.orchestrator.states import ALLOWED, transition
 from aif.orchestrator.throughput import Measured
 from aif.settings import Settings
 from aif.web.deps import (
@@ -362,14 +362,11 @@ def cancel_job(job: OwnJobDep, principal: CurrentTenant, session: SessionDep,
                settings: SettingsDep, body: JobCancel | None = None) -> JobPublic:
     """Cancel through the state machine; a running stage is stopped at its next heartbeat."""
     session.refresh(job, with_for_update=True)  # no worker moves it on meanwhile
-    state = JobState(job.state)
-    if JobState.cancelled not in ALLOWED[state]:
-        raise Problem(409, "Conflict", f"the job is {state} and can no longer be cancelled",
+    if not cancel(session, job, settings.topics,
+                  (body.reason if body else "") or "cancelled through the API",
+                  audit.api_actor(principal.key_id)):
+        raise Problem(409, "Conflict", f"the job is {job.state} and can no longer be cancelled",
                       field="job_id")
-    actor = audit.api_actor(principal.key_id)
-    audit.record(session, audit.Action.cancel, actor=actor, tenant=job.tenant, job_id=job.id)
-    transition(session, job, JobState.cancelled, settings.topics,
-               (body.reason if body else "") or "cancelled through the API", actor=actor)
     session.commit()
     return JobPublic.of(job)
 

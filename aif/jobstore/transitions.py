@@ -12,20 +12,16 @@
 
 Every transition is stored together with its status event in the outbox, in the caller's
 transaction, so the event is published if and only if the state change was committed.
-Every event about a job names the job's request (see `job_envelope`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy.orm import Session
 
 from aif import audit
-from aif.db.models import Job, Outbox, Transition, utcnow
-from events.bus import envelope
-from events.envelope import CloudEvent
-from events.messages import JobEvent, JobStatusChanged
+from aif.db.models import Job, Transition, utcnow
+from aif.jobstore.outbox import enqueue_event
+from events.messages import JobStatusChanged
 from events.states import JobState
 from events.topics import Topics
 
@@ -43,33 +39,9 @@ ALLOWED: dict[JobState | None, frozenset[JobState]] = {
     S.rejected: frozenset(),
 }
 
-SOURCE = "urn:aif-tuning:orchestrator"
-
 
 class IllegalTransition(RuntimeError):
     """A bug: code tried a move the table does not allow."""
-
-
-def job_envelope(data: JobEvent, job: Job, event_id: str | None = None) -> CloudEvent:
-    """The CloudEvent for an event about `job`, with the job's request source and id set in
-    the data and as extension attributes: taken from the job here, so no call site can omit
-    them or disagree with the envelope."""
-    data = data.model_copy(
-        update={"request_source": job.request_source, "request_id": job.request_id})
-    event = envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id, event_id=event_id)
-    return event.model_copy(update=data.extensions())
-
-
-def enqueue_event(
-    session: Session, topic_of: Callable[[str], str], data: JobEvent, *, job: Job,
-    event_id: str | None = None,
-) -> CloudEvent:
-    """Queue an event about `job` on its tenant's topic (`topic_of`: `Topics.status` or
-    `Topics.models`), so no call site can send one tenant's news to another's readers."""
-    event = job_envelope(data, job, event_id)
-    session.add(Outbox(topic=topic_of(job.tenant), key=job.id,
-                       payload=event.to_bytes().decode()))
-    return event
 
 
 def transition(
@@ -92,3 +64,14 @@ def transition(
     audit.record(session, audit.Action.state, actor=actor, tenant=job.tenant, job_id=job.id,
                  event_id=event.id, payload_sha256=audit.sha256(event.to_bytes()),
                  from_state=current and current.value, to_state=to.value)
+
+
+def final_state(state: JobState) -> JobState:
+    """Where a final error ends a job: nothing was trained yet -> rejected, else failed."""
+    return JobState.rejected if state is JobState.validating else JobState.failed
+
+
+def advance(session: Session, job: Job, to: JobState, topics: Topics, reason: str = "") -> None:
+    """Move the job on; a new state starts with a fresh count of attempts."""
+    job.attempts, job.next_attempt_at = 0, None
+    transition(session, job, to, topics, reason)
