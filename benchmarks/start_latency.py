@@ -29,9 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import Job
 from aif.db.session import session_factory
 from aif.jobstore.transitions import transition
-from aif.launchers import get_launcher
+from aif.launchers import get_launcher, stop
 from aif.orchestrator.intake import accept
-from aif.orchestrator.stage_runs import stop
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.tenants import create_tenant
