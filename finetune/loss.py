@@ -11,6 +11,8 @@ exactly the loss positions are projected; a padded batch projects the union of i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,12 +25,32 @@ def loss_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the labelled tokens, as the model's own `loss` computes it."""
+def kept_logits(model: nn.Module, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, positions) of the positions whose next token carries a label."""
     labels = batch["labels"]
     keep = loss_positions(labels)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep).logits
-    targets = labels[:, keep + 1]
+    return model(**inputs, logits_to_keep=keep).logits, labels[:, keep + 1], keep
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens, as the model's own `loss` computes it."""
+    logits, targets, _ = kept_logits(model, batch)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                            ignore_index=IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """A micro-batch's loss, what it is a mean over (validation weighs batches by it), and
+    the figures a progress line shows beside it."""
+
+    loss: torch.Tensor
+    weight: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepLoss:
+    """`causal_lm_loss`, a mean over the trained tokens."""
+    return StepLoss(causal_lm_loss(model, batch), (batch["labels"][:, 1:] != IGNORE_INDEX).sum())

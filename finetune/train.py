@@ -19,7 +19,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,6 @@ from events.recipe import Recipe
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
 from finetune.data import (
-    IGNORE_INDEX,
     DataValidationError,
     TokenizerUnfitError,
     collator,
@@ -59,8 +58,10 @@ from finetune.data import (
 )
 from finetune.early_stopping import EarlyStopping
 from finetune.labels import task_labels
-from finetune.loss import causal_lm_loss
+from finetune.loss import StepLoss, sft_loss
 from finetune.model_card import write_extras, write_manifest
+from finetune.preference_data import pair_collator
+from finetune.preference_loss import PreferenceObjective
 from finetune.sampling import BalancedSampler
 
 EXIT_BAD_INPUT = 2
@@ -90,6 +91,7 @@ class Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: DataLoader
     validation: DataLoader | None
+    objective: Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepLoss]
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,8 @@ def build(spec: TrainingSpec) -> Setup:
         num_warmup_steps=math.ceil(recipe.train.warmup_ratio * recipe.train.max_steps),
         num_training_steps=recipe.train.max_steps,
     )
-    collate = collator(tokenizer, recipe.train.packing)
+    pairs = recipe.train.method.preference
+    collate = (pair_collator if pairs else collator)(tokenizer, recipe.train.packing)
     examples = data.train.examples
     sampler = BalancedSampler(examples, recipe.train.seed) if recipe.train.class_balance else None
     loader = DataLoader(examples, batch_size=recipe.train.batch_size, shuffle=sampler is None,
@@ -201,7 +204,7 @@ def build(spec: TrainingSpec) -> Setup:
             data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
         ))
     return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
-                 validation)
+                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss)
 
 
 def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
@@ -225,12 +228,14 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         acc.is_main_process)
     stopped_early = False
     window_loss = torch.zeros((), device=acc.device)
+    window_metrics: dict[str, torch.Tensor] = {}  # the objective's own, e.g. DPO's rewards
     window_tokens = torch.zeros((), device=acc.device, dtype=torch.long)
     started = time.monotonic()
     while step < train_cfg.max_steps:
         batch = next(batches)
         with acc.accumulate(model):
-            batch_loss = causal_lm_loss(model, batch)
+            step_loss = setup.objective(model, batch)
+            batch_loss = step_loss.loss
             acc.backward(batch_loss)
             if acc.sync_gradients:  # norm of the synchronised gradients: equal on every rank
                 norm = float(acc.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
@@ -240,6 +245,8 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
             optimizer.step()
             optimizer.zero_grad()
         window_loss += batch_loss.detach()
+        for name, value in step_loss.metrics.items():
+            window_metrics[name] = window_metrics.get(name, 0) + value.detach()
         micro_batches += 1
         consumed += 1
         window_tokens += real_tokens(batch)
@@ -250,6 +257,9 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         # Collectives, so every rank computes them and every rank stops together on NaN.
         loss = acc.reduce(window_loss, "mean").item() / micro_batches
         tokens += int(acc.reduce(window_tokens, "sum").item())
+        metrics = {name: acc.reduce(value, "mean").item() / micro_batches
+                   for name, value in sorted(window_metrics.items())}
+        window_metrics.clear()
         window_loss.zero_()
         window_tokens.zero_()
         micro_batches = 0
@@ -279,6 +289,7 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
                 loss=loss,
                 tokens_per_s=(tokens - done.tokens) / elapsed,
                 eta_s=elapsed / (step - done.step) * (train_cfg.max_steps - step),
+                **metrics,
             )
             with open(progress, "a") as fh:
                 fh.write(line.model_dump_json() + "\n")
@@ -299,7 +310,8 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
 
 
 def validation_loss(setup: Setup) -> float | None:
-    """Mean loss per trained token over the validation split, on every rank (collectives)."""
+    """Mean loss over the validation split (per trained token, or per pair for dpo/orpo),
+    on every rank (collectives)."""
     if setup.validation is None:
         return None
     acc, model = setup.accelerator, setup.model
@@ -308,9 +320,9 @@ def validation_loss(setup: Setup) -> float | None:
     model.eval()
     with torch.no_grad():
         for batch in setup.validation:
-            trained = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()  # the loss's own tokens
-            total += causal_lm_loss(model, batch) * trained
-            count += trained
+            step_loss = setup.objective(model, batch)
+            total += step_loss.loss * step_loss.weight
+            count += step_loss.weight
     model.train()
     return (acc.reduce(total, "sum") / acc.reduce(count, "sum")).item()
 
