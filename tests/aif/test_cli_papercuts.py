@@ -19,8 +19,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import aif.audit_cli
 import aif.cli
+import aif.cli.audit
 import aif.service
 from aif import audit
 from aif.cli import app
@@ -54,7 +54,7 @@ def out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], str]:
     monkeypatch.setenv("AIF_HOME", str(tmp_path / "home"))
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, force_terminal=False)
-    for module in (aif.cli, aif.audit_cli):
+    for module in (aif.cli, aif.cli.audit):
         monkeypatch.setattr(module, "console", console)
     return buffer.getvalue
 
@@ -124,7 +124,7 @@ def demo(monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> str:
 
 def test_a_recipe_error_prints_the_pattern_it_quotes(tmp_path: Path,
                                                      out: Callable[[], str]) -> None:
-    recipe = (Path(aif.cli.__file__).parent.parent / "recipes" / "energy" /
+    recipe = (Path(aif.cli.__file__).parents[2] / "recipes" / "energy" /
               "grid_ticket_routing" / "recipe.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.replace("name: grid-ticket-routing", "name: Bad_Name", 1))

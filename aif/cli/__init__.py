@@ -6,7 +6,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +25,11 @@ from rich.table import Table
 from rich.text import Text
 
 from aif import logs
-from aif.audit_cli import audit_command
+from aif.cli.audit import audit_command
+from aif.cli.models import models_app
+from aif.cli.tenants import tenants_app
 from aif.follow import wait_for_job
-from aif.models_cli import models_app
-from aif.orchestrator.throughput import throughput
 from aif.settings import Settings, get_settings
-from aif.tenants_cli import tenants_app
 from aif.web import client as api_client
 from events import redaction
 from events.bus import make_producer, publish
@@ -411,132 +409,6 @@ def _aif() -> str:
     return sys.argv[0] if Path(sys.argv[0]).name == "aif" else "aif"
 
 
-@app.command("eval")
-def eval_(
-    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file; its eval tasks run.")],
-    adapter: Annotated[list[Path] | None, typer.Option(
-        help="LoRA adapter directory: scores base and base + adapter, and applies the gate. "
-        "Repeat it for several adapters of the same base: the base is loaded once.",
-    )] = None,
-    base: Annotated[str | None, typer.Option(
-        help="Base model (registered name, HF directory, GGUF file, hub id); default: recipe's.",
-    )] = None,
-    limit: EvalLimit = None,
-    eval_file: EvalFile = None,
-    output: Annotated[Path | None, typer.Option(
-        help="Where lm-eval's results go; default: AIF_HOME/evals/<time>.")] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Score the base model again (and store that) even if its scores "
-        "on these tasks with these settings are cached.")] = False,
-) -> None:
-    """Evaluate a model, with or without an adapter, outside any job. The base model's
-    scores on shipped tasks are kept (AIF_HOME/base_scores) and reused; other tasks belong
-    to no tenant here and are always scored."""
-    from aif.orchestrator.gate import decide
-    from aif.orchestrator.specs import base_score_cache
-    from evaluation.run import run
-    from evaluation.runner import cli_command
-    from events.jobspec import EvaluationSpec
-    from events.tasks import TaskConfigError
-    from finetune.base_model import BaseModelError, resolve_base_model
-    from finetune.gate_noise import gate_noise
-    from finetune.rows import DataValidationError
-
-    settings = _setup()
-    try:
-        r = _recipe(recipe)
-        if limit is not None:
-            r = r.model_copy(update={"eval": r.eval.model_copy(update={"limit": limit})})
-        if eval_file is not None:
-            r = r.model_copy(update={"data": r.data.with_eval(str(eval_file.resolve()), None)})
-            r = r.gated_on_own_eval()
-        base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
-        noise = gate_noise(r)
-    except (RecipeError, BaseModelError, DataValidationError, TaskConfigError) as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from exc
-    adapters = [str(a.resolve()) for a in adapter or []]
-    for given in adapter or []:
-        if not (given / "adapter_config.json").is_file():
-            _error(f"--adapter {given}: no adapter_config.json there")
-            raise typer.Exit(2)
-    if noise is not None:  # what the pre-flight would say of these documents
-        console.print(f"evidence: {noise.sentence}", markup=False, soft_wrap=True)
-    out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
-    spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
-                          adapter_dir=adapters[0] if adapters else None,
-                          more_adapter_dirs=adapters[1:], recipe=r,
-                          output_dir=str(out.resolve()),
-                          base_cache=base_score_cache(settings, None, r, refresh=no_cache))
-    try:
-        with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
-            result = run(spec)
-    except Exception as exc:  # e.g. an adapter for another base model, a broken task YAML
-        _error(f"evaluation failed: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from exc
-    if result is None:
-        console.print("[red]RANK is set and not 0: only the main process reports[/red]")
-        raise typer.Exit(1)
-    table = Table(title=f"{r.name}: {base or r.model.base}")
-    tuned_sets = [result.tuned, *result.more_tuned] if adapters else []
-    for col in ("task", "metric", "base", *(
-            "tuned" if len(adapters) == 1 else f"tuned {i + 1}" for i in range(len(adapters))),
-            "majority", "macro-F1 base / tuned"):
-        table.add_column(col)
-    tuned = [{(m.task, m.metric): m for m in got} for got in tuned_sets]
-    for m in result.base:
-        got = [t.get((m.task, m.metric)) for t in tuned]
-        f1 = " / ".join(f"{x.classes.macro_f1:.4f}" for x in (m, *got) if x and x.classes)
-        table.add_row(m.task, m.metric, f"{m.value:.4f}",
-                      *("" if t is None else f"{t.value:.4f}" for t in got),
-                      f"{m.classes.majority:.4f}" if m.classes else "", f1)
-    console.print(table)
-    if result.base_from_cache:
-        console.print(f"base scores of {', '.join(result.base_from_cache)} from the cache "
-                      "(--no-cache scores them again)")
-    for i, (adapter_dir, got) in enumerate(zip(adapters, tuned_sets, strict=True)):
-        _, decision = decide(r, result.model_copy(update={"tuned": got}))
-        label = "" if len(adapters) == 1 else f" ({i + 1}: {adapter_dir})"
-        console.print(f"gate{label}: {'passed' if decision.passed else 'failed'} - "
-                      f"{decision.reason}")
-    console.print(f"results in {out}; the same run with the lm_eval command line:\n"
-                  + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
-
-
-@app.command()
-def preflight(
-    recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file.")],
-    train_file: TrainFile = None,
-    dataset: Dataset = None,
-    json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """The pre-flight report (rows, tokens, truncation, rendered examples, duplicates, overlap
-    with the evaluation data) without submitting; exit 1 when the job would be rejected."""
-    from events.tasks import TaskConfigError
-    from finetune.base_model import BaseModelError, load_tokenizer
-    from finetune.data import DataValidationError
-    from finetune.estimate import Estimator
-    from finetune.preflight import build_report
-
-    settings = _setup()
-    try:
-        r = _recipe(recipe).with_pii_at_least(settings.pii_policy)
-        r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
-        estimator = Estimator.on_this_node(r.model.base, settings.models_dir,
-                                           throughput(settings, r))
-        with tempfile.TemporaryDirectory() as work:  # redacted copies, if the policy asks
-            report = build_report(r, load_tokenizer(r.model.base, settings.models_dir),
-                                  Path(work), estimator)
-    except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
-        console.print(str(exc), style="red", markup=False)
-        raise typer.Exit(2) from exc
-    if json:
-        console.print_json(report.model_dump_json())
-    else:
-        console.print(report.to_text(), markup=False, highlight=False)
-    raise typer.Exit(0 if report.usable else 1)
-
-
 def _recipe(recipe: str) -> Recipe:
     """A recipe by name, or from a YAML file; the name is the user's own, so it is shown."""
     if recipe.endswith((".yaml", ".yml")):
@@ -598,3 +470,6 @@ def recipes_validate(files: list[Path]) -> None:
             _error(str(exc))  # a pattern such as [a-z0-9] is text, not markup
             failed = True
     raise typer.Exit(1 if failed else 0)
+
+
+import aif.cli.stages  # noqa: E402, F401  (its commands use the names above)
