@@ -55,8 +55,13 @@ class Encoded:
     length: int  # tokens before truncation to max_seq_len
 
     @property
+    def trained_length(self) -> int:
+        """Tokens the forward pass reads: after truncation, both sequences of a pair."""
+        return sum(len(ids) for ids, _ in sequences(self.example))
+
+    @property
     def truncated(self) -> bool:
-        return self.length > sum(len(ids) for ids, _ in sequences(self.example))
+        return self.length > self.trained_length
 
 
 def sequences(example: Example) -> list[tuple[list[int], list[int]]]:

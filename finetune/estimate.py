@@ -103,7 +103,7 @@ class Estimator:
         if not train.encoded:
             return None
         t, tp = recipe.train, self.throughput
-        done = consumed([len(e.example["input_ids"]) for e in train.encoded], t.batch_size,
+        done = consumed([e.trained_length for e in train.encoded], t.batch_size,
                         t.gradient_accumulation_steps, tp.devices, t.max_steps)
         if tp.measured_tokens_per_s is not None:
             per_device, source = tp.measured_tokens_per_s, f"measured by job {tp.measured_job}"

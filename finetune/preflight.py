@@ -50,6 +50,7 @@ from finetune.data import (
     Split,
     TokenizerUnfitError,
     read_examples,
+    sequences,
 )
 from finetune.estimate import Estimator
 from finetune.gate_noise import gate_noise
@@ -111,7 +112,8 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
             reasons.append(str(exc))
     train = _split_report(data.train, tokenizer, eval_strings, names)
     picked = pick(recipe, train.rows_usable,
-                  max((len(e.example["input_ids"]) for e in data.train.encoded), default=0))
+                  max((len(ids) for e in data.train.encoded for ids, _ in sequences(e.example)),
+                      default=0))
     if picked is not None:  # the estimate and training count the picked steps
         recipe, given = picked.applied_to(recipe), picked.applied_to(given)
     noise = gate_noise(recipe)
@@ -156,22 +158,26 @@ def _overlap_check(data: DataSection, train: SplitReport) -> tuple[str, str]:
 
 
 def render(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Decode the example's tokens, wrapping each run without loss in the NO_LOSS markers."""
-    pairs = zip(example["input_ids"], example["labels"], strict=True)
-    parts = []
-    for trained, run in itertools.groupby(pairs, key=lambda p: p[1] != IGNORE_INDEX):
-        text = tokenizer.decode([token for token, _ in run])
-        parts.append(text if trained else f"{NO_LOSS[0]}{text}{NO_LOSS[1]}")
-    return "".join(parts)
+    """Decode the example's tokens, wrapping each run without loss in the NO_LOSS markers;
+    a preference pair as its chosen sequence, then its rejected one, a blank line between."""
+    rendered = []
+    for ids, labels in sequences(example):
+        parts = []
+        tokens = zip(ids, labels, strict=True)
+        for trained, run in itertools.groupby(tokens, key=lambda p: p[1] != IGNORE_INDEX):
+            text = tokenizer.decode([token for token, _ in run])
+            parts.append(text if trained else f"{NO_LOSS[0]}{text}{NO_LOSS[1]}")
+        rendered.append("".join(parts))
+    return "\n\n".join(rendered)
 
 
 def _split_report(split: Split, tokenizer: PreTrainedTokenizerBase,
                   eval_strings: set[str], names: SourceNames) -> SplitReport:
     lengths = [e.length for e in split.encoded]
-    first_seen: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
+    first_seen: dict[tuple[tuple[tuple[int, ...], tuple[int, ...]], ...], str] = {}
     duplicates = []
     for e in split.encoded:
-        key = (tuple(e.example["input_ids"]), tuple(e.example["labels"]))
+        key = tuple((tuple(ids), tuple(labels)) for ids, labels in sequences(e.example))
         if key in first_seen:
             duplicates.append(f"{e.where} = {first_seen[key]}")
         first_seen.setdefault(key, e.where)
@@ -186,7 +192,7 @@ def _split_report(split: Split, tokenizer: PreTrainedTokenizerBase,
         mean_tokens=sum(lengths) / len(lengths) if lengths else 0.0,
         max_tokens=max(lengths, default=0),
         trained_tokens=sum(label != IGNORE_INDEX for e in split.encoded
-                           for label in e.example["labels"]),
+                           for _, labels in sequences(e.example) for label in labels),
         truncated=split.truncated,
         examples=[RenderedExample(where=e.where, text=render(e.example, tokenizer),
                                   truncated=e.truncated)

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from events.recipe import Recipe
 from finetune.data import IGNORE_INDEX, DataValidationError, Split, load_examples
+from finetune.preflight import build_report
 
 PAIRS = {"format": "preference"}
 DPO = {"method": "dpo", "max_seq_len": 64}
@@ -121,3 +122,22 @@ def test_a_file_of_identical_answers_lists_every_line(
                                               for i in range(3)])
     assert [p.split(":")[0] for p in _refusals(make_recipe, path, tokenizer)] == [
         "line 1", "line 2", "line 3"]
+
+
+def test_the_preflight_reports_pairs_as_training_reads_them(
+        tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+        tokenizer: PreTrainedTokenizerBase) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [_pair(0), _pair(1), _pair(0), _pair(2, rejected="")])
+    recipe = make_recipe(path, data={**PAIRS, "max_bad_fraction": 0.3}, train=DPO)
+    report = build_report(recipe, tokenizer)
+    train = report.train
+    assert report.usable and (train.rows_read, train.rows_usable, train.bad_rows) == (4, 3, 1)
+    assert train.duplicate_rows == ["line 3 = line 1"] and train.truncated == 0
+    examples = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len).train.encoded
+    assert train.max_tokens == examples[0].length == examples[0].trained_length
+    assert train.trained_tokens == sum(label != IGNORE_INDEX for e in examples
+                                       for side in ("chosen", "rejected")
+                                       for label in e.example[f"{side}_labels"])
+    chosen, rejected = train.examples[0].text.split("\n\n")
+    assert chosen.endswith(f"[/no loss]{_pair()['chosen']}<|im_end|>")
+    assert rejected.endswith(f"[/no loss]{_pair()['rejected']}<|im_end|>")
