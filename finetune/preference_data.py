@@ -42,7 +42,9 @@ class PairEncoder:
         if answers[0].split() == answers[1].split():
             raise RowError("chosen and rejected are the same answer (up to whitespace)")
         texts = dict(zip(ANSWERS, answers, strict=True))
-        if "messages" not in row:
+        if "messages" in row:
+            texts["messages"] = _contents(row["messages"])
+        else:
             texts["prompt"] = _string(row, "prompt")
         for column, text in texts.items():
             if len(text) > self.max_chars:
@@ -78,6 +80,14 @@ class PairEncoder:
                 for a in answers]  # checks each message and that turns render as prefixes
         prompt = self.chat._ids(messages, generation_prompt=True)
         return [prompt, *(ids[len(prompt):] for ids in full)]
+
+
+def _contents(messages: Any) -> str:
+    """The text of a conversation's messages, for the length check (`_chat` checks them)."""
+    if not isinstance(messages, list):
+        return ""
+    return "".join(m["content"] for m in messages
+                   if isinstance(m, dict) and isinstance(m.get("content"), str))
 
 
 def pair_collator(tokenizer: PreTrainedTokenizerBase,

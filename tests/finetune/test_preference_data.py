@@ -105,6 +105,8 @@ def test_a_file_of_random_bytes_is_refused_by_line(
     (_pair(chosen=SECRET * 400_000), "column 'chosen' has 10000000 characters, more than "
                                      "max_seq_len 64 tokens can hold"),
     (_pair(messages="hello"), "column 'messages' must be a non-empty list"),
+    (_pair(messages=[{"role": "user", "content": SECRET * 1000}]),
+     "column 'messages' has 25000 characters, more than max_seq_len 64 tokens can hold"),
 ])
 def test_each_unusable_pair_is_refused_by_line_and_rule_without_its_contents(
         tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
