@@ -1,6 +1,6 @@
 """Hand-off of a passing model: the serving check's spec, publication and the registry row.
 
-The steps (`Steps.hand_off`) run them in this order: the serving-compatibility stage in its
+`HandOff.run` runs them in this order: the serving-compatibility stage in its
 own process, the upload to the artifact store (every digest verified), active loading on
 the configured endpoints, then one transaction that registers the version and queues
 `model.ready` (v1 and v2), `model.serving` and the job's `succeeded`.
@@ -13,15 +13,31 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from aif import registry
+from aif import audit, registry
+from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job, RegisteredModel
-from aif.orchestrator.ai_act_pack import CARD
+from aif.jobstore.outbox import enqueue_event
+from aif.jobstore.transitions import advance
+from aif.launchers import StageCommand
+from aif.orchestrator.ai_act_pack import CARD, write_pack
+from aif.orchestrator.errors import FinalError
+from aif.orchestrator.leases import Leases
+from aif.orchestrator.scores import metric_score
+from aif.orchestrator.stage_runs import StageRunner, read_result
 from aif.settings import Settings
 from events.ai_act import AI_ACT_PACK
 from events.checksums import MANIFEST
-from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
+from events.failpoints import failpoint
+from events.jobspec import (
+    SERVING_CHECK_RESULT,
+    SERVING_CHECK_SPEC,
+    TRAINING_RESULT,
+    ServingCheckResult,
+    ServingCheckSpec,
+    TrainingResult,
+)
 from events.messages import (
     GateDecision,
     MetricScore,
@@ -31,6 +47,7 @@ from events.messages import (
     ServedBase,
 )
 from events.recipe import Recipe
+from events.states import JobState
 
 
 def serving_check_spec(job: Job, recipe: Recipe, trained: TrainingResult,
@@ -112,3 +129,65 @@ def register(session: Session, settings: Settings, job: Job, recipe: Recipe,
         merged_files_sha256=row.merged_files_sha256,
         replaces_version=replaces)
     return row, (v1, v2)
+
+
+class HandOff:
+    """The step of a job in `handing_off` (see the module), on `Steps`' behalf."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], leases: Leases,
+                 runner: StageRunner) -> None:
+        self.settings, self.sessions, self.leases, self.runner = (
+            settings, sessions, leases, runner)
+
+    def run(self, job: Job, work: Path) -> None:
+        """Prove a server can load the adapter (a stage), publish and verify its files, load
+        it on the endpoints, then register and announce it with the job's success."""
+        failpoint("worker.before_handoff")
+        recipe = Recipe.model_validate(job.recipe)
+        trained = read_result(TrainingResult, work / TRAINING_RESULT)
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            scores = [metric_score(s) for s in row.scores]
+            lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
+            files_sha256 = expected_digests(trained, write_pack(
+                row, recipe, trained, scores, lm_eval_version))
+            name, version = version_of(session, row)
+            replaces = max((v.version for v in registry.live_versions(session, job.tenant, name)
+                            if v.version != version), default=None)
+        spec_path = work / SERVING_CHECK_SPEC
+        serving_check_spec(job, recipe, trained, scores, self.settings,
+                           work / "evaluation").write(spec_path)
+        self.runner.run(job, JobState.handing_off,
+                        StageCommand("serving.check", spec_path, distributed=False),
+                        work / "serving_check.log", work / "serving_progress.jsonl")
+        check = read_result(ServingCheckResult, work / SERVING_CHECK_RESULT)
+        served = registry.served_name(name, version)
+        try:
+            adapter_uri = registry.published_store(self.settings).publish(
+                Path(trained.adapter_dir), served, files_sha256)
+        except ArtifactStoreError as exc:
+            raise FinalError(f"hand-off stopped: {exc}") from exc
+        outcomes = registry.endpoints(self.settings).load(served, load_path(adapter_uri))
+        with self.sessions() as session:
+            row = self.leases.owned(session, job.id)
+            model, announced = register(
+                session, self.settings, row, recipe, trained, check, files_sha256, scores,
+                adapter_uri, version, replaces)
+            event = enqueue_event(session, self.settings.topics.models, announced[0], job=row,
+                                  event_id=f"{job.id}:model-ready")
+            enqueue_event(session, self.settings.topics.models, announced[1], job=row,
+                          event_id=f"{job.id}:model-ready:v2")
+            if outcomes:
+                registry.record_serving(session, self.settings, model, row, outcomes,
+                                        f"{job.id}:serving:v{version}:load")
+            for old in registry.live_versions(session, job.tenant, name):
+                if old.version != version:
+                    registry.retire_row(session, self.settings, old,
+                                        f"replaced by version {version}", audit.SERVICE)
+            audit.record(session, audit.Action.hand_off, actor=audit.SERVICE,
+                         tenant=row.tenant, job_id=row.id, event_id=event.id,
+                         payload_sha256=audit.sha256(event.to_bytes()),
+                         files_sha256=trained.files_sha256, model=model.name, version=version)
+            advance(session, row, JobState.succeeded, self.settings.topics,
+                    f"model handed off as {model.name}:{version}")
+            session.commit()

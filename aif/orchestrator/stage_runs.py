@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,8 +28,16 @@ from aif.launchers import LOST, Launcher, RunHandle, StageCommand, get_launcher,
 from aif.orchestrator.errors import FinalStageFailure, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.settings import Settings
-from events.jobspec import FailureKind, ProgressLine, StageFailure
+from events.jobspec import (
+    EvaluationResult,
+    FailureKind,
+    ProgressLine,
+    ServingCheckResult,
+    StageFailure,
+    TrainingResult,
+)
 from events.messages import JobProgress
+from events.preflight_report import PreflightReport
 from events.states import JobState
 
 log = logging.getLogger(__name__)
@@ -173,3 +182,14 @@ def _classify(command: StageCommand, code: int, log_path: Path) -> Exception:
         return StageRunFailed(f"{command.module} vanished without an exit status")
     where = f"{command.module} exited with code {code} (its log: {log_path.name})"
     return FinalStageFailure(where) if code in FINAL_EXIT_CODES else StageRunFailed(where)
+
+
+R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
+
+
+def read_result(model: type[R], path: Path) -> R:
+    """A stage's result file; missing or torn means the stage must run again."""
+    try:
+        return model.read(path)
+    except (OSError, ValueError) as exc:
+        raise StageRunFailed(f"{path.name} unreadable: {type(exc).__name__}") from exc

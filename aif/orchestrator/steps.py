@@ -6,7 +6,7 @@
 | queued       | -> training                                                          |
 | training     | run the training stage -> evaluating                                 |
 | evaluating   | run the evaluation stage, record scores, gate -> handing_off/rejected |
-| handing_off  | serving check stage, publish, load, register, announce -> succeeded   |
+| handing_off  | `handoff.HandOff`: serving check, publish, load, register -> succeeded |
 
 A step raises FinalError or RetryableError (see `errors`); the worker turns them into a
 terminal state or a back-off. Every move goes through `advance`, in the transaction that
@@ -19,41 +19,33 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import audit, quotas, registry
-from aif.artifact_stores import ArtifactStoreError
+from aif import quotas
 from aif.db.models import Job, utcnow
-from aif.jobstore.outbox import enqueue_event
 from aif.jobstore.transitions import advance, final_state
 from aif.launchers import StageCommand
 from aif.orchestrator import batches, handoff, specs
-from aif.orchestrator.ai_act_pack import write_pack
 from aif.orchestrator.errors import Deferred, FinalError, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.outcomes import Outcomes
 from aif.orchestrator.references import References
-from aif.orchestrator.scores import metric_score, record_evaluation
-from aif.orchestrator.stage_runs import StageRunner
+from aif.orchestrator.scores import record_evaluation
+from aif.orchestrator.stage_runs import StageRunner, read_result
 from aif.orchestrator.throughput import measure, throughput
 from aif.settings import Settings
 from aif.storage import jobs_root, private_dirs
-from events.failpoints import failpoint
 from events.jobspec import (
     EVALUATION_FAILURE,
     EVALUATION_RESULT,
     EVALUATION_SPEC,
     PREFLIGHT_SPEC,
     PROGRESS_LOG,
-    SERVING_CHECK_RESULT,
-    SERVING_CHECK_SPEC,
     TRAINING_RESULT,
     TRAINING_SPEC,
     EvaluationResult,
     EvaluationSpec,
-    ServingCheckResult,
     StageFailure,
     TrainingResult,
 )
@@ -65,8 +57,6 @@ from events.states import JobState
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
-
 
 class Steps:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], leases: Leases,
@@ -75,6 +65,7 @@ class Steps:
             settings, sessions, leases, runner, outcomes)
         self.topics = settings.topics
         self.references = References.of(settings)
+        self.handoff = handoff.HandOff(settings, sessions, leases, runner)
 
     def for_state(self, state: JobState) -> Callable[[Job], None]:
         return {
@@ -122,7 +113,7 @@ class Steps:
                         StageCommand("finetune.preflight", spec_path, distributed=False),
                         work / "preflight.log", work / "preflight_progress.jsonl",
                         time_limit_s=self.settings.preflight_timeout_s)
-        report = _read(PreflightReport, work / PREFLIGHT)
+        report = read_result(PreflightReport, work / PREFLIGHT)
         recipe = recipe.model_copy(update={"data": localised(recipe.data, work)})  # URLs
         if report.pii is not None:  # training reads the redacted copies, if any
             recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
@@ -166,7 +157,7 @@ class Steps:
         self.runner.run(job, JobState.training,
                         StageCommand("finetune.train", spec_path, recipe.train.num_processes),
                         work / "training.log", work / PROGRESS_LOG)
-        result = _read(TrainingResult, work / TRAINING_RESULT)
+        result = read_result(TrainingResult, work / TRAINING_RESULT)
         measured = measure(result, recipe, job.estimate, self.settings.launcher)
         reason = f"trained {result.steps} steps, final loss {result.final_loss:.4f}"
         if result.best_step is not None:
@@ -281,7 +272,7 @@ class Steps:
         failure = StageFailure.find_at(member.out / EVALUATION_FAILURE)
         if failure is not None:
             raise FinalError(failure.reason)
-        result = _read(EvaluationResult, member.out / EVALUATION_RESULT)
+        result = read_result(EvaluationResult, member.out / EVALUATION_RESULT)
         with self.sessions() as session:
             row = self.leases.owned(session, member.job_id)
             decision = record_evaluation(session, row, member.recipe, result, self.topics)
@@ -290,58 +281,7 @@ class Steps:
             session.commit()
 
     def hand_off(self, job: Job) -> None:
-        """Prove a server can load the adapter (a stage), publish and verify its files, load
-        it on the endpoints, then register and announce it with the job's success."""
-        failpoint("worker.before_handoff")
-        recipe = Recipe.model_validate(job.recipe)
-        work = self.work_dir(job)
-        trained = _read(TrainingResult, work / TRAINING_RESULT)
-        with self.sessions() as session:
-            row = self.leases.owned(session, job.id)
-            scores = [metric_score(s) for s in row.scores]
-            lm_eval_version = next((s.lm_eval_version for s in row.scores), "")
-            files_sha256 = handoff.expected_digests(trained, write_pack(
-                row, recipe, trained, scores, lm_eval_version))
-            name, version = handoff.version_of(session, row)
-            replaces = max((v.version for v in registry.live_versions(session, job.tenant, name)
-                            if v.version != version), default=None)
-        spec_path = work / SERVING_CHECK_SPEC
-        handoff.serving_check_spec(job, recipe, trained, scores, self.settings,
-                                   work / "evaluation").write(spec_path)
-        self.runner.run(job, JobState.handing_off,
-                        StageCommand("serving.check", spec_path, distributed=False),
-                        work / "serving_check.log", work / "serving_progress.jsonl")
-        check = _read(ServingCheckResult, work / SERVING_CHECK_RESULT)
-        served = registry.served_name(name, version)
-        try:
-            adapter_uri = registry.published_store(self.settings).publish(
-                Path(trained.adapter_dir), served, files_sha256)
-        except ArtifactStoreError as exc:
-            raise FinalError(f"hand-off stopped: {exc}") from exc
-        outcomes = registry.endpoints(self.settings).load(served, handoff.load_path(adapter_uri))
-        with self.sessions() as session:
-            row = self.leases.owned(session, job.id)
-            model, announced = handoff.register(
-                session, self.settings, row, recipe, trained, check, files_sha256, scores,
-                adapter_uri, version, replaces)
-            event = enqueue_event(session, self.topics.models, announced[0], job=row,
-                                  event_id=f"{job.id}:model-ready")
-            enqueue_event(session, self.topics.models, announced[1], job=row,
-                          event_id=f"{job.id}:model-ready:v2")
-            if outcomes:
-                registry.record_serving(session, self.settings, model, row, outcomes,
-                                        f"{job.id}:serving:v{version}:load")
-            for old in registry.live_versions(session, job.tenant, name):
-                if old.version != version:
-                    registry.retire_row(session, self.settings, old,
-                                        f"replaced by version {version}", audit.SERVICE)
-            audit.record(session, audit.Action.hand_off, actor=audit.SERVICE,
-                         tenant=row.tenant, job_id=row.id, event_id=event.id,
-                         payload_sha256=audit.sha256(event.to_bytes()),
-                         files_sha256=trained.files_sha256, model=model.name, version=version)
-            advance(session, row, JobState.succeeded, self.topics,
-                    f"model handed off as {model.name}:{version}")
-            session.commit()
+        self.handoff.run(job, self.work_dir(job))
 
 
 def _evaluation(lead: batches.Member, spec_path: Path) -> StageCommand:
@@ -349,10 +289,3 @@ def _evaluation(lead: batches.Member, spec_path: Path) -> StageCommand:
     return StageCommand(batches.EVALUATION_MODULE, spec_path, processes,
                         distributed=processes > 1)
 
-
-def _read(model: type[R], path: Path) -> R:
-    """A stage's result file; missing or torn means the stage must run again."""
-    try:
-        return model.read(path)
-    except (OSError, ValueError) as exc:
-        raise StageRunFailed(f"{path.name} unreadable: {type(exc).__name__}") from exc
