@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from aif.stages import MODULES
+
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("aif", "events", "recipes", "finetune", "evaluation", "serving")
 ALLOWED = {
@@ -106,6 +108,15 @@ def test_the_job_store_rules_live_in_the_job_store() -> None:
     assert not bad, bad
 
 
+def test_stage_modules_are_named_only_in_the_table_of_stages() -> None:
+    """A stage's module is a row of `aif.stages`; nowhere else in the shell a string."""
+    bad = sorted(f"{_module(p)}: {node.value}" for p in (ROOT / "aif").rglob("*.py")
+                 if p != ROOT / "aif" / "stages.py"
+                 for node in ast.walk(ast.parse(p.read_text()))
+                 if isinstance(node, ast.Constant) and node.value in MODULES)
+    assert not bad, bad
+
+
 def _loaded(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules under `prefixes` a fresh interpreter holds after `import {imports}`."""
     code = (f"import json, sys, {imports}; print(json.dumps(sorted(m for m in sys.modules "
@@ -120,5 +131,4 @@ def test_settings_load_no_database() -> None:
 
 
 def test_the_stages_load_nothing_of_the_shell() -> None:
-    stages = "finetune.train, finetune.preflight, evaluation.run, serving.check"
-    assert _loaded(stages, ("aif", "fastapi", "sqlalchemy")) == []
+    assert _loaded(", ".join(MODULES), ("aif", "fastapi", "sqlalchemy")) == []

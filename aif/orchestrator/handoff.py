@@ -20,24 +20,17 @@ from aif.artifact_stores import ArtifactStoreError
 from aif.db.models import Job, RegisteredModel
 from aif.jobstore.outbox import enqueue_event
 from aif.jobstore.transitions import advance
-from aif.launchers import StageCommand
 from aif.orchestrator.ai_act_pack import CARD, write_pack
 from aif.orchestrator.errors import FinalError
 from aif.orchestrator.leases import Leases
 from aif.orchestrator.scores import metric_score
 from aif.orchestrator.stage_runs import StageRunner, read_result
 from aif.settings import Settings
+from aif.stages import SERVING_CHECK, TRAINING
 from events.ai_act import AI_ACT_PACK
 from events.checksums import MANIFEST
 from events.failpoints import failpoint
-from events.jobspec import (
-    SERVING_CHECK_RESULT,
-    SERVING_CHECK_SPEC,
-    TRAINING_RESULT,
-    ServingCheckResult,
-    ServingCheckSpec,
-    TrainingResult,
-)
+from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
 from events.messages import (
     GateDecision,
     MetricScore,
@@ -144,7 +137,7 @@ class HandOff:
         it on the endpoints, then register and announce it with the job's success."""
         failpoint("worker.before_handoff")
         recipe = Recipe.model_validate(job.recipe)
-        trained = read_result(TrainingResult, work / TRAINING_RESULT)
+        trained = read_result(TRAINING, work)
         with self.sessions() as session:
             row = self.leases.owned(session, job.id)
             scores = [metric_score(s) for s in row.scores]
@@ -154,13 +147,11 @@ class HandOff:
             name, version = version_of(session, row)
             replaces = max((v.version for v in registry.live_versions(session, job.tenant, name)
                             if v.version != version), default=None)
-        spec_path = work / SERVING_CHECK_SPEC
+        spec_path = work / SERVING_CHECK.spec_file
         serving_check_spec(job, recipe, trained, scores, self.settings,
                            work / "evaluation").write(spec_path)
-        self.runner.run(job, JobState.handing_off,
-                        StageCommand("serving.check", spec_path, distributed=False),
-                        work / "serving_check.log", work / "serving_progress.jsonl")
-        check = read_result(ServingCheckResult, work / SERVING_CHECK_RESULT)
+        self.runner.run_stage(job, JobState.handing_off, SERVING_CHECK, spec_path)
+        check = read_result(SERVING_CHECK, work)
         served = registry.served_name(name, version)
         try:
             adapter_uri = registry.published_store(self.settings).publish(

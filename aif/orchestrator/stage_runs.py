@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,22 +27,12 @@ from aif.launchers import LOST, Launcher, RunHandle, StageCommand, get_launcher,
 from aif.orchestrator.errors import FinalStageFailure, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.settings import Settings
-from events.jobspec import (
-    EvaluationResult,
-    FailureKind,
-    ProgressLine,
-    ServingCheckResult,
-    StageFailure,
-    TrainingResult,
-)
+from aif.stages import FINAL_EXIT_CODES, R, Stage
+from events.jobspec import FailureKind, ProgressLine, StageFailure
 from events.messages import JobProgress
-from events.preflight_report import PreflightReport
 from events.states import JobState
 
 log = logging.getLogger(__name__)
-
-FINAL_EXIT_CODES = frozenset({2, 3})
-"""Stage exit codes that mean the request itself is unusable (see finetune.train)."""
 
 POLL_S = 0.5
 
@@ -54,6 +43,17 @@ class StageRunner:
         self.settings, self.sessions, self.leases, self.launcher = (
             settings, sessions, leases, launcher)
         self.stopping = stopping
+
+    def run_stage(self, job: Job, expected: JobState, stage: Stage, spec_path: Path,
+                  num_processes: int = 1, progress_dir: Path | None = None,
+                  time_limit_s: float | None = None,
+                  companions: dict[str, Path] | None = None) -> None:
+        """`run` for a stage of the table: its log beside the spec, its progress file in
+        `progress_dir` (default: beside the spec too)."""
+        self.run(job, expected, stage.command(spec_path, num_processes),
+                 spec_path.parent / stage.log_file,
+                 (progress_dir or spec_path.parent) / stage.progress_file,
+                 time_limit_s, companions)
 
     def run(self, job: Job, expected: JobState, command: StageCommand, log_path: Path,
             progress: Path, time_limit_s: float | None = None,
@@ -184,12 +184,10 @@ def _classify(command: StageCommand, code: int, log_path: Path) -> Exception:
     return FinalStageFailure(where) if code in FINAL_EXIT_CODES else StageRunFailed(where)
 
 
-R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
-
-
-def read_result(model: type[R], path: Path) -> R:
-    """A stage's result file; missing or torn means the stage must run again."""
+def read_result(stage: Stage[R], folder: Path) -> R:
+    """A stage's result file in `folder`; missing or torn means the stage must run again."""
+    path = folder / stage.result_file
     try:
-        return model.read(path)
+        return stage.result.read(path)
     except (OSError, ValueError) as exc:
         raise StageRunFailed(f"{path.name} unreadable: {type(exc).__name__}") from exc

@@ -2,11 +2,11 @@
 
 An upload streams straight to the tenant's data root (`<data_root>/<tenant>/files/<id>/`,
 owner-only), hashed and counted as it arrives, so a file over `max_upload_bytes` is refused
-without ever being held whole. The stored file is then read by `python -m finetune.rows` in a
-process of its own: the same reading code as the pre-flight stage, without the web app
-importing any stage code. A file it refuses is deleted, and the answer names lines and rules,
-never the file's contents. The name the client sent is kept for people only; the stored
-path is ours.
+without ever being held whole. The stored file is then read by the rows check
+(`aif.stages.ROWS_CHECK`, `python -m finetune.rows`) in a process of its own: the same
+reading code as the pre-flight stage, without the web app importing any stage code. A file
+it refuses is deleted, and the answer names lines and rules, never the file's contents. The
+name the client sent is kept for people only; the stored path is ours.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -32,6 +31,7 @@ from aif import audit, storage
 from aif.db.models import DataFile
 from aif.erasure import ErasureError, erase_file, jobs_trained_on
 from aif.quotas import dataset_limit
+from aif.stages import ROWS_CHECK
 from aif.storage import private_dirs
 from aif.web.deps import (
     CurrentTenant,
@@ -175,9 +175,8 @@ async def _receive(request: Request, part: _FilePart) -> None:
 
 
 def _check(path: Path, max_bad_fraction: float) -> dict[str, Any]:
-    """The `finetune.rows` summary of the stored file; Problem 422 when it is unusable."""
-    command = [sys.executable, "-m", "finetune.rows", str(path),
-               "--max-bad-fraction", repr(max_bad_fraction)]
+    """The rows check's summary of the stored file; Problem 422 when it is unusable."""
+    command = ROWS_CHECK.argv(path, max_bad_fraction)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
                               check=False)
@@ -187,7 +186,7 @@ def _check(path: Path, max_bad_fraction: float) -> dict[str, Any]:
         summary = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         summary = None
-    if done.returncode not in (0, 1, 2) or not isinstance(summary, dict):
+    if done.returncode not in ROWS_CHECK.answers or not isinstance(summary, dict):
         raise Problem(500, "Internal error",
                       f"file: the check of the file failed (exit code {done.returncode})")
     if done.returncode != 0:
