@@ -30,8 +30,8 @@ HEAVY = ("torch", "transformers", "peft", "lm_eval", "accelerate", "datasets", "
 """What only the stages load: neither the shell nor the contract imports it."""
 
 STAGES_IN_PROCESS = "aif.cli.stages"
-"""`aif eval` and `aif preflight` still run stage code in-process (issue #27 wants them run
-through a local launch); the one module allowed to import a stage, inside its commands."""
+"""`aif eval` still runs stage code in-process (issue #27 wants it run through a local launch,
+as `aif preflight` is); the one module allowed to import a stage, inside its command."""
 
 ORCHESTRATOR_SHARED = {f"aif.orchestrator.{m}" for m in (
     "admission", "references", "scores", "gate", "throughput")}

@@ -1,6 +1,9 @@
-"""`aif eval` and `aif preflight`: the evaluation and pre-flight stages run in this process,
-outside any job. The one module of the shell that imports stage code (and so torch), inside
-its commands; issue #27 wants them run through a local launch instead."""
+"""`aif eval` and `aif preflight`: the evaluation and pre-flight stages outside any job.
+
+`aif preflight` runs the pre-flight stage as the worker does, a local launch of its entry
+point (`_launch`), and prints the report it writes. `aif eval` still runs the evaluation in
+this process (it resolves the base model and the gate's evidence with stage code first): the
+one command of the shell that imports stage code, and so torch, inside its body."""
 
 from __future__ import annotations
 
@@ -23,7 +26,13 @@ from aif.cli import (
     app,
     console,
 )
+from aif.launchers import stop
+from aif.launchers.local import LocalLauncher
+from aif.orchestrator.specs import preflight_spec
+from aif.orchestrator.stage_runs import POLL_S
 from aif.orchestrator.throughput import throughput
+from aif.stages import FINAL_EXIT_CODES, PREFLIGHT, Stage
+from events.jobspec import StageFailure
 from events.recipe import RecipeError
 
 
@@ -119,6 +128,21 @@ def eval_(
                   + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
 
 
+def _launch(stage: Stage, spec_path: Path) -> tuple[int, str]:
+    """Run a stage as the worker does, a local launch of `python -m <module> <spec>` (its
+    log beside the spec), and wait for it: its exit code and, if not 0, why (its own
+    StageFailure, else the end of its log). Ctrl-C stops the stage too."""
+    run = LocalLauncher().start(stage.command(spec_path), spec_path.parent / stage.log_file)
+    try:
+        while (code := run.poll()) is None:
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        stop(run)
+        raise
+    failure = StageFailure.find(spec_path)
+    return code, "" if code == 0 else failure.reason if failure else run.log_tail()
+
+
 @app.command()
 def preflight(
     recipe: Annotated[str, typer.Argument(help="Recipe name or YAML file.")],
@@ -128,24 +152,23 @@ def preflight(
 ) -> None:
     """The pre-flight report (rows, tokens, truncation, rendered examples, duplicates, overlap
     with the evaluation data) without submitting; exit 1 when the job would be rejected."""
-    from events.tasks import TaskConfigError
-    from finetune.base_model import BaseModelError, load_tokenizer
-    from finetune.data import DataValidationError
-    from finetune.estimate import Estimator
-    from finetune.preflight import build_report
-
     settings = _setup()
     try:
         r = _recipe(recipe).with_pii_at_least(settings.pii_policy)
-        r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
-        estimator = Estimator.on_this_node(r.model.base, settings.models_dir,
-                                           throughput(settings, r))
-        with tempfile.TemporaryDirectory() as work:  # redacted copies, if the policy asks
-            report = build_report(r, load_tokenizer(r.model.base, settings.models_dir),
-                                  Path(work), estimator)
-    except (RecipeError, BaseModelError, TaskConfigError, DataValidationError) as exc:
+    except RecipeError as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+    r = r.model_copy(update={"data": r.data.with_source(train_file, dataset)})
+    with tempfile.TemporaryDirectory() as folder:  # redacted copies, if the policy asks
+        work = Path(folder)
+        spec_path = work / PREFLIGHT.spec_file
+        preflight_spec("preflight", "", r, work, settings, throughput(settings, r)).write(
+            spec_path)
+        code, failed = _launch(PREFLIGHT, spec_path)
+        if code != 0:
+            console.print(failed, style="red", markup=False)
+            raise typer.Exit(2 if code in FINAL_EXIT_CODES else 1)
+        report = PREFLIGHT.result.read(work / PREFLIGHT.result_file)
     if json:
         console.print_json(report.model_dump_json())
     else:

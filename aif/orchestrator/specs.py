@@ -75,9 +75,10 @@ def with_extra_tasks(recipe: Recipe, names: list[str]) -> Recipe:
         update={"tasks": [*recipe.eval.tasks, *extra]})})
 
 
-def preflight_spec(job: Job, recipe: Recipe, work: Path, settings: Settings,
+def preflight_spec(job_id: str, tenant: str, recipe: Recipe, work: Path, settings: Settings,
                    throughput: Throughput) -> PreflightSpec:
-    return PreflightSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
+    """A job's pre-flight spec, or `aif preflight`'s (no job, no tenant)."""
+    return PreflightSpec(job_id=job_id, tenant=tenant, recipe=recipe, work_dir=str(work),
                          model_cache_dir=str(settings.models_dir), throughput=throughput,
                          remote_data_allow_networks=settings.remote_data_allow_networks,
                          max_download_bytes=settings.max_upload_bytes,

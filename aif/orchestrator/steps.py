@@ -93,7 +93,7 @@ class Steps:
             self.leases.owned(session, job.id).work_dir = str(work)
             session.commit()
         spec_path = work / PREFLIGHT.spec_file
-        specs.preflight_spec(job, recipe, work, self.settings, hint).write(spec_path)
+        specs.preflight_spec(job.id, job.tenant, recipe, work, self.settings, hint).write(spec_path)
         self.runner.run_stage(job, JobState.validating, PREFLIGHT, spec_path,
                               time_limit_s=self.settings.preflight_timeout_s)
         report = read_result(PREFLIGHT, work)
