@@ -1,0 +1,86 @@
+"""Preference tuning's training loop against SFT's on the same rows, in one run (issue 26).
+
+    .venv/bin/python -m benchmarks.preference_throughput [--recipe citizen-reply-de-dpo]
+        [--steps 6] [--rounds 2]
+
+Three variants of the recipe, each a fresh `python -m finetune.train` process, rounds
+interleaved so that load on a shared machine hits all alike: SFT on each pair's prompt and
+chosen answer (the same tokens as DPO's chosen sequence), DPO (policy and reference passes,
+chosen and rejected together) and ORPO (policy pass only). Figures are the loops' real tokens
+per second (DPO and ORPO count both answers' sequences) and pairs (SFT: rows) per second,
+medians over the rounds. Target: DPO tokens/s >= 0.8x SFT's. Results go to
+`benchmarks/results/preference_throughput.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.machine import write_results
+from benchmarks.train_throughput import recipe_trainer
+from events.recipe import DataFormat, DataSection, Recipe, TrainMethod
+from finetune.base_model import resolve_base_model
+from recipes import load_recipe
+
+
+def variants(recipe: Recipe) -> dict[str, Recipe]:
+    """The recipe as SFT on prompt + chosen, as DPO and as ORPO."""
+    sft_data = recipe.data.model_copy(update={
+        "format": DataFormat.prompt_completion, "prompt_template": "{{ prompt }}",
+        "completion_template": "{{ chosen }}"})
+
+    def variant(method: TrainMethod, data: DataSection) -> Recipe:
+        train = recipe.train.model_copy(update={"method": method})
+        return recipe.model_copy(update={"train": train, "data": data})
+
+    return {"sft": variant(TrainMethod.sft, sft_data),
+            "dpo": variant(TrainMethod.dpo, recipe.data),
+            "orpo": variant(TrainMethod.orpo, recipe.data)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="citizen-reply-de-dpo")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, default=Path(".aif/models"))
+    args = parser.parse_args()
+    load = os.getloadavg()
+    recipe = load_recipe(args.recipe)
+    models_dir = args.models_dir.resolve()
+    resolve_base_model(recipe.model.base, models_dir)  # converted once, before any timing
+    runs: dict[str, list[dict]] = {name: [] for name in variants(recipe)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name, variant in variants(recipe).items():
+                runs[name].append(recipe_trainer(variant, args.steps, True, models_dir,
+                                                 Path(tmp) / f"{r}-{name}"))
+    rows_per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
+    figures: dict[str, dict[str, float]] = {}
+    for name, done in runs.items():
+        tokens_per_s = statistics.median(d["tokens_per_s"] for d in done)
+        seconds = statistics.median(d["real_tokens"] / d["tokens_per_s"] for d in done)
+        figures[name] = {"tokens_per_s": tokens_per_s,
+                         "rows_per_s": rows_per_step * args.steps / seconds,
+                         "peak_memory_mb": max(d["peak_memory_mb"] for d in done)}
+    ratios = {f"{name}_tokens_per_s_vs_sft": figures[name]["tokens_per_s"]
+              / figures["sft"]["tokens_per_s"] for name in ("dpo", "orpo")}
+    for name, got in figures.items():
+        print(f"{name:5s} {got['tokens_per_s']:8.0f} tokens/s {got['rows_per_s']:6.2f} rows/s "
+              f"peak {got['peak_memory_mb']:.0f} MiB")
+    print(", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    path = write_results("preference_throughput", {
+        "recipe": args.recipe, "steps": args.steps, "rounds": args.rounds,
+        "batch_size": recipe.train.batch_size, "variants": figures, **ratios}, load,
+        " ".join([Path(sys.executable).name, "-m", "benchmarks.preference_throughput",
+                  *sys.argv[1:]]))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
