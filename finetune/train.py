@@ -457,10 +457,13 @@ def _use_node_cores() -> None:
 
     The launcher runs on another host (the orchestrator, a Slurm login node), so only the
     process itself can see how many cores it may use: the CPU set Slurm or a container gives
-    it, divided by the processes started on the same node.
+    it, divided by the processes started on the same node. `AIF_TRAIN_THREADS` overrides it
+    where the node's cores are shared with other work (a test run's parallel workers):
+    OpenMP threads waiting for a core another process holds spin and burn CPU.
     """
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
+    threads = int(os.environ.get("AIF_TRAIN_THREADS") or 0)
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
 def peak_memory() -> float:

@@ -28,6 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Several test processes share the cores, each with its own stage processes: one thread
     # each, or OpenMP's spinning threads fight over the cores (stages inherit the variable).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("AIF_TRAIN_THREADS", "1")  # the training stage sets its own
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 pytest_plugins = ("cpu_usage",)  # CPU seconds per test, printed at the end (docs/testing.md)

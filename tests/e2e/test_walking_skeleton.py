@@ -60,6 +60,7 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
         # they wait: spinning on cores that other tests' processes hold cost this training a
         # third more CPU time (and wall time) in a check under busy loops (docs/testing.md).
         env.setenv("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        env.setenv("AIF_TRAIN_THREADS", str(os.cpu_count() or 1))
         env.setenv("OMP_WAIT_POLICY", "PASSIVE")
         event = request_finetune(
             settings.kafka, topics=topics, tenant="e2e", source="urn:test:e2e",
