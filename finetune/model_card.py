@@ -17,15 +17,20 @@ LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate", "datas
 BASE_MODEL_FILES = ("*.safetensors", "config.json")
 
 
+CURVE_FIGURES = ("loss", "reward_margin", "reward_accuracy")
+
+
 def loss_curve(work_dir: Path) -> list[dict[str, float]]:
-    """(step, loss) from the progress log; a step redone after a resume keeps its last value."""
+    """(step, loss, and for dpo/orpo the reward figures) from the progress log; a step redone
+    after a resume keeps its last values."""
     path = work_dir / PROGRESS_LOG
     lines = path.read_text().split() if path.exists() else []
-    by_step: dict[int, float] = {}
+    by_step: dict[int, dict[str, float]] = {}
     for line in map(ProgressLine.model_validate_json, lines):
         if line.stage == "training" and line.loss is not None:
-            by_step[line.step] = line.loss
-    return [{"step": step, "loss": by_step[step]} for step in sorted(by_step)]
+            figures = {name: getattr(line, name) for name in CURVE_FIGURES}
+            by_step[line.step] = {k: v for k, v in figures.items() if v is not None}
+    return [{"step": step, **by_step[step]} for step in sorted(by_step)]
 
 
 def write_extras(adapter_dir: Path, spec: TrainingSpec, base_model_dir: Path, steps: int,

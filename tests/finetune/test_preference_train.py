@@ -3,6 +3,7 @@ SFT's, the loss and the reward figures DPO's."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -42,4 +43,7 @@ def test_a_dpo_run_logs_rewards_validates_and_saves_an_adapter(
     result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
     assert result.steps == 4 and result.validation_loss == validation[-1].loss
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+    curve = json.loads((Path(result.adapter_dir) / "loss_curve.json").read_text())
+    assert [sorted(point) for point in curve] == [
+        ["loss", "reward_accuracy", "reward_margin", "step"]] * 2
     assert [p.name for p in (tmp_path / "job" / CHECKPOINTS_DIR).iterdir()] == ["step-0000002"]
