@@ -39,6 +39,8 @@ class RegistryError(LookupError):
 
 
 def model_name(job: Job) -> str:
+    """The name the job's model is registered under, `<tenant>/<model label or recipe>`:
+    its versions replace each other (the pages label it by `board.display_name`)."""
     label = (job.request.get("data", {}).get("labels") or {}).get(LABEL, "")
     return f"{job.tenant}/{label if _LABEL_RULE.match(label) else job.recipe_name or 'model'}"
 

@@ -192,7 +192,9 @@ def _cells(job: Job, recipe: Recipe | None, kind: str) -> dict[str, Cell]:
     return cells
 
 
-def model_name(job: Job) -> str:
+def display_name(job: Job) -> str:
+    """How the leaderboard and the job page label a tuned model (`NAME_LABEL`), which is not
+    the name it is registered and served under (`registry.model_name`)."""
     label = (job.request or {}).get("data", {}).get("labels", {}).get(NAME_LABEL)
     recipe = job.recipe or {}
     return label or f"{job.recipe_name or recipe.get('name', 'inline')}@{recipe.get('version', 1)}"
@@ -201,7 +203,7 @@ def model_name(job: Job) -> str:
 def _tuned_row(job: Job) -> ModelRow:
     recipe = _recipe(job)
     return ModelRow(
-        key=f"job:{job.id}", name=model_name(job), kind="tuned", job=job,
+        key=f"job:{job.id}", name=display_name(job), kind="tuned", job=job,
         base_model=recipe.model.base if recipe else "", recipe=job.recipe_name or "inline",
         sector=recipe.sector if recipe else "", tenant=job.tenant, gate_passed=job.gate_passed,
         gate_reason=job.gate_reason or "", date=job.updated_at,

@@ -130,7 +130,7 @@ def _events(job: Job, session: SessionDep
 def job_list(request: Request, who: SignedIn, session: SessionDep) -> Response:
     rows = session.scalars(select(Job).where(tenant_scope(who, Job.tenant))
                            .order_by(Job.created_at.desc(), Job.id.desc()).limit(200)).all()
-    return page(request, "jobs.html", who, jobs=rows, name=board.model_name)
+    return page(request, "jobs.html", who, jobs=rows, name=board.display_name)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -138,7 +138,7 @@ def job_page(request: Request, shown: Annotated[Shown, Depends(shown_job)], who:
              session: SessionDep) -> Response:
     job, whole = shown.job, shown.whole
     points, ready, last_id = _events(job, session)
-    common = dict(job=job, name=board.model_name(job), whole=whole, timeline=_timeline(job),
+    common = dict(job=job, name=board.display_name(job), whole=whole, timeline=_timeline(job),
                   terminal=JobState(job.state).terminal, points=points,
                   trained=job_files.training_result(job), model_ready=ready, after=last_id,
                   recipe=job.recipe or {},
