@@ -13,6 +13,9 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # Test processes (pytest-xdist). Many tests wait on the broker and the database, so a 2-core
 # box runs more of them than it has cores; the stage processes are CPU-bound (docs/testing.md).
 TEST_WORKERS ?= 4
+# Some images set PYTHONDONTWRITEBYTECODE: then every test worker rewrites and compiles all
+# test modules again (5 CPU-s each) and every stage process compiles the project's modules.
+unexport PYTHONDONTWRITEBYTECODE
 # The developer's loop: everything but real training, the browser, vLLM and Slurm.
 FAST := not slow and not e2e and not training and not browser and not vllm and not slurm
 
