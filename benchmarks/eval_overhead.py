@@ -6,7 +6,7 @@
 A job's evaluation stage (`python -m evaluation.run`, as a job runs it: the adapter probe,
 then base and tuned) runs with a warm base-score cache, so it scores only the tuned model;
 it is timed against the `lm_eval` command line run on base and on tuned
-(`evaluation.runner.cli_command`), each a fresh process, rounds interleaved so that load on
+(`evaluation.harness.cli_command`), each a fresh process, rounds interleaved so that load on
 a shared machine hits both alike. The cache is warmed once before (untimed), as the first
 job on a base model does. Without --adapter a random LoRA adapter (r 16, all linear layers)
 is made. Every stored score must equal the command line's. Target (issue 16): <= 0.55x.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import write_results
-from evaluation.runner import cli_command
+from evaluation.harness import cli_command
 from events.jobspec import EVALUATION_RESULT, BaseScoreCache, EvaluationResult, EvaluationSpec
 from finetune.base_model import resolve_base_model
 from recipes import load_recipe

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.runner import AdapterNotAppliedError, device, keep_results, probe_adapter, score
+from evaluation.harness import AdapterNotAppliedError, device, keep_results, probe_adapter, score
 from evaluation.tasks import MaterialisedTasks
 from events.jobspec import EvaluationSpec, TaskMetric
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from evaluation.runner import device, keep_results, model_args, score
+from evaluation.harness import device, keep_results, model_args, score
 from evaluation.tasks import MaterialisedTasks
 from events.content_hash import remembered_sha256, tree_sha256
 from events.jobspec import BaseScoreCache, EvaluationSpec, TaskMetric

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evaluation.adapters import evaluate_adapters, result_name
 from evaluation.base_cache import evaluate_base
-from evaluation.runner import AdapterNotAppliedError, cli_command, evaluate_model
+from evaluation.harness import AdapterNotAppliedError, cli_command, evaluate_model
 from evaluation.tasks import materialise_tasks
 from events.jobspec import (
     EVAL_COMMANDS,

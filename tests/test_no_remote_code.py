@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lm_eval.models.huggingface import HFLM
 
-from evaluation.runner import model_args
+from evaluation.harness import model_args
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("aif", "events", "finetune", "evaluation", "recipes", "benchmarks")

@@ -59,8 +59,8 @@ def eval_(
     to no tenant here and are always scored."""
     from aif.orchestrator.gate import decide
     from aif.orchestrator.specs import base_score_cache
+    from evaluation.harness import cli_command
     from evaluation.run import run
-    from evaluation.runner import cli_command
     from events.jobspec import EvaluationSpec
     from events.tasks import TaskConfigError
     from finetune.base_model import BaseModelError, resolve_base_model

@@ -23,7 +23,7 @@ from aif.db.session import session_factory
 from aif.follow import follow_job
 from aif.service import Service
 from aif.settings import Settings
-from evaluation.runner import cli_command
+from evaluation.harness import cli_command
 from events.bus import KafkaConfig
 from events.client import request_finetune
 from events.envelope import job_id_for

@@ -15,7 +15,7 @@ from aif.orchestrator.gate import decide
 from aif.orchestrator.specs import base_score_cache
 from aif.settings import Settings
 from evaluation import run as run_module
-from evaluation.runner import extract_metrics
+from evaluation.harness import extract_metrics
 from events.jobspec import BaseScoreCache, EvaluationSpec
 from events.recipe import EvalTask, Recipe
 from tests.evaluation.conftest import RECIPE, SpecFactory

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evaluation import run as run_module
-from evaluation.runner import AdapterNotAppliedError, evaluate_model
+from evaluation.harness import AdapterNotAppliedError, evaluate_model
 from events.jobspec import (
     EVAL_COMMANDS,
     EVALUATION_FAILURE,

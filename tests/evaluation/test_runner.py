@@ -9,7 +9,7 @@ import pytest
 
 from aif.launchers import StageCommand
 from evaluation import run as run_module
-from evaluation.runner import (
+from evaluation.harness import (
     AdapterNotAppliedError,
     check_adapter_applied,
     cli_command,

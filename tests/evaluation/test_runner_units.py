@@ -8,7 +8,7 @@ import lm_eval
 import pytest
 
 from evaluation import run as run_module
-from evaluation.runner import cli_command, evaluate_model, extract_metrics
+from evaluation.harness import cli_command, evaluate_model, extract_metrics
 from events.jobspec import (
     EVALUATION_RESULT,
     PROGRESS_LOG,

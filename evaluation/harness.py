@@ -1,4 +1,5 @@
-"""Score one model (base, or base plus LoRA adapter) on the recipe's tasks with lm-eval.
+"""The lm-eval harness calls: score one model (base, or base plus LoRA adapter) on the
+recipe's tasks with lm-eval (`python -m evaluation.run`, the stage's entry point, drives them).
 
 The Python API and `cli_command` must stay in step: a user who reruns the printed command
 must get the stored score, which is what makes a published number checkable.
