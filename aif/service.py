@@ -18,7 +18,7 @@ from aif.broker import EmbeddedBroker, ensure_broker
 from aif.db.session import session_factory
 from aif.launchers import get_launcher
 from aif.metrics import ConsumerLagCollector, JobStoreCollector, registry
-from aif.orchestrator.intake import Intake
+from aif.orchestrator.kafka_intake import Intake
 from aif.orchestrator.references import References
 from aif.orchestrator.relay import OutboxRelay
 from aif.orchestrator.worker import JobWorker

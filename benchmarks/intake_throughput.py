@@ -25,7 +25,7 @@ from sqlalchemy import select
 from aif.broker import EmbeddedBroker
 from aif.db.models import Job, Tenant
 from aif.db.session import session_factory
-from aif.orchestrator.intake import Intake
+from aif.orchestrator.kafka_intake import Intake
 from aif.tenants import add_signing_key, create_tenant
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.erasure import erase_tenant
-from aif.orchestrator.intake import Intake, Outcome
+from aif.orchestrator.intake import Outcome
+from aif.orchestrator.kafka_intake import Intake
 from aif.settings import Settings
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested

@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 from aif.cli import app as cli
 from aif.db.models import DeadLetter, Job, Outbox
 from aif.orchestrator.admission import Admission
-from aif.orchestrator.intake import Outcome, accept, store_batch
+from aif.orchestrator.intake import Outcome, accept
+from aif.orchestrator.kafka_intake import store_batch
 from aif.orchestrator.references import References
 from aif.quotas import set_quota
 from aif.settings import Settings

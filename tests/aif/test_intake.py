@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import DeadLetter, Job, Outbox
 from aif.orchestrator import intake
 from aif.orchestrator.dead_letters import DLQ_EXCERPT_BYTES, DLQ_MAX_COPY_BYTES, dead_letter_copy
-from aif.orchestrator.intake import Outcome, accept, store_batch
+from aif.orchestrator.intake import Outcome, accept
+from aif.orchestrator.kafka_intake import store_batch
 from events.bus import envelope
 from events.envelope import job_id_for
 from events.messages import CancelRequested, FineTuneRequested

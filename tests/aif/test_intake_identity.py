@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job
-from aif.orchestrator.intake import Outcome, accept, store_batch
+from aif.orchestrator.intake import Outcome, accept
+from aif.orchestrator.kafka_intake import store_batch
 from aif.tenants import revoke
 from events.bus import KafkaConfig, ensure_topics, envelope, make_producer, publish
 from events.envelope import CloudEvent, job_id_for

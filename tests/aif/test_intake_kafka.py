@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import DeadLetter, Job
 from aif.orchestrator.dead_letters import DLQ_EXCERPT_BYTES
-from aif.orchestrator.intake import Intake, IntakeResult, Outcome, StoredBatch
+from aif.orchestrator.intake import IntakeResult, Outcome
+from aif.orchestrator.kafka_intake import Intake, StoredBatch
 from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make_producer
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign
@@ -185,7 +186,7 @@ def test_a_commit_the_group_refuses_keeps_what_was_stored_and_the_records_come_a
 INTAKE_PROCESS = """
 import sys
 from aif.db.session import session_factory
-from aif.orchestrator.intake import Intake
+from aif.orchestrator.kafka_intake import Intake
 from events.bus import KafkaConfig, make_consumer, make_producer
 from events.topics import Topics
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import DeadLetter, Job
 from aif.db.session import session_factory
 from aif.orchestrator.admission import Admission
-from aif.orchestrator.intake import Outcome, store_batch
+from aif.orchestrator.intake import Outcome
+from aif.orchestrator.kafka_intake import store_batch
 from events.messages import CancelRequested, FineTuneRequested
 from events.signing import SigningKey, sign
 from events.topics import Topics
