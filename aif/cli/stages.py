@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aif.cli import (
+from aif.cli.common import (
     Dataset,
     EvalFile,
     EvalLimit,

@@ -21,6 +21,9 @@ from typer.testing import CliRunner
 
 import aif.cli
 import aif.cli.audit
+import aif.cli.common
+import aif.cli.following
+import aif.cli.recipes
 import aif.service
 from aif import audit
 from aif.cli import app
@@ -54,7 +57,7 @@ def out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], str]:
     monkeypatch.setenv("AIF_HOME", str(tmp_path / "home"))
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, force_terminal=False)
-    for module in (aif.cli, aif.cli.audit):
+    for module in (aif.cli, aif.cli.audit, aif.cli.common, aif.cli.following, aif.cli.recipes):
         monkeypatch.setattr(module, "console", console)
     return buffer.getvalue
 
@@ -115,7 +118,7 @@ def demo(monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> str:
     monkeypatch.setattr(aif.service, "Service", _Service)
     monkeypatch.setattr(aif.cli, "_demo_signing_key", lambda *_: None)
     monkeypatch.setattr(aif.cli, "_submit", lambda *_, **__: JOB)
-    monkeypatch.setattr(aif.cli, "wait_for_job",
+    monkeypatch.setattr(aif.cli.following, "wait_for_job",
                         lambda cfg, topics, tenant, job_id, show: wait_for_job(on_event=show))
     done = CliRunner().invoke(app, ["demo"])
     assert done.exit_code == 0, done.output
@@ -143,7 +146,7 @@ def test_a_piped_demo_shows_training_progress_as_lines(demo: str) -> None:
 
 def test_progress_lines_come_at_stage_changes_the_end_and_every_interval() -> None:
     buffer, now = io.StringIO(), [0.0]
-    lines = aif.cli.ProgressLines(Console(file=buffer, width=200), every_s=30,
+    lines = aif.cli.following.ProgressLines(Console(file=buffer, width=200), every_s=30,
                                   clock=lambda: now[0])
     for step in range(1, 101):  # one step a second
         now[0] = float(step)
