@@ -13,10 +13,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from events.recipe import HyperparameterOverrides, Recipe
+from events.recipe import NUMBER, HyperparameterOverrides, Recipe
 from events.states import JobState
 
 TYPE_PREFIX = "eu.aifactory.tuning"
@@ -79,8 +79,8 @@ class FineTuneRequested(EventData):
         "gate's primary task, scored with the recipe's task template; a path or URL checked "
         "like `train_file`.",
     )
-    eval_split: float | None = Field(
-        None, gt=0.0, le=0.5, description="Instead of eval_file: hold this seeded share of the "
+    eval_split: Annotated[float, Field(gt=0.0, le=0.5), NUMBER, Tag("float")] | None = Field(
+        None, description="Instead of eval_file: hold this seeded share of the "
         "training rows out of training as the gate's primary task.",
     )
     overrides: HyperparameterOverrides = HyperparameterOverrides()

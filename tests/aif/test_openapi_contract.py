@@ -190,11 +190,12 @@ def test_a_number_field_takes_only_a_number(tmp_path: Path) -> None:
             ({"overrides": {"learning_rate": False}}, "body.overrides.learning_rate.float"),
             ({"overrides": {"max_steps": True}}, "body.overrides.max_steps"),
             ({"overrides": {"batch_size": "8"}}, "body.overrides.batch_size.int"),
+            ({"eval_split": "0.2"}, "body.eval_split"),
             ({"recipe_inline": inline | {"lora": {"use_dora": 1}}},
              "body.recipe_inline.lora.use_dora"),
             ({"recipe_inline": inline | {"train": {"packing": "yes"}}},
              "body.recipe_inline.train.packing")):
-        request = {"recipe": "grid-ticket-routing"} if "overrides" in body else {}
+        request = {} if "recipe_inline" in body else {"recipe": "grid-ticket-routing"}
         answer = client.post("/v1/jobs", headers=auth, json=request | body)
         assert answer.status_code == 422, answer.text
         assert field in [e["field"] for e in answer.json()["errors"]], answer.text
