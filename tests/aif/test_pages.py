@@ -501,6 +501,33 @@ def test_a_published_jobs_page_shows_signed_out_without_the_tenants_data(
         assert shown in own, shown
 
 
+def test_the_tenants_own_job_page_shows_its_paths_as_the_tenant_named_them(
+        api: Api, tmp_path: Path) -> None:
+    """The frozen recipe holds the server's paths (the stages read them); the page shows
+    the tenant's file relative to its data root, the job's own files as `job/...`, a
+    shipped recipe's as `recipes/...`, and nothing of where the service keeps them."""
+    work = tmp_path / "jobs" / "acme" / "a-job"
+    work.mkdir(parents=True)
+    job = seed_model(api.sessions, api.settings, "acme", "a1", work_dir=work)
+    tenant_file = (api.settings.data_root / "acme" / "tickets" / "2026.jsonl").resolve()
+    with api.sessions() as s:
+        row = s.get_one(Job, job)
+        recipe = json.loads(json.dumps(row.recipe))
+        recipe["data"]["train_file"] = str(tenant_file)
+        recipe["data"]["eval_file"] = str(work / "held_out.jsonl")
+        recipe["data"]["validation_file"] = "/srv/elsewhere/valid.jsonl"
+        row.recipe, shipped_yaml = recipe, recipe["eval"]["tasks"][0]["yaml"]
+        s.commit()
+    html = _browser(api, api.acme).get(f"/jobs/{job}").text
+    assert shipped_yaml.startswith("/")
+    assert "tickets/2026.jsonl" in html and "job/held_out.jsonl" in html
+    assert "recipes/energy/grid_ticket_routing/tasks/grid_ticket_routing.yaml" in html
+    assert "valid.jsonl" in html
+    for server in (str(api.settings.data_root), str(tmp_path), "/srv/elsewhere",
+                   shipped_yaml.rsplit("/recipes/", 1)[0]):
+        assert server not in html, server
+
+
 def test_the_job_page_stream_is_the_jobs_events(api: Api) -> None:
     job = seed_model(api.sessions, api.settings, "acme", "a1")
     with _browser(api, api.acme).stream("GET", f"/jobs/{job}/events?after=0") as answer:

@@ -21,6 +21,8 @@ from events.jobspec import EVAL_COMMANDS, TRAINING_RESULT, TrainingResult
 
 MAX_BYTES = 8 * 1024 * 1024
 EVALUATION = "evaluation"
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+"""Where the shipped recipes' own files are (their task YAMLs and data)."""
 
 
 def _file(job: Job, *parts: str) -> Path | None:
@@ -95,3 +97,22 @@ def sample_outcomes(job: Job, model: str, task: str, metric: str) -> dict[str, b
         if isinstance(row, dict) and row.get("task") == task and metric in row:
             outcomes[str(row.get("doc_id"))] = bool(row[metric])
     return outcomes
+
+
+def as_named(recipe: Any, tenant_root: Path, job: Job) -> Any:
+    """The frozen recipe with each absolute path as the tenant knows it: relative to its data
+    root as the request named it, `job/...` inside the job's folder, `recipes/...` for a
+    shipped recipe's file, else the file name alone. The stages need the server's paths; a
+    page shows none of them (where the service keeps data is not the tenant's business)."""
+    if isinstance(recipe, dict):
+        return {k: as_named(v, tenant_root, job) for k, v in recipe.items()}
+    if isinstance(recipe, list):
+        return [as_named(v, tenant_root, job) for v in recipe]
+    if not isinstance(recipe, str) or not recipe.startswith("/"):
+        return recipe
+    path = Path(recipe)
+    for root, prefix in ((tenant_root, ""), (Path(job.work_dir or "/nonexistent"), "job/"),
+                         (RECIPES, "recipes/")):
+        if path.is_relative_to(root):
+            return prefix + str(path.relative_to(root))
+    return path.name

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from aif.db.models import Job, Outbox
 from aif.orchestrator.scores import metric_score
 from aif.tenants import Principal
-from aif.web.deps import Problem, SessionDep, readable, tenant_scope
+from aif.web.deps import Problem, SessionDep, SettingsDep, readable, tenant_scope
 from aif.web.pages import board, job_files
 from aif.web.pages.render import page
 from aif.web.pages.sessions import COOKIE, Viewer, principal_of
@@ -135,13 +135,14 @@ def job_list(request: Request, who: SignedIn, session: SessionDep) -> Response:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, shown: Annotated[Shown, Depends(shown_job)], who: Viewer,
-             session: SessionDep) -> Response:
+             session: SessionDep, settings: SettingsDep) -> Response:
     job, whole = shown.job, shown.whole
     points, ready, last_id = _events(job, session)
+    recipe = job_files.as_named(job.recipe or {}, (settings.data_root / job.tenant).resolve(), job)
     common = dict(job=job, name=board.display_name(job), whole=whole, timeline=_timeline(job),
                   terminal=JobState(job.state).terminal, points=points,
                   trained=job_files.training_result(job), model_ready=ready, after=last_id,
-                  recipe=job.recipe or {},
+                  recipe=recipe,
                   paired={s.id: board.paired_figures(metric_score(s)) for s in job.scores})
     if not whole:  # published: nothing of the tenant's data, files or storage
         return page(request, "job.html", who, **common, report=None, report_unreadable=False,
@@ -155,7 +156,7 @@ def job_page(request: Request, shown: Annotated[Shown, Depends(shown_job)], who:
         provenance=job_files.provenance(job), card=job_files.model_card(job),
         file_paths={f.path for f in files},
         adapter_files=[f for f in files if f.path.startswith(("adapter/", "merged/"))],
-        recipe_json=json.dumps(job.recipe or {}, indent=2))
+        recipe_json=json.dumps(recipe, indent=2))
 
 
 @router.get("/jobs/{job_id}/events")
