@@ -17,7 +17,12 @@ from events.recipe import OWN_EVAL_SUFFIX, EvalSection, EvalTask
 
 
 class TaskConfigError(ValueError):
-    """A recipe's task YAML cannot be used; the message names the YAML file."""
+    """A recipe's task YAML cannot be used; the message names the YAML file by its name, not
+    its path: it reaches a tenant's job reason, and where the site keeps files is not theirs."""
+
+
+def _named(path: Path) -> str:
+    return f"task YAML {path.name}"
 
 
 LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -44,22 +49,23 @@ def task_config(path: Path, name: str) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
-        raise TaskConfigError(f"{path}: no such task YAML (task {name!r})") from exc
+        raise TaskConfigError(f"{_named(path)}: no such file (task {name!r})") from exc
     except yaml.YAMLError as exc:  # its message would quote the file; give the line only
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TaskConfigError(
-            f"{path}: not valid YAML{where} (plain YAML only, no '!function' tags)") from exc
+        raise TaskConfigError(f"{_named(path)}: not valid YAML{where} (plain YAML only, "
+                              "no '!function' tags)") from exc
     if not isinstance(config, dict) or "task" not in config:
-        raise TaskConfigError(f"{path}: not an lm-eval task (needs a mapping with a 'task' key)")
+        raise TaskConfigError(
+            f"{_named(path)}: not an lm-eval task (needs a mapping with a 'task' key)")
     if config["task"] != name:
         raise TaskConfigError(
-            f"{path}: defines task {config['task']!r} but the recipe names it {name!r}"
+            f"{_named(path)}: defines task {config['task']!r} but the recipe names it {name!r}"
         )
     if "include" in config:
-        raise TaskConfigError(f"{path}: 'include' is not supported; inline the base config")
+        raise TaskConfigError(f"{_named(path)}: 'include' is not supported; inline the base config")
     if not isinstance(config.get("dataset_kwargs") or {}, dict):
-        raise TaskConfigError(f"{path}: dataset_kwargs must be a mapping")
+        raise TaskConfigError(f"{_named(path)}: dataset_kwargs must be a mapping")
     return config
 
 
@@ -76,7 +82,7 @@ def materialise_one(path: Path, name: str, data_file: str | None = None) -> str:
     if data_file is not None:
         own = Path(data_file).resolve()
         if own.suffix not in LOADERS or not own.is_file():
-            raise TaskConfigError(f"data.eval_file: no {'/'.join(LOADERS)} file at {own}")
+            raise TaskConfigError(f"data.eval_file: not a {'/'.join(LOADERS)} file")
         for split in ("training_split", "validation_split", "fewshot_split"):
             config.pop(split, None)  # they name the recipe's own data
         config |= {"task": name, "test_split": "test", "dataset_path": LOADERS[own.suffix],
@@ -93,12 +99,13 @@ def _absolute(data_files: object, yaml_path: Path) -> object:
     if isinstance(data_files, list):
         return [_absolute(f, yaml_path) for f in data_files]
     if not isinstance(data_files, str):
-        raise TaskConfigError(f"{yaml_path}: data_files must be a path, a list or a mapping")
+        raise TaskConfigError(
+            f"{_named(yaml_path)}: data_files must be a path, a list or a mapping")
     if "://" in data_files:
         return data_files
     resolved = (yaml_path.parent / data_files).resolve()
     if not resolved.is_file():
-        raise TaskConfigError(f"{yaml_path}: data file {data_files!r} not found at {resolved}")
+        raise TaskConfigError(f"{_named(yaml_path)}: data file {data_files!r} not found beside it")
     return str(resolved)
 
 
