@@ -30,6 +30,9 @@ from events.recipe import HyperparameterOverrides
 from events.signing import SigningKey
 from events.topics import Topics
 
+TOPIC_LOOK_S = 5.0
+"""How often a follower looks for a topic of its tenant that did not exist yet."""
+
 
 def finetune_request(
     *,
@@ -108,23 +111,27 @@ def follow(
     """
     consumer = make_consumer(cfg)
     deadline = time.monotonic() + timeout_s
+    names = topics.of_tenant(tenant)
+    assigned: list[TopicPartition] = []
+    look_at = 0.0
     try:
-        # The service creates a tenant's topics with its first event; a follower may well be
-        # up before that.
-        names = topics.of_tenant(tenant)
-        while not all(consumer.partitions_for_topic(t) for t in names):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {' and '.join(names)} do not exist")
-            yield None
-            time.sleep(0.5)
-        parts = [
-            TopicPartition(topic, p)
-            for topic in names
-            for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
         while time.monotonic() < deadline:
+            missing = [t for t in names if t not in {p.topic for p in assigned}]
+            if missing and time.monotonic() >= look_at:
+                # The service creates a tenant's topics with their first event, the models
+                # topic with its first model, which a rejected job never has: read those that
+                # exist and look for the others now and then.
+                new = [TopicPartition(topic, p) for topic in missing
+                       for p in sorted(consumer.partitions_for_topic(topic) or [])]
+                if new:
+                    assigned += new
+                    consumer.assign(assigned)  # kept partitions keep their positions
+                    consumer.seek_to_beginning(*new)
+                look_at = time.monotonic() + (TOPIC_LOOK_S if assigned else 0.5)
+            if not assigned:
+                yield None
+                time.sleep(0.5)
+                continue
             found = False
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
@@ -138,6 +145,8 @@ def follow(
                         yield model.model_validate(event.data)
             if not found:
                 yield None
+        if not assigned:
+            raise TimeoutError(f"topics {' and '.join(names)} do not exist")
         raise TimeoutError(f"still following after {timeout_s:.0f}s")
     finally:
         consumer.close()

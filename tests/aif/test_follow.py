@@ -210,3 +210,26 @@ def _read(events, n: int) -> list:
                 events.close()
                 return seen
     raise AssertionError("unreachable: follow raises TimeoutError")
+
+
+def test_a_follower_reads_the_status_topic_before_the_models_topic_exists(
+    broker: str, topics: Topics
+) -> None:
+    """A tenant's models topic comes with its first model, which a rejected job never has:
+    the follower reads the status topic meanwhile and takes the models topic when it comes."""
+    cfg = KafkaConfig(bootstrap_servers=broker)
+    ensure_topics(cfg, [topics.status("acme")])
+    rejected, passed = _job(), _job()
+    thread, _ = _publish_later(cfg, topics, _path(rejected, S.validating, S.rejected),
+                               {rejected.id: rejected})
+    watch = wait_for_job(cfg, topics, "acme", rejected.id, timeout_s=60, grace_s=1)
+    thread.join(10)
+    assert watch.final is S.rejected
+
+    follower = follow_job(cfg, topics, "acme", passed.id, timeout_s=60)
+    assert next(follower) is None  # following, with the models topic still absent
+    ensure_topics(cfg, [topics.models("acme")])
+    thread, _ = _publish_later(cfg, topics, [_ready(passed)], {passed.id: passed})
+    assert isinstance(next(e for e in follower if e is not None), ModelReady)
+    thread.join(10)
+    follower.close()
