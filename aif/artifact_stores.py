@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from events.checksums import sha256_file
+from stagefiles.checksums import sha256_file
 
 
 class ArtifactStoreError(ValueError):

@@ -2,7 +2,7 @@
 
 The worker binds the job id and tenant around each job (`job_context`); they are
 contextvars, so every line logged while that thread drives the job, by any module, carries
-them. Records are masked when they are created (events.redaction), before any formatter
+them. Records are masked when they are created (aif.redaction), before any formatter
 runs; the JSON lines take the masked traceback text, never a fresh one.
 """
 
@@ -22,7 +22,7 @@ CONSOLE_FORMAT = "%(asctime)s %(name)s %(message)s"
 
 
 def _masked_exception(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    """The record's traceback as events.redaction masked it, in place of the raw one."""
+    """The record's traceback as aif.redaction masked it, in place of the raw one."""
     record = event.get("_record")
     if event.pop("exc_info", None) and record is not None and record.exc_text:
         event["exception"] = record.exc_text

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from aif.db.models import Job, Tenant, TenantQuota, utcnow
 from aif.settings import QuotaLimits
 from aif.tenants import TenantError
-from events.preflight_report import Estimate
 from events.states import JobState
+from stagefiles.preflight_report import Estimate
 
 RUNNING = [s.value for s in (JobState.queued, JobState.training, JobState.evaluating,
                              JobState.handing_off)]

@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, stop_after_delay, wait_fixed
 
+from aif import redaction
 from aif.broker import EmbeddedBroker, ensure_broker
 from aif.db.session import session_factory
 from aif.launchers import get_launcher
@@ -25,7 +26,6 @@ from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from aif.storage import PRIVATE_UMASK
 from aif.web.app import create_app
-from events import redaction
 from events.bus import TopicKeeper, make_consumer, make_producer
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers import KubernetesConfig, SlurmConfig, check_launcher_name
 from events.bus import KafkaConfig
-from events.jobspec import ServingLimits
 from events.recipe import PiiPolicy
 from events.topics import Topics
+from stagefiles.jobspec import ServingLimits
 
 
 class QuotaLimits(BaseModel):

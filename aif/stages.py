@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from aif.launchers import StageCommand
-from events.jobspec import (
+from stagefiles.jobspec import (
     EVALUATION_RESULT,
     EVALUATION_SPEC,
     PREFLIGHT_SPEC,
@@ -28,8 +28,8 @@ from events.jobspec import (
     ServingCheckResult,
     TrainingResult,
 )
-from events.preflight_report import PREFLIGHT as PREFLIGHT_REPORT
-from events.preflight_report import PreflightReport
+from stagefiles.preflight_report import PREFLIGHT as PREFLIGHT_REPORT
+from stagefiles.preflight_report import PreflightReport
 
 R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
 

@@ -42,11 +42,11 @@ from benchmarks.chaos_infra import (
     run_alive,
 )
 from events.bus import envelope, make_producer
-from events.jobspec import PROGRESS_LOG
 from events.messages import FineTuneRequested
 from events.recipe import Recipe
 from events.topics import Topics
 from recipes import copied_into, load_recipe
+from stagefiles.jobspec import PROGRESS_LOG
 
 TENANT = "chaos"  # every request of the run is signed as this tenant
 TERMINAL = {"succeeded", "failed", "cancelled", "rejected"}

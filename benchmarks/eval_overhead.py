@@ -27,9 +27,9 @@ from pathlib import Path
 
 from benchmarks.machine import write_results
 from evaluation.harness import cli_command
-from events.jobspec import EVALUATION_RESULT, BaseScoreCache, EvaluationResult, EvaluationSpec
 from finetune.base_model import resolve_base_model
 from recipes import load_recipe
+from stagefiles.jobspec import EVALUATION_RESULT, BaseScoreCache, EvaluationResult, EvaluationSpec
 
 
 def _timed(argv: list[str]) -> float:

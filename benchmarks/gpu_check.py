@@ -13,7 +13,7 @@ MFU counts useful FLOPs by the training-loop benchmarks' rule (`benchmarks.roofl
 `flops_per_token`, issue 16: 4 x the matmul parameters per token for LoRA on frozen weights,
 LoRA matrices, attention over the causal context, the vocabulary projection at every
 position, which carries loss here) against the card's dense bf16 peak; the JSON also gives
-the conventional 6N figure (`events.compute.training_flops`) for comparison. An unknown card
+the conventional 6N figure (`stagefiles.compute.training_flops`) for comparison. An unknown card
 prints MFU n/a (or pass --peak-tflops).
 
 QLoRA quantises the same random bf16 projections to bitsandbytes NF4 on the GPU (the base
@@ -43,9 +43,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.roofline import TokenMix, flops_per_token
-from events.compute import training_flops
 from events.recipe import LoraSection
 from finetune.train import peak_memory
+from stagefiles.compute import training_flops
 
 # Dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_TFLOPS: list[tuple[tuple[str, ...], float]] = [

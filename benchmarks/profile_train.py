@@ -30,10 +30,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.machine import write_results
 from benchmarks.train_throughput import variable_length_set
-from events.jobspec import TrainingSpec
 from events.recipe import Recipe
 from finetune import train as trainer
 from recipes import load_recipe
+from stagefiles.jobspec import TrainingSpec
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 # Ops that only wrap others: their own time is dispatch, their children are counted.

@@ -38,9 +38,9 @@ from aif.tenants import create_tenant
 from events.bus import KafkaConfig
 from events.client import request_finetune
 from events.envelope import job_id_for
-from events.jobspec import TRAINING_RESULT, TrainingResult
 from events.recipe import HyperparameterOverrides
 from events.signing import SigningKey
+from stagefiles.jobspec import TRAINING_RESULT, TrainingResult
 
 EVAL_DATA = Path(os.environ.get("AIF_EVAL_DATA", Path(__file__).resolve().parents[2]
                                 / "shared" / "eval-data"))

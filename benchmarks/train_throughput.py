@@ -32,10 +32,10 @@ from pathlib import Path
 
 from benchmarks.machine import write_results
 from benchmarks.roofline import TokenMix, flops_per_token, matmul_roofline
-from events.jobspec import TRAINING_RESULT, TrainingResult, TrainingSpec
 from events.recipe import Recipe
 from finetune.base_model import resolve_base_model
 from recipes import load_recipe
+from stagefiles.jobspec import TRAINING_RESULT, TrainingResult, TrainingSpec
 
 PACKED = "recipe trainer, packed"
 LONGEST = "HF Trainer, pad to longest"

@@ -18,7 +18,7 @@ import torch
 
 from evaluation.harness import AdapterNotAppliedError, device, keep_results, probe_adapter, score
 from evaluation.tasks import MaterialisedTasks
-from events.jobspec import EvaluationSpec, TaskMetric
+from stagefiles.jobspec import EvaluationSpec, TaskMetric
 
 
 def result_name(index: int) -> str:

@@ -23,9 +23,9 @@ from typing import Any
 
 from evaluation.harness import device, keep_results, model_args, score
 from evaluation.tasks import MaterialisedTasks
-from events.content_hash import remembered_sha256, tree_sha256
-from events.jobspec import BaseScoreCache, EvaluationSpec, TaskMetric
-from events.tasks import local_data_files
+from stagefiles.content_hash import remembered_sha256, tree_sha256
+from stagefiles.jobspec import BaseScoreCache, EvaluationSpec, TaskMetric
+from stagefiles.tasks import local_data_files
 
 _PER_TASK = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot",
              "higher_is_better", "n-samples", "samples")

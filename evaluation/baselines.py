@@ -19,7 +19,7 @@ from typing import Any
 
 from sklearn.metrics import f1_score, recall_score
 
-from events.jobspec import ClassStats, DocOutcomes, TaskMetric
+from stagefiles.jobspec import ClassStats, DocOutcomes, TaskMetric
 
 CLASS_METRIC = "acc"
 """Class figures describe the argmax answers, which are what `acc` scores."""

@@ -16,7 +16,7 @@ import torch
 
 from evaluation.baselines import with_sample_figures
 from evaluation.tasks import MaterialisedTasks, materialise_tasks
-from events.jobspec import EvaluationSpec, TaskMetric
+from stagefiles.jobspec import EvaluationSpec, TaskMetric
 
 PROBE_PROMPT = "Route the ticket to a team.\nTicket: The power is out on Main Street.\nTeam:"
 PROBE_TOLERANCE = 1e-6

@@ -20,7 +20,7 @@ from evaluation.adapters import evaluate_adapters, result_name
 from evaluation.base_cache import evaluate_base
 from evaluation.harness import AdapterNotAppliedError, cli_command, evaluate_model
 from evaluation.tasks import materialise_tasks
-from events.jobspec import (
+from stagefiles.jobspec import (
     EVAL_COMMANDS,
     EVALUATION_FAILURE,
     EVALUATION_RESULT,
@@ -33,7 +33,7 @@ from events.jobspec import (
     TaskMetric,
     record_failure,
 )
-from events.tasks import TaskConfigError
+from stagefiles.tasks import TaskConfigError
 
 
 def run(spec: EvaluationSpec) -> EvaluationResult | None:

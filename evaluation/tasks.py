@@ -1,6 +1,6 @@
 """Hand a recipe's lm-eval task YAMLs to lm-eval so that they work from any directory.
 
-Each YAML is copied into the job's output folder as `events.tasks.materialise_one` rewrites
+Each YAML is copied into the job's output folder as `stagefiles.tasks.materialise_one` rewrites
 it (absolute data paths), and the sha256 of what lm-eval actually read is recorded, so a
 stored score names its exact task.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from events.recipe import EvalSection
-from events.tasks import materialise_one
+from stagefiles.tasks import materialise_one
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The event contract: the only code the stages (orchestrator, fine-tuning, evaluation) share.
+"""The wire contract: what a partner needs to talk to the service over Kafka.
 
-Everything a partner needs to talk to the service over Kafka lives here: the CloudEvents
-envelope, one pydantic model per event type, topic names, the recipe schema carried by
-requests, and the job specs handed to worker processes.
+The CloudEvents envelope, one pydantic model per event type, job states, topic names, the
+recipe schema carried by requests, signing, the bus and the client. Files exchanged with the
+stages live in `stagefiles`.
 """

@@ -36,20 +36,20 @@ REQUEST_EXTENSIONS = {"request_source": "requestsource", "request_id": "requesti
 """Data field -> CloudEvents extension attribute (lowercase alphanumeric, at most 20 chars)."""
 
 
-class JobEvent(EventData):
-    """Service -> partner, about one job. Besides our job id it names the request the job
-    serves, in the data and on the envelope, so a partner matches it with no code of ours."""
+class RequestEvent(EventData):
+    """Service -> partner, answering a request: it names the request, in the data and on the
+    envelope, so a partner matches it with no code of ours."""
 
     model_config = OPEN
-    job_id: str
     request_source: str | None = Field(
         None,
-        description="CloudEvents `source` of the fine-tuning request; also the envelope's "
-        "`requestsource` extension attribute. Absent only in events older than the field.",
+        description="CloudEvents `source` of the request; also the envelope's "
+        "`requestsource` extension attribute. Absent only in events older than the field, "
+        "and where a refused record named no request the service could read.",
     )
     request_id: str | None = Field(
         None,
-        description="CloudEvents `id` of the fine-tuning request; also the envelope's "
+        description="CloudEvents `id` of the request; also the envelope's "
         "`requestid` extension attribute. Source and id together identify the request.",
     )
 
@@ -57,6 +57,30 @@ class JobEvent(EventData):
         """The request's source and id as envelope extension attributes."""
         return {ext: value for name, ext in REQUEST_EXTENSIONS.items()
                 if (value := getattr(self, name)) is not None}
+
+
+class JobEvent(RequestEvent):
+    """Service -> partner, about one job and the fine-tuning request it serves."""
+
+    job_id: str
+
+
+class RequestRefused(RequestEvent):
+    """Service -> partner: a request record its signature proves the tenant's, refused at
+    intake where no job of the tenant says why (the record names no request, or none the
+    service could read; it is a cancel, of an unknown type or for another tenant; it reuses
+    the source and id of an earlier request with another payload). A refused fine-tuning
+    request that names itself becomes a job, `rejected` with the reason, instead. Sent on the
+    tenant's status topic, beside the operators' dead letter of the same record."""
+
+    TYPE: ClassVar[str] = f"{TYPE_PREFIX}.request.refused.v1"
+    tenant: str
+    reason: str = Field(description="Field and rule, as the dead letter's `aif.dlq.reason`; "
+                        "never the record's values.")
+    record: str = Field(description="topic/partition/offset of the refused record, as the "
+                        "producer's send reported them; also the envelope's `subject`.")
+    record_sha256: str = Field(description="SHA-256 (hex) of the refused record's value.")
+    at: datetime
 
 
 class FineTuneRequested(EventData):
@@ -318,6 +342,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         ModelReadyV2,
         ModelServing,
         ModelRetired,
+        RequestRefused,
     )
 }
 

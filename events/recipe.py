@@ -81,7 +81,7 @@ class TrainMethod(StrEnum):
 
 class PublishedFigures(_Strict):
     """What the base model's provider published about its training; the AI-Act pack sets the
-    fine-tune's compute against it (`events.compute.share_of_base`)."""
+    fine-tune's compute against it (`stagefiles.compute.share_of_base`)."""
 
     parameters: Int = Field(ge=1, description="Parameters of the base model.")
     training_tokens: Int = Field(ge=1, description="Tokens the base model was trained on.")

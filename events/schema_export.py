@@ -2,7 +2,8 @@
 
     python -m events.schema_export    # rewrite the files after changing a model
 
-A test fails when the committed files and the models drift apart.
+A test fails when the committed files and the models drift apart. The AI-Act pack, a file
+published beside each adapter rather than an event, has its own in `stagefiles.schema_export`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from events.ai_act import AiActPack
+from pydantic import BaseModel
+
 from events.envelope import CloudEvent
 from events.messages import EVENT_TYPES
 from events.recipe import Recipe
@@ -18,11 +20,8 @@ from events.recipe import Recipe
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
-def generated() -> dict[str, str]:
-    """File name -> schema text for the envelope, the recipe, the AI-Act pack and every
-    event's data."""
-    models = {"cloudevent": CloudEvent, "recipe": Recipe, "ai_act_pack": AiActPack}
-    models |= {name.removeprefix("eu.aifactory.tuning."): m for name, m in EVENT_TYPES.items()}
+def schemas(models: dict[str, type[BaseModel]]) -> dict[str, str]:
+    """File name -> schema text of each model, named `{name}.schema.json`."""
     return {
         f"{name}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True)
         + "\n"
@@ -30,10 +29,17 @@ def generated() -> dict[str, str]:
     }
 
 
-def write(directory: Path = SCHEMA_DIR) -> None:
-    for name, text in generated().items():
+def generated() -> dict[str, str]:
+    """File name -> schema text for the envelope, the recipe and every event's data."""
+    models: dict[str, type[BaseModel]] = {"cloudevent": CloudEvent, "recipe": Recipe}
+    models |= {name.removeprefix("eu.aifactory.tuning."): m for name, m in EVENT_TYPES.items()}
+    return schemas(models)
+
+
+def write(texts: dict[str, str], directory: Path) -> None:
+    for name, text in texts.items():
         (directory / name).write_text(text)
 
 
 if __name__ == "__main__":
-    write()
+    write(generated(), SCHEMA_DIR)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from events.content_hash import remembered_sha256
+from stagefiles.content_hash import remembered_sha256
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -20,7 +20,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from events.failpoints import failpoint
+from stagefiles.failpoints import failpoint
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE = "COMPLETE"

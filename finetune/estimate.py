@@ -13,7 +13,7 @@ against the TrainingResult of the run:
   `max_seq_len`, padding never counted (training quotes the same real tokens). Whole epochs
   of one rank are exact; the part epoch and N-rank top-ups use the mean row length.
 
-FLOPs are `events.compute.training_flops` over those tokens. Duration and device-hours divide
+FLOPs are `stagefiles.compute.training_flops` over those tokens. Duration and device-hours divide
 by a throughput: the tenant's last measured figure for the same base model and launcher if the
 orchestrator passed one, else the site's rough figure for the device kind.
 """
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from events.compute import training_flops
-from events.jobspec import Throughput
-from events.preflight_report import Estimate
 from events.recipe import Recipe
 from finetune.base_model import gguf_file, gguf_parameter_count, resolve_base_model
 from finetune.data import Split
+from stagefiles.compute import training_flops
+from stagefiles.jobspec import Throughput
+from stagefiles.preflight_report import Estimate
 
 
 @dataclass(frozen=True)

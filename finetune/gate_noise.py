@@ -23,11 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from events.preflight_report import GateNoise
 from events.recipe import Recipe
-from events.tasks import local_data_files
 from finetune.labels import task_labels
 from finetune.rows import DataValidationError, RowError, checked_rows
+from stagefiles.preflight_report import GateNoise
+from stagefiles.sign_test import sign_test
+from stagefiles.tasks import local_data_files
 
 _ADVICE = "raise eval.limit or give more evaluation rows"
 
@@ -38,13 +39,7 @@ def fewest_wins(alpha: float, losses: int = 0) -> int:
     switches the test off."""
     if alpha >= 1:
         return 0
-    return next(wins for wins in itertools.count(1) if _sign_p(wins, losses) < alpha)
-
-
-def _sign_p(wins: int, losses: int) -> float:
-    """P(at least `wins` of the discordant documents favour tuned) if each is a coin flip."""
-    n = wins + losses
-    return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n
+    return next(wins for wins in itertools.count(1) if sign_test(wins, losses) < alpha)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

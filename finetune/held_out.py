@@ -12,10 +12,10 @@ import json
 import random
 from pathlib import Path
 
-from events.preflight_report import HeldOut
 from events.recipe import Recipe
 from finetune.data import sources
 from finetune.rows import DataValidationError, RowError, checked_rows
+from stagefiles.preflight_report import HeldOut
 
 FOLDER = "held_out"
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 
-from events.preflight_report import Picked
 from events.recipe import AUTO, Recipe
+from stagefiles.preflight_report import Picked
 
 MIN_EXAMPLES_SEEN = 1_000
 MAX_EXAMPLES_SEEN = 50_000

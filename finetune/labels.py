@@ -19,8 +19,8 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from events.recipe import Recipe
-from events.tasks import task_config, yaml_task_name
 from finetune.rows import RowError
+from stagefiles.tasks import task_config, yaml_task_name
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 

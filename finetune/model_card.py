@@ -7,11 +7,11 @@ import importlib.metadata
 import json
 from pathlib import Path
 
-from events.ai_act import AI_ACT_PACK, PROVENANCE, DataFile, TrainingProvenance
-from events.checksums import MANIFEST, sha256_file, write_manifest
-from events.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
 from events.recipe import DataSection
 from finetune.data import sources
+from stagefiles.ai_act import AI_ACT_PACK, PROVENANCE, DataFile, TrainingProvenance
+from stagefiles.checksums import MANIFEST, sha256_file, write_manifest
+from stagefiles.jobspec import PROGRESS_LOG, ProgressLine, TrainingSpec
 
 LIBRARIES = ("aif-tuning", "torch", "transformers", "peft", "accelerate", "datasets")
 BASE_MODEL_FILES = ("*.safetensors", "config.json")

@@ -26,11 +26,11 @@ import phonenumbers
 from stdnum import iban, luhn
 from stdnum.eu import vat
 
-from events.checksums import sha256_file
-from events.preflight_report import PiiKind, PiiReport, RedactedCopy
 from events.recipe import DataSection, PiiPolicy
 from finetune.data import sources
 from finetune.rows import RowError, checked_rows
+from stagefiles.checksums import sha256_file
+from stagefiles.preflight_report import PiiKind, PiiReport, RedactedCopy
 
 SHOWN_ROWS = 20
 REDACTED_DIR = "redacted"

@@ -36,11 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
-from events.jobspec import FailureKind, PreflightSpec, record_failure
-from events.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
 from events.recipe import DataSection, EvalSection, PiiPolicy, Recipe
-from events.remote_data import RemoteDataError, fetch_all, local_copy, remote_fields
-from events.tasks import TaskConfigError, eval_data_files
 from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
 from finetune.data import (
@@ -58,6 +54,10 @@ from finetune.held_out import hold_out
 from finetune.hyperparameters import pick
 from finetune.labels import task_labels
 from finetune.rows import SourceNames, url_name
+from stagefiles.jobspec import FailureKind, PreflightSpec, record_failure
+from stagefiles.preflight_report import PREFLIGHT, PreflightReport, RenderedExample, SplitReport
+from stagefiles.remote_data import RemoteDataError, fetch_all, local_copy, remote_fields
+from stagefiles.tasks import TaskConfigError, eval_data_files
 
 EXIT_UNUSABLE = 2
 

@@ -37,15 +37,6 @@ from transformers import (
     get_scheduler,
 )
 
-from events.jobspec import (
-    PROGRESS_LOG,
-    TRAINING_RESULT,
-    FailureKind,
-    ProgressLine,
-    TrainingResult,
-    TrainingSpec,
-    record_failure,
-)
 from events.recipe import Recipe
 from finetune import checkpoint
 from finetune.base_model import BaseModelError, resolve_base_model
@@ -63,6 +54,15 @@ from finetune.model_card import write_extras, write_manifest
 from finetune.preference_data import pair_collator
 from finetune.preference_loss import PreferenceObjective
 from finetune.sampling import BalancedSampler
+from stagefiles.jobspec import (
+    PROGRESS_LOG,
+    TRAINING_RESULT,
+    FailureKind,
+    ProgressLine,
+    TrainingResult,
+    TrainingSpec,
+    record_failure,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from events.recipe import Recipe, RecipeError, load_recipe_file
-from events.tasks import local_data_files
+from stagefiles.tasks import local_data_files
 
 RECIPES_DIR = Path(__file__).parent
 

@@ -22,8 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from events.checksums import sha256_file
-from events.jobspec import (
+from events.messages import AdapterShape
+from stagefiles.checksums import sha256_file
+from stagefiles.jobspec import (
     SERVING_CHECK_RESULT,
     VLLM_LORA_RANKS,
     FailureKind,
@@ -32,7 +33,6 @@ from events.jobspec import (
     ServingLimits,
     record_failure,
 )
-from events.messages import AdapterShape
 
 EXIT_REFUSED = 2
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

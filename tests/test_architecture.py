@@ -15,17 +15,19 @@ import pytest
 from aif.stages import MODULES
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("aif", "events", "recipes", "finetune", "evaluation", "serving")
+OURS = ("aif", "events", "stagefiles", "recipes", "finetune", "evaluation", "serving")
 ALLOWED = {
     "events": {"events"},
-    "recipes": {"recipes", "events"},
-    "finetune": {"finetune", "events"},
-    "evaluation": {"evaluation", "events"},
-    "serving": {"serving", "events"},
-    "aif": {"aif", "events", "recipes"},
+    "stagefiles": {"stagefiles", "events"},
+    "recipes": {"recipes", "events", "stagefiles"},
+    "finetune": {"finetune", "events", "stagefiles"},
+    "evaluation": {"evaluation", "events", "stagefiles"},
+    "serving": {"serving", "events", "stagefiles"},
+    "aif": {"aif", "events", "stagefiles", "recipes"},
 }
-"""Which of our top-level packages each may import: the stages only the contract, the shell
-(`aif`) never a stage."""
+"""Which of our top-level packages each may import: the stages only the two contracts (the
+wire, `events`, and the stage files, `stagefiles`), the wire contract nothing else of ours,
+the shell (`aif`) never a stage."""
 HEAVY = ("torch", "transformers", "peft", "lm_eval", "accelerate", "datasets", "vllm")
 """What only the stages load: neither the shell nor the contract imports it."""
 

@@ -12,9 +12,8 @@ import typer
 import typer.core
 from rich.console import Console
 
-from aif import logs
+from aif import logs, redaction
 from aif.settings import Settings, get_settings
-from events import redaction
 from events.recipe import Recipe, RecipeError, load_recipe_file
 from recipes import load_recipe
 

@@ -32,8 +32,8 @@ from aif.orchestrator.specs import preflight_spec
 from aif.orchestrator.stage_runs import POLL_S
 from aif.orchestrator.throughput import throughput
 from aif.stages import FINAL_EXIT_CODES, PREFLIGHT, Stage
-from events.jobspec import StageFailure
 from events.recipe import RecipeError
+from stagefiles.jobspec import StageFailure
 
 
 @app.command("eval")
@@ -61,11 +61,11 @@ def eval_(
     from aif.orchestrator.specs import base_score_cache
     from evaluation.harness import cli_command
     from evaluation.run import run
-    from events.jobspec import EvaluationSpec
-    from events.tasks import TaskConfigError
     from finetune.base_model import BaseModelError, resolve_base_model
     from finetune.gate_noise import gate_noise
     from finetune.rows import DataValidationError
+    from stagefiles.jobspec import EvaluationSpec
+    from stagefiles.tasks import TaskConfigError
 
     settings = _setup()
     try:

@@ -62,7 +62,7 @@ class Job(Base):
     public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Bytes of each stage's progress file already relayed, so a re-adopted job resends none.
     progress_offsets: Mapped[dict | None] = mapped_column(JSON)
-    # Compute: the pre-flight's estimate (events.preflight_report.Estimate) and, once trained,
+    # Compute: the pre-flight's estimate (stagefiles.preflight_report.Estimate) and, once trained,
     # what training measured (aif.orchestrator.throughput.Measured); quotas sum them.
     estimate: Mapped[dict | None] = mapped_column(JSON)
     measured: Mapped[dict | None] = mapped_column(JSON)

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 from aif.db.models import Job
-from events.ai_act import (
+from events.messages import FineTuneRequested, GateDecision, MetricScore
+from events.recipe import DataFormat, Recipe
+from stagefiles.ai_act import (
     AI_ACT_PACK,
     LAWFUL_BASIS_TODO,
     PROVENANCE,
@@ -29,12 +31,10 @@ from events.ai_act import (
     Processing,
     TrainingProvenance,
 )
-from events.checksums import write_manifest
-from events.compute import GPAI_MODIFICATION_SHARE, share_of_base, training_flops
-from events.jobspec import TrainingResult
-from events.messages import FineTuneRequested, GateDecision, MetricScore
-from events.preflight_report import PreflightReport, SplitReport
-from events.recipe import DataFormat, Recipe
+from stagefiles.checksums import write_manifest
+from stagefiles.compute import GPAI_MODIFICATION_SHARE, share_of_base, training_flops
+from stagefiles.jobspec import TrainingResult
+from stagefiles.preflight_report import PreflightReport, SplitReport
 
 CARD = "README.md"
 CARD_MARKER = "<!-- aif: EU AI Act / GDPR documentation -->"

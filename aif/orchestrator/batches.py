@@ -42,15 +42,15 @@ from aif.orchestrator.scores import record_evaluation
 from aif.orchestrator.stage_runs import StageRunner, read_result
 from aif.settings import Settings
 from aif.stages import EVALUATION, TRAINING
-from events.jobspec import (
+from events.recipe import Recipe
+from events.states import JobState
+from stagefiles.jobspec import (
     EVALUATION_FAILURE,
     PROGRESS_LOG,
     EvaluationSpec,
     StageFailure,
     TrainingResult,
 )
-from events.recipe import Recipe
-from events.states import JobState
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from aif.orchestrator.paired import above_rate, compare, sign_test
-from events.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
+from aif.orchestrator.paired import above_rate, compare
 from events.messages import GateDecision, MetricScore, PairedComparison
 from events.recipe import GateSection, Recipe
+from stagefiles.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
+from stagefiles.sign_test import sign_test
 
 
 @dataclass(frozen=True)

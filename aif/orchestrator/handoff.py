@@ -27,10 +27,6 @@ from aif.orchestrator.scores import metric_score
 from aif.orchestrator.stage_runs import StageRunner, read_result
 from aif.settings import Settings
 from aif.stages import SERVING_CHECK, TRAINING
-from events.ai_act import AI_ACT_PACK
-from events.checksums import MANIFEST
-from events.failpoints import failpoint
-from events.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
 from events.messages import (
     GateDecision,
     MetricScore,
@@ -41,6 +37,10 @@ from events.messages import (
 )
 from events.recipe import Recipe
 from events.states import JobState
+from stagefiles.ai_act import AI_ACT_PACK
+from stagefiles.checksums import MANIFEST
+from stagefiles.failpoints import failpoint
+from stagefiles.jobspec import ServingCheckResult, ServingCheckSpec, TrainingResult
 
 
 def serving_check_spec(job: Job, recipe: Recipe, trained: TrainingResult,

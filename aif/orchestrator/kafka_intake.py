@@ -37,8 +37,8 @@ from aif.orchestrator.intake import IntakeResult, Outcome, accept
 from aif.orchestrator.references import References
 from aif.settings import QuotaLimits
 from events.bus import Outgoing, send_and_wait
-from events.failpoints import failpoint
 from events.topics import Topics
+from stagefiles.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
-from events.jobspec import DocOutcomes
 from events.messages import PairedComparison
+from stagefiles.jobspec import DocOutcomes
+from stagefiles.sign_test import sign_test
 
 RESAMPLES = 10_000
 SEED = 25
@@ -43,15 +44,6 @@ def compare(tuned: DocOutcomes, other: DocOutcomes) -> PairedComparison | None:
         ci_high=high, only_tuned_right=only_tuned, only_other_right=only_other,
         p_value=sign_test(only_tuned, only_other),
     )
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """One-sided exact McNemar: the chance of at least `wins` of the `wins + losses`
-    discordant documents favouring one side if each favoured either with probability 1/2;
-    1 without discordant documents (nothing tells the two apart)."""
-    if wins + losses == 0:
-        return 1.0
-    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
 def bootstrap_interval(only_tuned: int, only_other: int, documents: int

@@ -10,7 +10,7 @@ tenant's data root (`<data_root>/<tenant>/`), or be a URL or hub id the site swi
   jobs tree; it must be a regular file with one name (a hard link to a file elsewhere looks
   like any other file, so none is accepted), and a data file must not be an archive;
 - `http(s)://` only with `allow_remote_data`, and only to public addresses or the site's
-  allow-list (`events.remote_data`); the pre-flight stage downloads it into the job directory;
+  allow-list (`stagefiles.remote_data`); the pre-flight stage downloads it into the job directory;
 - `s3://bucket/key` only under the tenant's `s3_prefix` (none: not enabled), fetched by the
   pre-flight stage too; no other scheme;
 - a hub dataset only with `allow_hub_datasets`, and by hub id only, never a path.
@@ -33,10 +33,10 @@ from pathlib import Path
 
 from aif.orchestrator.errors import FinalError
 from aif.settings import Settings
-from events.archives import archive_rule, file_archive_kind
 from events.messages import FineTuneRequested
 from events.recipe import PUBLISHED_FIGURES, Recipe
-from events.remote_data import (
+from stagefiles.archives import archive_rule, file_archive_kind
+from stagefiles.remote_data import (
     PORTS,
     Network,
     RemoteDataError,
@@ -45,7 +45,7 @@ from events.remote_data import (
     local_copy,
     url_scheme,
 )
-from events.tasks import TaskConfigError, data_file_names, task_config
+from stagefiles.tasks import TaskConfigError, data_file_names, task_config
 
 OUTSIDE = "outside the tenant's data root"
 PACKAGED_LOADERS = ("json", "csv", "parquet")

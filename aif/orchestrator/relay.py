@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Outbox, utcnow
 from events.bus import Outgoing, send_and_wait
-from events.failpoints import failpoint
+from stagefiles.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from sqlalchemy.orm import Session
 from aif.db.models import Job, Score
 from aif.jobstore.outbox import enqueue_event
 from aif.orchestrator.gate import decide
-from events.jobspec import EvaluationResult
 from events.messages import EvaluationCompleted, GateDecision, MetricScore
 from events.recipe import Recipe
 from events.topics import Topics
+from stagefiles.jobspec import EvaluationResult
 
 
 def record_evaluation(session: Session, job: Job, recipe: Recipe, result: EvaluationResult,

@@ -15,7 +15,10 @@ from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
 from aif.orchestrator.references import References
 from aif.settings import Settings
-from events.jobspec import (
+from events.messages import FineTuneRequested
+from events.recipe import EvalTask, Recipe, RecipeError
+from recipes import RECIPES_DIR, load_recipe
+from stagefiles.jobspec import (
     BaseScoreCache,
     EvaluationSpec,
     PreflightSpec,
@@ -23,11 +26,8 @@ from events.jobspec import (
     TrainingResult,
     TrainingSpec,
 )
-from events.messages import FineTuneRequested
-from events.recipe import EvalTask, Recipe, RecipeError
-from events.remote_data import url_scheme
-from events.tasks import TaskConfigError, eval_data_files
-from recipes import RECIPES_DIR, load_recipe
+from stagefiles.remote_data import url_scheme
+from stagefiles.tasks import TaskConfigError, eval_data_files
 
 
 def effective_recipe(request: FineTuneRequested, references: References, tenant: str,

@@ -28,9 +28,9 @@ from aif.orchestrator.errors import FinalStageFailure, LeaseLost, StageRunFailed
 from aif.orchestrator.leases import Leases
 from aif.settings import Settings
 from aif.stages import FINAL_EXIT_CODES, R, Stage
-from events.jobspec import FailureKind, ProgressLine, StageFailure
 from events.messages import JobProgress
 from events.states import JobState
+from stagefiles.jobspec import FailureKind, ProgressLine, StageFailure
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from aif.settings import Settings
 from aif.stages import PREFLIGHT, TRAINING
 from aif.storage import jobs_root, private_dirs
 from events.messages import FineTuneRequested
-from events.preflight_report import PreflightReport
 from events.recipe import Recipe
-from events.remote_data import localised
 from events.states import JobState
+from stagefiles.preflight_report import PreflightReport
+from stagefiles.remote_data import localised
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from aif.db.models import Job
 from aif.launchers import get_launcher
 from aif.settings import Settings
-from events.compute import training_flops
-from events.jobspec import Throughput, TrainingResult
 from events.recipe import Recipe
+from stagefiles.compute import training_flops
+from stagefiles.jobspec import Throughput, TrainingResult
 
 RECENT_JOBS = 50
 """How many of the tenant's newest measured jobs are searched for a matching one."""

@@ -8,7 +8,10 @@ import pytest
 
 from aif.db.models import Job
 from aif.orchestrator.ai_act_pack import CARD_MARKER, write_pack
-from events.ai_act import (
+from events.messages import MetricScore
+from events.recipe import PublishedFigures, Recipe
+from recipes import load_recipe
+from stagefiles.ai_act import (
     AI_ACT_PACK,
     LAWFUL_BASIS_TODO,
     PROVENANCE,
@@ -16,13 +19,16 @@ from events.ai_act import (
     DataFile,
     TrainingProvenance,
 )
-from events.checksums import MANIFEST, sha256_file, write_manifest
-from events.compute import GPAI_MODIFICATION_SHARE
-from events.jobspec import TrainingResult
-from events.messages import MetricScore
-from events.preflight_report import PiiKind, PiiReport, PreflightReport, RedactedCopy, SplitReport
-from events.recipe import PublishedFigures, Recipe
-from recipes import load_recipe
+from stagefiles.checksums import MANIFEST, sha256_file, write_manifest
+from stagefiles.compute import GPAI_MODIFICATION_SHARE
+from stagefiles.jobspec import TrainingResult
+from stagefiles.preflight_report import (
+    PiiKind,
+    PiiReport,
+    PreflightReport,
+    RedactedCopy,
+    SplitReport,
+)
 
 SCORES = [MetricScore(task="grid_ticket_routing", metric="acc", base=0.2, tuned=0.9)]
 

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.artifact_stores import ArtifactStoreError, FileStore, S3Store, artifact_store
 from aif.db.models import RegisteredModel
-from events.jobspec import TRAINING_RESULT, TrainingResult
 from events.messages import FineTuneRequested
 from events.states import JobState
+from stagefiles.jobspec import TRAINING_RESULT, TrainingResult
 from tests.aif.conftest import local_worker, store_trusted
 from tests.conftest import free_port
 

@@ -27,10 +27,10 @@ from aif.orchestrator.intake import accept
 from aif.orchestrator.worker import JobWorker
 from aif.settings import Settings
 from events.bus import envelope
-from events.jobspec import EVALUATION_RESULT, TRAINING_RESULT, EvaluationResult, TrainingResult
 from events.messages import CancelRequested, EventData, FineTuneRequested
 from events.recipe import Recipe
 from events.states import JobState
+from stagefiles.jobspec import EVALUATION_RESULT, TRAINING_RESULT, EvaluationResult, TrainingResult
 from tests.aif.conftest import local_worker
 
 

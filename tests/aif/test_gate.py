@@ -12,11 +12,11 @@ from aif.orchestrator.gate import decide
 from aif.orchestrator.scores import metric_score, record_evaluation
 from aif.web.pages.board import _cells
 from events.envelope import CloudEvent
-from events.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
 from events.messages import EvaluationCompleted, PairedComparison
 from events.recipe import GuardTask, Recipe
 from events.topics import Topics
 from recipes import load_recipe
+from stagefiles.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
 
 TASK = "grid_ticket_routing"
 

@@ -19,9 +19,7 @@ from aif.settings import Settings
 from aif.tenants import add_api_key, create_tenant
 from aif.web.app import create_app
 from events.bus import KafkaConfig
-from events.checksums import sha256_file
 from events.envelope import CloudEvent
-from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from events.messages import (
     EvaluationCompleted,
     FineTuneRequested,
@@ -33,6 +31,8 @@ from events.messages import (
 )
 from events.states import JobState
 from events.topics import Topics
+from stagefiles.checksums import sha256_file
+from stagefiles.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from tests.aif.conftest import run_to_the_end
 from tests.conftest import free_port
 

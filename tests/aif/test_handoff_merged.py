@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import RegisteredModel
 from aif.settings import Settings
 from events.bus import KafkaConfig
-from events.checksums import sha256_file
-from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from events.messages import FineTuneRequested
 from events.states import JobState
 from events.topics import Topics
+from stagefiles.checksums import sha256_file
+from stagefiles.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from tests.aif.conftest import run_to_the_end
 from tests.conftest import free_port
 

@@ -27,10 +27,10 @@ from aif.settings import Settings
 from aif.tenants import add_api_key
 from aif.web.app import create_app
 from events.bus import KafkaConfig
-from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from events.messages import FineTuneRequested
 from events.states import JobState
 from events.topics import Topics
+from stagefiles.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from tests.aif.conftest import run_to_the_end
 from tests.conftest import SMOLLM2_GGUF, free_port
 

@@ -19,10 +19,10 @@ from aif.db.models import RegisteredModel
 from aif.erasure import erase_tenant
 from aif.settings import Settings
 from events.bus import KafkaConfig
-from events.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from events.messages import FineTuneRequested
 from events.states import JobState
 from events.topics import Topics
+from stagefiles.jobspec import SERVING_CHECK_RESULT, ServingCheckResult
 from tests.aif.conftest import run_to_the_end
 
 CONSUMER = Path(__file__).with_name("inference_consumer.py")

@@ -17,13 +17,13 @@ from sqlalchemy import select
 from aif.db.models import Job, Outbox, Transition
 from aif.db.session import session_factory
 from aif.settings import Settings
-from events.ai_act import AI_ACT_PACK, PROVENANCE, AiActPack
 from events.bus import KafkaConfig
-from events.checksums import MANIFEST, sha256_file
 from events.envelope import CloudEvent
 from events.messages import FineTuneRequested, ModelReady
 from events.states import JobState
 from recipes import copied_into, load_recipe
+from stagefiles.ai_act import AI_ACT_PACK, PROVENANCE, AiActPack
+from stagefiles.checksums import MANIFEST, sha256_file
 from tests.aif.conftest import run_to_the_end, signing_key
 
 PASSWORD = "kafka-sasl-pw-7f3a9c1e"

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif import logs
+from aif import logs, redaction
 from aif.settings import Settings
-from events import redaction
 from events.bus import KafkaConfig
 from tests.aif.conftest import store_trusted
 

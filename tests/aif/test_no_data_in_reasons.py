@@ -31,9 +31,9 @@ from aif.tenants import add_api_key, create_tenant
 from aif.web.app import create_app
 from aif.web.deps import install_problem_handlers
 from aif.web.routes import files
-from events.jobspec import PREFLIGHT_SPEC
 from events.messages import FineTuneRequested
 from events.states import JobState
+from stagefiles.jobspec import PREFLIGHT_SPEC
 from tests.aif.conftest import everything_said, local_worker, store_trusted
 
 MARKER = "SECRET-MARKER-d41c"

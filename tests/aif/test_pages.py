@@ -31,7 +31,10 @@ from aif.web.pages.sessions import COOKIE
 from aif.web.routes import jobs as jobs_routes
 from events.bus import KafkaConfig
 from events.envelope import job_id_for
-from events.jobspec import (
+from events.messages import JobProgress
+from events.states import JobState
+from recipes import load_recipe
+from stagefiles.jobspec import (
     EVAL_COMMANDS,
     TRAINING_RESULT,
     ClassStats,
@@ -40,10 +43,7 @@ from events.jobspec import (
     TaskMetric,
     TrainingResult,
 )
-from events.messages import JobProgress
-from events.preflight_report import Picked, PreflightReport, RenderedExample, SplitReport
-from events.states import JobState
-from recipes import load_recipe
+from stagefiles.preflight_report import Picked, PreflightReport, RenderedExample, SplitReport
 from tests.aif.test_api_jobs import Api, make_api
 from tests.conftest import free_port
 

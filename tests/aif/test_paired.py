@@ -7,8 +7,9 @@ from math import comb, sqrt
 
 import pytest
 
-from aif.orchestrator.paired import above_rate, bootstrap_interval, compare, sign_test
-from events.jobspec import DocOutcomes
+from aif.orchestrator.paired import above_rate, bootstrap_interval, compare
+from stagefiles.jobspec import DocOutcomes
+from stagefiles.sign_test import sign_test
 
 
 @pytest.mark.parametrize(("wins", "losses", "expected"), [

@@ -17,12 +17,12 @@ from aif.orchestrator.worker import JobWorker
 from aif.quotas import Limit, limits, refusal, set_quota, usage
 from aif.settings import QuotaLimits, Settings
 from aif.tenants import TenantError, create_tenant
-from events.compute import training_flops
-from events.jobspec import TrainingResult
 from events.messages import FineTuneRequested
-from events.preflight_report import Estimate
 from events.states import JobState
 from recipes import load_recipe
+from stagefiles.compute import training_flops
+from stagefiles.jobspec import TrainingResult
+from stagefiles.preflight_report import Estimate
 from tests.aif.conftest import local_worker, store_trusted
 
 pytestmark = pytest.mark.store  # admission counts and locks in the job store

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aif.db.models import Job, utcnow
 from aif.orchestrator.errors import LeaseLost
-from events.jobspec import TRAINING_SPEC
 from events.messages import FineTuneRequested
-from events.preflight_report import PREFLIGHT, PreflightReport
 from events.states import JobState
+from stagefiles.jobspec import TRAINING_SPEC
+from stagefiles.preflight_report import PREFLIGHT, PreflightReport
 from tests.aif.conftest import local_worker, store_trusted
 
 

@@ -27,11 +27,11 @@ from evaluation.harness import cli_command
 from events.bus import KafkaConfig
 from events.client import request_finetune
 from events.envelope import job_id_for
-from events.jobspec import EvaluationSpec, TrainingResult
 from events.messages import PUBLIC_LABEL, JobStatusChanged, ModelReady
 from events.recipe import HyperparameterOverrides
 from events.states import JobState
 from events.topics import Topics
+from stagefiles.jobspec import EvaluationSpec, TrainingResult
 from tests.aif.conftest import signing_key
 from tests.conftest import free_port
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from events.jobspec import EvaluationSpec
 from events.recipe import Recipe, load_recipe_file
+from stagefiles.jobspec import EvaluationSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes/energy/grid_ticket_routing/recipe.yaml"

@@ -12,9 +12,9 @@ import pytest
 from aif.orchestrator.gate import decide
 from evaluation.baselines import class_stats, doc_outcomes, with_sample_figures
 from evaluation.tasks import materialise_tasks
-from events.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
 from events.recipe import Recipe
 from recipes import load_recipe, recipe_files
+from stagefiles.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
 
 LABELS = ["bearish", "bullish", "neutral"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from evaluation import run as run_module
 from evaluation.harness import AdapterNotAppliedError, evaluate_model
-from events.jobspec import (
+from stagefiles.jobspec import (
     EVAL_COMMANDS,
     EVALUATION_FAILURE,
     EVALUATION_RESULT,

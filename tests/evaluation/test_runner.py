@@ -16,7 +16,7 @@ from evaluation.harness import (
     evaluate_model,
     extract_metrics,
 )
-from events.jobspec import (
+from stagefiles.jobspec import (
     EVAL_COMMANDS,
     EVALUATION_RESULT,
     PROGRESS_LOG,

@@ -9,7 +9,8 @@ import pytest
 
 from evaluation import run as run_module
 from evaluation.harness import cli_command, evaluate_model, extract_metrics
-from events.jobspec import (
+from events.recipe import EvalTask
+from stagefiles.jobspec import (
     EVALUATION_RESULT,
     PROGRESS_LOG,
     EvaluationResult,
@@ -17,7 +18,6 @@ from events.jobspec import (
     StageFailure,
     TaskMetric,
 )
-from events.recipe import EvalTask
 from tests.evaluation.conftest import SpecFactory
 
 

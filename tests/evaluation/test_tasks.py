@@ -8,7 +8,7 @@ import yaml
 
 from evaluation.tasks import materialise_tasks
 from events.recipe import EvalSection, EvalTask
-from events.tasks import TaskConfigError
+from stagefiles.tasks import TaskConfigError
 
 
 def _section(*tasks: EvalTask) -> EvalSection:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from events.recipe import RecipeError
-from events.tasks import eval_data_files, materialise_one
 from recipes import load_recipe
+from stagefiles.tasks import eval_data_files, materialise_one
 
 
 def test_the_own_task_gates_and_the_recipes_set_is_reported(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from events import content_hash
 from finetune import base_model
 from finetune.base_model import COMPLETE_MARKER, BaseModelError, resolve_base_model
+from stagefiles import content_hash
 
 
 def test_local_hf_directory_is_used_in_place(tiny_model_dir: Path, tmp_path: Path) -> None:

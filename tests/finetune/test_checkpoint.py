@@ -14,10 +14,10 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from events.recipe import Recipe
 from finetune import checkpoint
 from finetune.train import EXIT_STOPPED
+from stagefiles.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from tests.finetune.test_train import REPO, ROWS, _spec
 
 STEPS = 40

@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from aif.cli import app
-from events.compute import training_flops
-from events.jobspec import TRAINING_RESULT, Throughput, TrainingResult, TrainingSpec
 from finetune.base_model import BaseModelError
 from finetune.data import load_examples
 from finetune.estimate import Estimator, consumed, parameter_count
 from finetune.preflight import build_report
 from finetune.train import _cli
+from stagefiles.compute import training_flops
+from stagefiles.jobspec import TRAINING_RESULT, Throughput, TrainingResult, TrainingSpec
 
 ROWS = [{"text": f"ticket {i} about {topic}", "label": label}
         for i, (topic, label) in enumerate(

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from events.preflight_report import GateNoise
 from events.recipe import HyperparameterOverrides, Recipe
 from finetune.gate_noise import gate_noise
 from finetune.preflight import build_report
 from finetune.rows import DataValidationError
 from recipes import load_recipe
+from stagefiles.preflight_report import GateNoise
 
 GRID = "grid-ticket-routing"
 TEST = Path(__file__).resolve().parents[2] / "recipes/energy/grid_ticket_routing/data/test.jsonl"

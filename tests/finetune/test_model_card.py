@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from events.jobspec import TrainingSpec
 from events.recipe import Recipe
 from finetune.model_card import provenance
+from stagefiles.jobspec import TrainingSpec
 
 ROW = {"text": "Sparks from the pole", "label": "emergency"}
 

@@ -8,10 +8,16 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
 from events.recipe import Recipe
 from finetune.checkpoint import CHECKPOINTS_DIR
 from finetune.train import _cli
+from stagefiles.jobspec import (
+    PROGRESS_LOG,
+    TRAINING_RESULT,
+    ProgressLine,
+    TrainingResult,
+    TrainingSpec,
+)
 
 PAIRS = [{"prompt": f"Ticket {i}: {topic}\nTeam:", "chosen": f" {team}", "rejected": " unknown"}
          for i, (topic, team) in enumerate([("sparks", "emergency"), ("a bill", "accounts"),

@@ -12,13 +12,13 @@ from transformers import PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from aif.cli import app
-from events.jobspec import PreflightSpec, StageFailure, Throughput
 from events.recipe import Recipe
-from events.remote_data import local_copy
 from finetune import preflight
 from finetune.data import DataValidationError, load_examples
 from finetune.preflight import PreflightReport, build_report
 from finetune.rows import SourceNames
+from stagefiles.jobspec import PreflightSpec, StageFailure, Throughput
+from stagefiles.remote_data import local_copy
 
 ROW = {"text": "Sparks from the pole near the school", "label": "emergency"}
 OTHER = {"text": "My bill is twice as high as last month", "label": "accounts"}

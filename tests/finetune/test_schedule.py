@@ -12,7 +12,6 @@ import pytest
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
 from finetune.data import IGNORE_INDEX
 from finetune.early_stopping import BEST_DIR
@@ -21,6 +20,7 @@ from finetune.preflight import build_report
 from finetune.sampling import BalancedSampler
 from finetune.train import _cli
 from recipes import load_recipe
+from stagefiles.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from tests.finetune.test_train import _spec
 
 ROWS = [{"text": f"ticket {i} about {topic}", "label": label}

@@ -18,9 +18,15 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from events.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult, TrainingSpec
 from events.recipe import ModelSection, Recipe
 from finetune.train import EXIT_BAD_INPUT, EXIT_DIVERGED, NonFiniteLossError, _cli, check_finite
+from stagefiles.jobspec import (
+    PROGRESS_LOG,
+    TRAINING_RESULT,
+    ProgressLine,
+    TrainingResult,
+    TrainingSpec,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from events.jobspec import ServingCheckSpec, ServingLimits, StageFailure
 from recipes import load_recipe
+from stagefiles.jobspec import ServingCheckSpec, ServingLimits, StageFailure
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from aif.db.models import Job
-from events.ai_act import PROVENANCE, TrainingProvenance
-from events.jobspec import EVAL_COMMANDS, TRAINING_RESULT, TrainingResult
+from stagefiles.ai_act import PROVENANCE, TrainingProvenance
+from stagefiles.jobspec import EVAL_COMMANDS, TRAINING_RESULT, TrainingResult
 
 MAX_BYTES = 8 * 1024 * 1024
 EVALUATION = "evaluation"

@@ -31,8 +31,8 @@ from aif.web.pages.render import page
 from aif.web.pages.sessions import COOKIE, Viewer, principal_of
 from aif.web.routes import artifacts, jobs
 from events.messages import JobProgress, ModelReady
-from events.preflight_report import PreflightReport
 from events.states import JobState
+from stagefiles.preflight_report import PreflightReport
 
 router = APIRouter()
 

@@ -53,9 +53,9 @@ from aif.web.deps import (
 from events.bus import envelope
 from events.envelope import job_id_for
 from events.messages import FineTuneRequested, JobStatusChanged, MetricScore
-from events.preflight_report import Estimate, PreflightReport
 from events.signing import sign
 from events.states import JobState
+from stagefiles.preflight_report import Estimate, PreflightReport
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))

@@ -82,7 +82,7 @@ class PiiReport(_Frozen):
 
 class Estimate(_Frozen):
     """What training will process and cost, counted as `finetune.train` runs (see
-    `finetune.estimate`); FLOPs by `events.compute.training_flops`. Duration and
+    `finetune.estimate`); FLOPs by `stagefiles.compute.training_flops`. Duration and
     device-hours rest on a throughput figure and are rough."""
 
     steps: int

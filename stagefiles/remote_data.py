@@ -10,7 +10,7 @@ it is, and IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to
 by that address.
 
 `s3://bucket/key` objects are fetched with boto3 from the site's store (`s3_endpoint_url`),
-only under the tenant's prefix. Lives in `events` because the orchestrator checks URLs at
+only under the tenant's prefix. Lives in `stagefiles` because the orchestrator checks URLs at
 intake and validation, and the pre-flight stage downloads them, and neither may import the
 other. Messages name the rule,
 never the URL or anything the server sent.
@@ -32,8 +32,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from events.archives import HEAD_BYTES, archive_kind, archive_rule
 from events.recipe import DataSection
+from stagefiles.archives import HEAD_BYTES, archive_kind, archive_rule
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from events.checksums import sha256_file
+from stagefiles.checksums import sha256_file
 
 MEMO_FILE = "content_hashes.json"
 

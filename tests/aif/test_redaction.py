@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from aif import redaction
 from aif.settings import Settings
-from events import redaction
 from events.bus import KafkaConfig
 
 PASSWORD = "s3cr3t-kafka-pass"

@@ -1,6 +1,6 @@
 import pytest
 
-from events.compute import GPAI_MODIFICATION_SHARE, share_of_base, training_flops
+from stagefiles.compute import GPAI_MODIFICATION_SHARE, share_of_base, training_flops
 
 
 def test_flops_count_six_per_parameter_and_token() -> None:

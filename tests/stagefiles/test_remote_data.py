@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from events.archives import archive_kind
-from events.remote_data import (
+from stagefiles.archives import archive_kind
+from stagefiles.remote_data import (
     RemoteDataError,
     address_rule,
     check_s3_url,

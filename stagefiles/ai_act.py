@@ -4,7 +4,7 @@ Its sections follow the European Commission's "Template for the public summary o
 content" for general-purpose AI models (July 2025) — general information, data sources,
 data processing — adapted honestly to a LoRA fine-tune: the sources are the files this job
 trained on, named by sha256 and size. Added: personal-data handling (the pre-flight scan),
-the training compute set against the base model's (`events.compute`), lineage, evaluation
+the training compute set against the base model's (`stagefiles.compute`), lineage, evaluation
 and the gate. The training stage records what only it can see (`TrainingProvenance`); the
 orchestrator assembles the rest at hand-off (`aif.orchestrator.ai_act_pack`).
 """
@@ -16,9 +16,9 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.compute import GPAI_MODIFICATION_SHARE
 from events.messages import GateDecision, MetricScore
-from events.preflight_report import PiiKind
+from stagefiles.compute import GPAI_MODIFICATION_SHARE
+from stagefiles.preflight_report import PiiKind
 
 AI_ACT_PACK = "ai_act_pack.json"
 PROVENANCE = "provenance.json"
