@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from aif.db.models import Job, Outbox
 from events.bus import envelope
 from events.envelope import CloudEvent
-from events.messages import JobEvent
+from events.messages import JobEvent, RequestEvent
 
 SOURCE = "urn:aif-tuning:orchestrator"
 """CloudEvents `source` of every event the service sends about a job."""
@@ -25,12 +25,20 @@ def job_envelope(data: JobEvent, job: Job, event_id: str | None = None) -> Cloud
     them or disagree with the envelope."""
     data = data.model_copy(
         update={"request_source": job.request_source, "request_id": job.request_id})
-    event = envelope(data, source=SOURCE, tenant=job.tenant, subject=job.id, event_id=event_id)
+    return answer_envelope(data, job.tenant, job.id, event_id)
+
+
+def answer_envelope(data: RequestEvent, tenant: str, subject: str,
+                    event_id: str | None = None) -> CloudEvent:
+    """The CloudEvent of an answer to a request, the request's source and id (those in the
+    data) also its extension attributes."""
+    event = envelope(data, source=SOURCE, tenant=tenant, subject=subject, event_id=event_id)
     return event.model_copy(update=data.extensions())
 
 
 def enqueue(session: Session, topic: str, job_id: str, event: CloudEvent) -> CloudEvent:
-    """Queue `event` on `topic`, keyed by the job it is about (the relay's partition key)."""
+    """Queue `event` on `topic`, keyed by the job it is about (the relay's partition key; a
+    `request.refused`: the refused record)."""
     session.add(Outbox(topic=topic, key=job_id, payload=event.to_bytes().decode()))
     return event
 

@@ -3,7 +3,9 @@
 A row keyed by the record's topic, partition and offset is written in the batch's transaction,
 so a batch re-delivered after a crash finds it and sends nothing again unless the first send
 never completed. What is forwarded carries headers saying why and where from; a record too
-large to forward goes as its first bytes with its original size.
+large to forward goes as its first bytes with its original size. Where the signature proved
+whose record it is and no job says why, the tenant's status topic gets a `request.refused`
+event in the same transaction, once per dead letter.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from sqlalchemy.orm import Session
 from aif import audit
 from aif.db.models import DeadLetter
 from aif.jobstore.commands import ERASED
+from aif.jobstore.outbox import answer_envelope, enqueue
+from events.messages import RequestRefused
 
 DLQ_MAX_COPY_BYTES = 256 * 1024
 """A refused value up to this size is forwarded whole; Kafka's default limits are 1 MiB."""
@@ -42,9 +46,12 @@ def dlq_id(record: ConsumerRecord) -> str:
 
 
 def note_dead_letter(session: Session, record: ConsumerRecord, reason: str,
-                     tenant: str | None = None) -> int | None:
+                     tenant: str | None = None, *, status_topic: str | None = None,
+                     request: tuple[str, str] | None = None) -> int | None:
     """Write or find the record's dead letter, audited once; its id if it still has to be
-    forwarded. `tenant`: whose record it is, where the signature proved it."""
+    forwarded. `tenant`: whose record it is, where the signature proved it. `status_topic`:
+    the tenant's, told of a new dead letter by a `request.refused` event naming `request`
+    (source, id) where the record's envelope could be read."""
     fingerprint = _fingerprint(record)
     with session.no_autoflush:
         row = session.scalar(select(DeadLetter).where(
@@ -67,6 +74,14 @@ def note_dead_letter(session: Session, record: ConsumerRecord, reason: str,
     audit.record(session, audit.Action.refuse, actor=audit.SERVICE, tenant=tenant,
                  event_id=dlq_id(record), payload_sha256=audit.sha256(record.value),
                  reason=reason.split(":", 1)[0])
+    if status_topic is not None and tenant is not None:
+        source, request_id = request or (None, None)
+        refused = RequestRefused(
+            tenant=tenant, reason=reason, record=dlq_id(record), at=row.created_at,
+            record_sha256=hashlib.sha256(record.value or b"").hexdigest(),
+            request_source=source, request_id=request_id)
+        enqueue(session, status_topic, dlq_id(record), answer_envelope(
+            refused, tenant, dlq_id(record), event_id=f"{dlq_id(record)}:{fingerprint[:16]}"))
     return row.id
 
 

@@ -11,11 +11,14 @@ key, checked before the value is even parsed. The event's `tenant` attribute may
 it. Without a signature the attribute is believed only where the service is told its network
 is trusted (`require_signed=False`); a signed record is verified either way.
 
-A fine-tuning request of a tenant its signature proved is never refused where only the
-operators see it: besides its dead letter it becomes a job, `validating` then `rejected` with
-the reason, in the same transaction, so its status events go to the tenant's status topic and
-`GET /v1/jobs/{id}` (the id `job_id_for` gives) says why. The checks are `admission`'s, the
-same `POST /v1/jobs` runs before it publishes anything.
+No record of a tenant its signature proved is refused where only the operators see it.
+A fine-tuning request that names itself becomes, besides its dead letter, a job `validating`
+then `rejected` with the reason, in the same transaction, so its status events go to the
+tenant's status topic and `GET /v1/jobs/{id}` (the id `job_id_for` gives) says why. The checks
+are `admission`'s, the same `POST /v1/jobs` runs before it publishes anything. Any other
+refused record of a proven tenant (unreadable, unnamed, a cancel, another type, a reused id)
+is marked `notify`: its dead letter goes with a `request.refused` event to the tenant's status
+topic (`dead_letters.note_dead_letter`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ class IntakeResult:
     job_id: str | None = None
     reason: str = ""
     tenant: str | None = None  # once the signature (or a trusted network) established it
+    notify: bool = False
+    """A dead letter of a record the signature proved `tenant`'s, and no job of it says why:
+    the tenant's status topic hears of it (`events.messages.RequestRefused`)."""
+    request: tuple[str, str] | None = None
+    """(source, id) of the refused request, where its envelope could be read."""
 
 
 def _request_digest(event: CloudEvent) -> str:
@@ -110,6 +118,14 @@ def _claimed_tenant(raw: bytes | None) -> str | None:
         return None
 
 
+def _refused(reason: str, tenant: str | None, *, proven: bool, event: CloudEvent | None = None,
+             job_id: str | None = None) -> IntakeResult:
+    """A dead letter; `proven`: the signature proved `tenant`, whose status topic hears of
+    it (no job of the tenant says why)."""
+    return IntakeResult(Outcome.dead_letter, job_id, reason, tenant, notify=proven,
+                        request=None if event is None else (event.source, event.id))
+
+
 def _erased_refusal() -> IntakeResult:
     return IntakeResult(Outcome.dead_letter, reason=(
         f"{ERASED}: the tenant was erased; its events create nothing"))
@@ -137,18 +153,17 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         return IntakeResult(Outcome.dead_letter, reason=(
             f"signature: unsigned record; this service requires the {KEY_ID_HEADER} and "
             f"{SIGNATURE_HEADER} headers"))
+    proven = signed_by is not None  # (an erased tenant's keys are gone: no erased tenant)
     event, refused = read_event(raw), None
     if isinstance(event, Refusal):
-        refused, event = event, _oversized_envelope(raw, event) if signed_by else None
+        refused, event = event, _oversized_envelope(raw, event) if proven else None
         if event is None:
-            return IntakeResult(Outcome.dead_letter, reason=refused.reason, tenant=signed_by)
+            return _refused(refused.reason, signed_by, proven=proven)
     if event.type not in (FineTuneRequested.TYPE, CancelRequested.TYPE):
-        return IntakeResult(Outcome.dead_letter, reason="type: unknown event type",
-                            tenant=signed_by)
-    if signed_by is not None and event.tenant not in (None, signed_by):
-        return IntakeResult(Outcome.dead_letter, tenant=signed_by, reason=(
-            "tenant-mismatch: the tenant attribute names another tenant than the signing "
-            "key's"))
+        return _refused("type: unknown event type", signed_by, proven=proven, event=event)
+    if proven and event.tenant not in (None, signed_by):
+        return _refused("tenant-mismatch: the tenant attribute names another tenant than the "
+                        "signing key's", signed_by, proven=proven, event=event)
     tenant = signed_by or event.tenant
     if not tenant:
         return IntakeResult(Outcome.dead_letter, reason=(
@@ -159,9 +174,9 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
         event = event.model_copy(update={"tenant": tenant})  # stored as the key proved it
     actor = audit.signing_actor(key_id) if key_id else "unsigned"
     if event.type == CancelRequested.TYPE:
-        if refused is not None:
-            return IntakeResult(Outcome.dead_letter, reason=refused.reason, tenant=tenant)
-        return _cancel(session, event, tenant, topics, actor)
+        if refused is not None:  # only a signed record is read when oversized
+            return _refused(refused.reason, tenant, proven=proven, event=event)
+        return _cancel(session, event, tenant, topics, actor, proven=proven)
 
     job_id = job_id_for(tenant, event.source, event.id)
     # An oversized event was read without its data: its digest is of the bytes.
@@ -170,13 +185,9 @@ def accept(session: Session, raw: bytes | None, topics: Topics,
     existing = _stored(session, *request_key)
     if existing is not None:
         if existing.request_sha256 != digest:
-            return IntakeResult(
-                Outcome.dead_letter,
-                existing.id,
-                "id: an event of this tenant with this source and id was already received "
-                "with a different payload",
-                tenant,
-            )
+            return _refused("id: an event of this tenant with this source and id was already "
+                            "received with a different payload", tenant, proven=proven,
+                            event=event, job_id=existing.id)
         with session.no_autoflush:
             refused_here = rejected_at_intake(existing)
         if refused_here:  # sent again, or re-delivered before its dead letter went out
@@ -262,18 +273,19 @@ def _stored(session: Session, tenant: str, source: str, event_id: str) -> Job | 
             Job.tenant == tenant, Job.request_source == source, Job.request_id == event_id))
 
 
-def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, actor: str
-            ) -> IntakeResult:
-    """Cancel in the store (`commands.cancel`) a job of the record's own tenant."""
+def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, actor: str,
+            *, proven: bool) -> IntakeResult:
+    """Cancel in the store (`commands.cancel`) a job of the record's own tenant; `proven`:
+    the signature proved the tenant, which hears of a refusal."""
     try:
         request = CancelRequested.model_validate(event.data)
     except ValidationError as exc:
-        return IntakeResult(Outcome.dead_letter, tenant=tenant,
-                            reason=describe_validation_error(exc, "data", CancelRequested))
+        return _refused(describe_validation_error(exc, "data", CancelRequested), tenant,
+                        proven=proven, event=event)
     job = session.get(Job, request.job_id)
     if job is None or job.tenant != tenant:  # another tenant's job does not exist for you
-        return IntakeResult(Outcome.dead_letter, request.job_id,
-                            "data.job_id: no such job for this tenant", tenant)
+        return _refused("data.job_id: no such job for this tenant", tenant, proven=proven,
+                        event=event, job_id=request.job_id)
     if not cancel(session, job, topics, request.reason or "cancel requested", actor,
                   event_id=event.id, payload_sha256=audit.sha256(event.to_bytes())):
         return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {job.state}",

@@ -110,8 +110,11 @@ def _store(sessions: sessionmaker[Session], records: list[ConsumerRecord], topic
             results.append(result)
             if result.outcome is Outcome.dead_letter:
                 with session.begin_nested() if isolate else nullcontext():
-                    dead_letter_id = note_dead_letter(session, record, result.reason,
-                                                      result.tenant)
+                    dead_letter_id = note_dead_letter(
+                        session, record, result.reason, result.tenant,
+                        status_topic=(topics.status(result.tenant)
+                                      if result.notify and result.tenant else None),
+                        request=result.request)
                 if dead_letter_id is not None:
                     forward[dead_letter_id] = (record, result.reason)
         session.commit()

@@ -5,12 +5,15 @@ and `screen`) before it publishes anything, and answers a problem document namin
 and rule: 413 for the size, 429 for a quota with nothing left, 422 for the rest. Over Kafka,
 a request whose tenant the signature proved and whose body is refused becomes a job in state
 `rejected` with the reason (its status events on the tenant's status topic, in the batch's
-transaction with the dead letter), so `GET /v1/jobs/{id}` and the status topic say why.
+transaction with the dead letter), so `GET /v1/jobs/{id}` and the status topic say why; any
+other signed record it refuses (unreadable, unnamed, a cancel, another type, a reused id) is
+told to its tenant by a `request.refused` event on that status topic.
 No test here trains: each is a check of the request alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -35,7 +38,12 @@ from aif.settings import Settings
 from aif.web.app import create_app
 from events.bus import KafkaConfig
 from events.envelope import MAX_EVENT_BYTES, job_id_for
-from events.messages import CancelRequested, FineTuneRequested, JobStatusChanged
+from events.messages import (
+    CancelRequested,
+    FineTuneRequested,
+    JobStatusChanged,
+    RequestRefused,
+)
 from events.signing import sign
 from events.states import JobState
 from events.topics import Topics
@@ -315,32 +323,90 @@ def test_within_one_batch_a_refused_request_and_its_copy_are_one_job(api: Api) -
         assert sorted(s.scalars(select(Job.state)).all()) == ["rejected", "validating"]
 
 
+HUGE = _event({"recipe": "grid-ticket-routing", "labels": {"a": "x" * (2 * 2**20)}})
+"""Over Kafka's default largest record: not even its attributes are read."""
+UNNAMED = {  # signed records whose tenant hears of their refusal without a job: raw, named
+    "tenant-mismatch": (_event(GOOD, tenant="globex"), True),  # acme signed it, not globex
+    "cancel-unknown-job": (_event({"job_id": "nope"}, type_=CancelRequested.TYPE), True),
+    "cancel-schema": (_event({"reason": 5}, type_=CancelRequested.TYPE), True),
+    "other-type": (_event(GOOD, type_="com.example.other"), True),
+    "no-id": (b'{"specversion": "1.0", "source": "urn:partner", "type": "x"}', False),
+    "not-json": (b"IBAN DE89370400440532013000 \xff", False),
+    "deep": (b"[" * 100, False),
+    "too-large-to-read": (HUGE, False),
+}
+
+
+def _refusal_events(sessions: sessionmaker[Session]) -> list[tuple[str, str, dict]]:
+    """(topic, key, envelope) of every event queued so far."""
+    with sessions() as s:
+        return [(r.topic, r.key or "", json.loads(r.payload))
+                for r in s.scalars(select(Outbox).order_by(Outbox.id))]
+
+
+@pytest.mark.parametrize("kind", UNNAMED)
+def test_a_signed_record_refused_without_a_job_is_told_to_its_tenant(api: Api, kind: str
+                                                                     ) -> None:
+    """Issue #24.1: no request a tenant made ends where only operators see it, named or not:
+    a `request.refused` on the signer's status topic, beside the dead letter, once."""
+    raw, named = UNNAMED[kind]
+    record = _record(api, raw, 9)
+    stored = store_batch(api.sessions, [record], TOPICS, _admission(api))
+    (result,) = stored.results
+    assert result.outcome is Outcome.dead_letter and len(stored.forward) == 1
+    ((topic, key, event),) = _refusal_events(api.sessions)
+    assert (topic, key) == (TOPICS.status("acme"), "fd.requests/0/9")
+    assert (event["type"], event["tenant"], event["subject"]) == (
+        RequestRefused.TYPE, "acme", "fd.requests/0/9")
+    told = RequestRefused.model_validate(event["data"])
+    assert (told.tenant, told.reason, told.record) == ("acme", result.reason, "fd.requests/0/9")
+    assert told.record_sha256 == hashlib.sha256(raw).hexdigest()
+    with api.sessions() as s:
+        # The dead letter is the tenant's too: erased with it.
+        assert s.execute(select(DeadLetter.reason, DeadLetter.tenant)).all() == [
+            (told.reason, "acme")]
+        assert s.scalars(select(Job)).all() == []
+    naming = ("urn:partner", "e-1") if named else (None, None)
+    assert (told.request_source, told.request_id) == naming
+    assert (event.get("requestsource"), event.get("requestid")) == naming
+    assert "DE8937" not in json.dumps(event) and "xxxx" not in json.dumps(event)
+    # Delivered again after a crash: the dead letter is found, nothing is told twice.
+    store_batch(api.sessions, [record], TOPICS, _admission(api))
+    assert len(_refusal_events(api.sessions)) == 1
+
+
+def test_an_earlier_requests_id_with_another_payload_is_told_to_its_tenant(api: Api) -> None:
+    first = store_batch(api.sessions, [_record(api, _event(GOOD), 1)], TOPICS, _admission(api))
+    assert first.results[0].outcome is Outcome.accepted
+    again = store_batch(api.sessions, [_record(api, _event(GOOD | {"labels": {"a": "b"}}), 2)],
+                        TOPICS, _admission(api))
+    assert "different payload" in again.results[0].reason
+    told = [e for _, _, e in _refusal_events(api.sessions) if e["type"] == RequestRefused.TYPE]
+    assert [(e["data"]["request_id"], e["data"]["record"]) for e in told] == [
+        ("e-1", "fd.requests/0/2")]
+    # The job the first request made is untouched: only `validating`.
+    assert [e.state for e in _statuses(api.sessions, first.results[0].job_id or "")] == [
+        S.validating]
+
+
 @pytest.mark.parametrize(("raw", "signed"), [
     (_event({"recipe": "grid-ticket-routin"}), False),  # trusted network: tenant not proven
-    (_event(GOOD, tenant="globex"), True),  # tenant-mismatch: a forgery, not a request
-    (_event({"job_id": "nope"}, type_=CancelRequested.TYPE), True),  # not a job request
-    (_event(GOOD, type_="com.example.other"), True),
-    (b'{"specversion": "1.0", "source": "urn:partner", "type": "x"}', True),  # no id
-    (b"[" * 100, True),
-], ids=["unsigned", "tenant-mismatch", "cancel", "other-type", "no-id", "deep"])
-def test_refusals_without_a_request_of_a_proven_tenant_leave_no_job(
+    (_event({"job_id": "nope"}, type_=CancelRequested.TYPE), False),
+    (b"[" * 100, False),
+    (_event(GOOD, tenant="globex"), True),  # a signature of no key: anybody's forgery
+], ids=["unsigned", "unsigned-cancel", "unsigned-deep", "bad-signature"])
+def test_a_refused_record_no_signature_proves_is_told_to_the_operators_only(
     api: Api, raw: bytes, signed: bool,
 ) -> None:
+    record = _record(api, raw, 0, signed)
+    if signed:  # signed, but not by this value: the HMAC does not match
+        record = record._replace(value=raw + b" ")
+    stored = store_batch(api.sessions, [record], TOPICS, _admission(api),
+                         require_signed=signed)
+    assert stored.results[0].outcome is Outcome.dead_letter and len(stored.forward) == 1
+    assert _refusal_events(api.sessions) == []
     with api.sessions() as s:
-        result = accept(s, raw, TOPICS, _admission(api), require_signed=not signed,
-                        headers=_record(api, raw, 0, signed).headers)
-        s.commit()
-        assert result.outcome is Outcome.dead_letter and s.scalars(select(Job)).all() == []
-        assert s.scalars(select(Outbox)).all() == []
-
-
-def test_an_oversized_record_too_large_to_read_leaves_no_job(api: Api) -> None:
-    huge = _event({"recipe": "grid-ticket-routing", "labels": {"a": "x" * (2 * 2**20)}})
-    with api.sessions() as s:
-        result = accept(s, huge, TOPICS, _admission(api), headers=_record(api, huge, 0).headers)
-        s.commit()
-        assert result.outcome is Outcome.dead_letter and s.scalars(select(Job)).all() == []
-    assert result.tenant == "acme"  # its dead letter is erased with the tenant
+        assert s.scalars(select(Job)).all() == []
 
 
 def test_without_admission_intake_still_refuses_only_the_schema(api: Api) -> None:

@@ -1,7 +1,9 @@
 """Issue #24 point 1 on the real broker and service: a signed request that intake refuses
 reaches its tenant. `aif submit --wait` (Kafka, no HTTP) follows the tenant's status topic
 and ends with `rejected` and the reason, instead of waiting for a job that never comes; the
-operators' dead-letter topic has the record too. No training: intake refuses both."""
+operators' dead-letter topic has the record too. A signed record intake cannot even read
+reaches the tenant's status topic as `request.refused`, which the partner-side follower reads
+by the record's position. No training: intake refuses all three."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from typer.testing import CliRunner
 from aif.cli import app as cli
 from aif.service import Service
 from aif.settings import Settings
-from events.bus import KafkaConfig, make_consumer
+from events.bus import KafkaConfig, make_consumer, make_producer
+from events.client import follow
+from events.messages import RequestRefused
+from events.signing import sign
 from events.topics import Topics
 from tests.aif.conftest import signing_key
 from tests.conftest import free_port
@@ -76,5 +81,28 @@ def test_aif_submit_wait_over_kafka_ends_rejected_with_the_reason(
             assert "submitted job" in said and "job finished: rejected" in said, said
             assert f"rejected {reason}" in said, said
             assert "root:" not in said
-        reasons = _dead_letter_reasons(settings.kafka, settings.topics, len(cases))
-    assert sorted(r.split(" ", 1)[0] for r in reasons) == ["data.train_file:", "recipe:"]
+        told = _unreadable_record_told(settings, key.id, key.secret)
+        reasons = _dead_letter_reasons(settings.kafka, settings.topics, len(cases) + 1)
+    assert told.reason.startswith("value is not JSON: ") and told.tenant == "acme", told
+    assert (told.request_source, told.request_id) == (None, None)
+    assert sorted(r.split(" ", 1)[0] for r in reasons) == [
+        "data.train_file:", "recipe:", "value"]
+
+
+def _unreadable_record_told(settings: Settings, key_id: str, secret: str) -> RequestRefused:
+    """Send a signed record that is no CloudEvent and follow the tenant's topics, as a
+    partner would, for the refusal of the record at the position its send reported."""
+    value = b"not a CloudEvent, and no request id to follow"
+    producer = make_producer(settings.kafka)
+    try:
+        sent = producer.send(settings.topics.requests, value,
+                             headers=sign(value, key_id, secret)).get(timeout=30)
+    finally:
+        producer.close()
+    record = f"{sent.topic}/{sent.partition}/{sent.offset}"
+    for event in follow(settings.kafka, settings.topics, "acme",
+                        lambda ev: ev.subject == record, timeout_s=60):
+        if event is not None:
+            assert isinstance(event, RequestRefused)
+            return event
+    raise AssertionError("unreachable: follow raises TimeoutError")
