@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aif.launchers import KubernetesConfig, SlurmConfig, check_launcher_name
 from events.bus import KafkaConfig
-from events.recipe import PiiPolicy
+from events.recipe_data import PiiPolicy
 from events.topics import Topics
 from stagefiles.jobspec import ServingLimits
 

@@ -5,7 +5,7 @@
 
 No network and no weights: each model is built from a `LlamaConfig` of a real shape (1B and
 8B) directly on the device, its weights random. Each training case wraps it in a LoRA of the
-recipe defaults (`events.recipe.LoraSection`: rank, alpha, dropout, target modules), runs
+recipe defaults (`events.recipe_train.LoraSection`: rank, alpha, dropout, target modules), runs
 warm-up steps, then timed steps of forward + backward + AdamW on random token batches, and
 reports real tokens/s, MFU and peak memory (`finetune.train.peak_memory`).
 
@@ -43,7 +43,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.roofline import TokenMix, flops_per_token
-from events.recipe import LoraSection
+from events.recipe_train import LoraSection
 from finetune.train import peak_memory
 from stagefiles.compute import training_flops
 

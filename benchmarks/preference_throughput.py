@@ -23,7 +23,9 @@ from pathlib import Path
 
 from benchmarks.machine import write_results
 from benchmarks.train_throughput import recipe_trainer
-from events.recipe import DataFormat, DataSection, Recipe, TrainMethod
+from events.recipe import Recipe
+from events.recipe_data import DataFormat, DataSection
+from events.recipe_train import TrainMethod
 from finetune.base_model import resolve_base_model
 from recipes import load_recipe
 

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.recipe import EvalSection
+from events.recipe_eval import EvalSection
 from stagefiles.tasks import materialise_one
 
 

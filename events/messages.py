@@ -16,7 +16,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from events.recipe import NUMBER, HyperparameterOverrides, Recipe
+from events.fields import NUMBER
+from events.recipe import HyperparameterOverrides, Recipe
 from events.states import JobState
 
 TYPE_PREFIX = "eu.aifactory.tuning"

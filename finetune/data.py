@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from events.recipe import DataFormat, DataSection
+from events.recipe_data import DataFormat, DataSection
 from finetune.labels import TaskLabels, mapped
 from finetune.rows import (
     DataValidationError,

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 
-from events.recipe import AUTO, Recipe
+from events.recipe import Recipe
+from events.recipe_train import AUTO
 from stagefiles.preflight_report import Picked
 
 MIN_EXAMPLES_SEEN = 1_000

@@ -7,7 +7,7 @@ import importlib.metadata
 import json
 from pathlib import Path
 
-from events.recipe import DataSection
+from events.recipe_data import DataSection
 from finetune.data import sources
 from stagefiles.ai_act import AI_ACT_PACK, PROVENANCE, DataFile, TrainingProvenance
 from stagefiles.checksums import MANIFEST, sha256_file, write_manifest

@@ -26,7 +26,7 @@ import phonenumbers
 from stdnum import iban, luhn
 from stdnum.eu import vat
 
-from events.recipe import DataSection, PiiPolicy
+from events.recipe_data import DataSection, PiiPolicy
 from finetune.data import sources
 from finetune.rows import RowError, checked_rows
 from stagefiles.checksums import sha256_file

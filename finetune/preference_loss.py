@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from events.recipe import TrainMethod, TrainSection
+from events.recipe_train import TrainMethod, TrainSection
 from finetune.data import IGNORE_INDEX
 from finetune.loss import StepLoss, kept_logits
 

@@ -36,7 +36,9 @@ from typing import Any
 from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
-from events.recipe import DataSection, EvalSection, PiiPolicy, Recipe
+from events.recipe import Recipe
+from events.recipe_data import DataSection, PiiPolicy
+from events.recipe_eval import EvalSection
 from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
 from finetune.data import (

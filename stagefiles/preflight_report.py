@@ -11,7 +11,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.recipe import DataSection, PiiPolicy, Recipe
+from events.recipe import Recipe
+from events.recipe_data import DataSection, PiiPolicy
 
 PREFLIGHT = "preflight.json"
 

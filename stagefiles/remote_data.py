@@ -32,7 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from events.recipe import DataSection
+from events.recipe_data import DataSection
 from stagefiles.archives import HEAD_BYTES, archive_kind, archive_rule
 
 Address = IPv4Address | IPv6Address

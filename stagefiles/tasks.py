@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from events.recipe import OWN_EVAL_SUFFIX, EvalSection, EvalTask
+from events.recipe_eval import OWN_EVAL_SUFFIX, EvalSection, EvalTask
 
 
 class TaskConfigError(ValueError):

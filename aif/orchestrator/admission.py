@@ -24,7 +24,8 @@ from aif.orchestrator.references import References
 from aif.settings import QuotaLimits
 from events.envelope import MAX_EVENT_BYTES, CloudEvent, EnvelopeError, describe_validation_error
 from events.messages import FineTuneRequested
-from events.recipe import AUTO, Recipe, RecipeError
+from events.recipe import Recipe, RecipeError
+from events.recipe_train import AUTO
 from recipes import load_recipe
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aif.db.models import Job
 from events.messages import FineTuneRequested, GateDecision, MetricScore
-from events.recipe import DataFormat, Recipe
+from events.recipe import Recipe
+from events.recipe_data import DataFormat
 from stagefiles.ai_act import (
     AI_ACT_PACK,
     LAWFUL_BASIS_TODO,

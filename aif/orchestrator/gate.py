@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from aif.orchestrator.paired import above_rate, compare
 from events.messages import GateDecision, MetricScore, PairedComparison
-from events.recipe import GateSection, Recipe
+from events.recipe import Recipe
+from events.recipe_eval import GateSection
 from stagefiles.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric
 from stagefiles.sign_test import sign_test
 

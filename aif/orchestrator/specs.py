@@ -16,7 +16,8 @@ from aif.orchestrator.errors import FinalError
 from aif.orchestrator.references import References
 from aif.settings import Settings
 from events.messages import FineTuneRequested
-from events.recipe import EvalTask, Recipe, RecipeError
+from events.recipe import Recipe, RecipeError
+from events.recipe_eval import EvalTask
 from recipes import RECIPES_DIR, load_recipe
 from stagefiles.jobspec import (
     BaseScoreCache,

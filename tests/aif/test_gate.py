@@ -13,7 +13,8 @@ from aif.orchestrator.scores import metric_score, record_evaluation
 from aif.web.pages.board import _cells
 from events.envelope import CloudEvent
 from events.messages import EvaluationCompleted, PairedComparison
-from events.recipe import GuardTask, Recipe
+from events.recipe import Recipe
+from events.recipe_eval import GuardTask
 from events.topics import Topics
 from recipes import load_recipe
 from stagefiles.jobspec import ClassStats, DocOutcomes, EvaluationResult, TaskMetric

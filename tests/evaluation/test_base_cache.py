@@ -16,7 +16,8 @@ from aif.orchestrator.specs import base_score_cache
 from aif.settings import Settings
 from evaluation import run as run_module
 from evaluation.harness import extract_metrics
-from events.recipe import EvalTask, Recipe
+from events.recipe import Recipe
+from events.recipe_eval import EvalTask
 from stagefiles.jobspec import BaseScoreCache, EvaluationSpec
 from tests.evaluation.conftest import RECIPE, SpecFactory
 

@@ -9,7 +9,7 @@ import pytest
 
 from evaluation import run as run_module
 from evaluation.harness import cli_command, evaluate_model, extract_metrics
-from events.recipe import EvalTask
+from events.recipe_eval import EvalTask
 from stagefiles.jobspec import (
     EVALUATION_RESULT,
     PROGRESS_LOG,

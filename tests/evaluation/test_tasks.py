@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from evaluation.tasks import materialise_tasks
-from events.recipe import EvalSection, EvalTask
+from events.recipe_eval import EvalSection, EvalTask
 from stagefiles.tasks import TaskConfigError
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from events.recipe import HyperparameterOverrides, Recipe, RecipeError, TrainMethod
+from events.recipe import HyperparameterOverrides, Recipe, RecipeError
+from events.recipe_train import TrainMethod
 
 
 def _recipe(data: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> Recipe:

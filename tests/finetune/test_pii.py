@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
 from aif.cli import app
-from events.recipe import PiiPolicy
+from events.recipe_data import PiiPolicy
 from finetune import pii
 from finetune.data import load_examples
 from finetune.preflight import build_report

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from trl.experimental.orpo.orpo_trainer import ORPOTrainer
 from trl.trainer.dpo_trainer import DPOTrainer
 
-from events.recipe import TrainSection
+from events.recipe_train import TrainSection
 from finetune.data import IGNORE_INDEX
 from finetune.preference_data import PairEncoder, pair_collator
 from finetune.preference_loss import PreferenceObjective, dpo_loss, orpo_loss, sequence_logps

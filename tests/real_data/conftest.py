@@ -21,7 +21,8 @@ from lm_eval.tasks import TaskManager
 from transformers import PreTrainedTokenizerBase
 
 from evaluation.tasks import materialise_tasks
-from events.recipe import EvalTask, Recipe
+from events.recipe import Recipe
+from events.recipe_eval import EvalTask
 from finetune.data import TokenizedData, load_examples
 
 EVAL_DATA = Path(
