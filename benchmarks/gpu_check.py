@@ -7,7 +7,7 @@ No network and no weights: each model is built from a `LlamaConfig` of a real sh
 8B) directly on the device, its weights random. Each training case wraps it in a LoRA of the
 recipe defaults (`events.recipe_train.LoraSection`: rank, alpha, dropout, target modules), runs
 warm-up steps, then timed steps of forward + backward + AdamW on random token batches, and
-reports real tokens/s, MFU and peak memory (`finetune.train.peak_memory`).
+reports real tokens/s, MFU and peak memory (`finetune.save.peak_memory`).
 
 MFU counts useful FLOPs by the training-loop benchmarks' rule (`benchmarks.roofline`
 `flops_per_token`, issue 16: 4 x the matmul parameters per token for LoRA on frozen weights,
@@ -44,7 +44,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.roofline import TokenMix, flops_per_token
 from events.recipe_train import LoraSection
-from finetune.train import peak_memory
+from finetune.save import peak_memory
 from stagefiles.compute import training_flops
 
 # Dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins.

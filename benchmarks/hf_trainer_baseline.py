@@ -29,7 +29,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from finetune.train import peak_memory
+from finetune.save import peak_memory
 
 
 class _CountingTrainer(Trainer):

@@ -32,6 +32,7 @@ from benchmarks.machine import write_results
 from benchmarks.train_throughput import variable_length_set
 from events.recipe import Recipe
 from finetune import train as trainer
+from finetune.build import build
 from recipes import load_recipe
 from stagefiles.jobspec import TrainingSpec
 
@@ -70,7 +71,7 @@ def profile_loop(recipe: Recipe, models_dir: Path, work: Path, steps: int, top: 
                         recipe=recipe.model_copy(update={"train": train}, deep=True),
                         work_dir=str(work), model_cache_dir=str(models_dir))
     work.mkdir(parents=True)
-    setup = trainer.build(spec)
+    setup = build(spec)
     if threads:
         torch.set_num_threads(threads)
     setup = dataclasses.replace(setup, validation=None)

@@ -7,7 +7,7 @@ LoRA matrices' parameters (their weight gradients are not counted), attention (f
 context x hidden per layer, backward twice that) and the vocabulary projection at the
 positions carrying loss only (4 x vocabulary x hidden). The roofline is torch's own matmul
 on the same shapes (one micro-batch of tokens against each projection, forward and
-backward) with the trainer's thread count (`finetune.train._use_node_cores`), in the same run.
+backward) with the trainer's thread count (`finetune.build._use_node_cores`), in the same run.
 """
 
 from __future__ import annotations

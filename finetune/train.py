@@ -2,7 +2,8 @@
 
 It reads a frozen TrainingSpec and answers only with files in the job directory (progress
 lines while it runs, the adapter and a TrainingResult at the end), so it can run on any node
-that sees the shared filesystem. The flow reads top to bottom: setup, train, save.
+that sees the shared filesystem. The flow reads top to bottom: setup (`finetune.build`),
+train (here), save (`finetune.save`).
 
 Exit codes: 0 done, 2 the spec, data or base model is unusable, 3 the loss diverged, 4 stopped
 by SIGTERM (cancel or preemption) after writing a checkpoint. Note that `accelerate launch`
@@ -12,54 +13,28 @@ same work directory resumes from the newest complete checkpoint.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
-from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import ValidationError
 from torch.utils.data import DataLoader
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    get_scheduler,
-)
 
-from events.recipe import Recipe
 from finetune import checkpoint
-from finetune.base_model import BaseModelError, resolve_base_model
-from finetune.data import (
-    DataValidationError,
-    TokenizerUnfitError,
-    collator,
-    load_examples,
-    real_tokens,
-)
+from finetune.base_model import BaseModelError
+from finetune.build import QLoRAUnavailableError, Setup, build
+from finetune.data import DataValidationError, TokenizerUnfitError, real_tokens
 from finetune.early_stopping import EarlyStopping
-from finetune.labels import task_labels
-from finetune.loss import StepLoss, sft_loss
-from finetune.model_card import write_extras, write_manifest
-from finetune.preference_data import pair_collator
-from finetune.preference_loss import PreferenceObjective
-from finetune.sampling import BalancedSampler
+from finetune.save import Outcome, save
 from stagefiles.jobspec import (
     PROGRESS_LOG,
-    TRAINING_RESULT,
     FailureKind,
     ProgressLine,
-    TrainingResult,
     TrainingSpec,
     record_failure,
 )
@@ -67,8 +42,6 @@ from stagefiles.jobspec import (
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_STOPPED = 4
-ADAPTER_DIR = "adapter"
-MERGED_DIR = "merged"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,31 +51,6 @@ class NonFiniteLossError(RuntimeError):
 
 class Stopped(Exception):
     """SIGTERM arrived; a checkpoint holds the run so far."""
-
-
-@dataclass
-class Setup:
-    accelerator: Accelerator
-    spec: TrainingSpec
-    base_model_dir: Path
-    tokenizer: PreTrainedTokenizerBase
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loader: DataLoader
-    validation: DataLoader | None
-    objective: Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepLoss]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    steps: int
-    final_loss: float
-    train_tokens: int
-    validation_loss: float | None
-    tokens_per_s: float
-    best_step: int | None = None  # early stopping: the step whose adapter is kept
-    stopped_early: bool = False
 
 
 class StopFlag:
@@ -133,78 +81,6 @@ def main(spec_path: str) -> int:
     save(setup, outcome, time.monotonic() - started)
     setup.accelerator.end_training()
     return 0
-
-
-def build(spec: TrainingSpec) -> Setup:
-    """Everything the loop needs, each piece from the library that owns it."""
-    recipe = spec.recipe
-    cpu = not torch.cuda.is_available()
-    if recipe.lora.quantize_4bit:
-        _check_qlora_possible()
-    if cpu:
-        _use_node_cores()
-    accelerator = Accelerator(
-        cpu=cpu,  # several CPU processes then train together over gloo, not side by side
-        gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
-        mixed_precision=_mixed_precision(),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    set_seed(recipe.train.seed)
-    # One rank converts the base model while the others wait, then they all read the cache.
-    with accelerator.main_process_first():
-        base_model_dir = resolve_base_model(recipe.model.base, Path(spec.model_cache_dir))
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
-                         task_labels(recipe))  # the rows the pre-flight accepted
-    if accelerator.is_main_process:
-        print(
-            f"finetune: {len(data.train.examples)} examples, {data.train.truncated} truncated to "
-            f"max_seq_len {recipe.train.max_seq_len}",
-            file=sys.stderr,
-        )
-    model = _base_model(base_model_dir, recipe, accelerator)
-    model.config.use_cache = False  # a cache would let packed examples attend to each other
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = recipe.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            use_dora=lora.use_dora,
-            task_type="CAUSAL_LM",
-        ),
-    )
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=recipe.train.learning_rate,
-        weight_decay=recipe.train.weight_decay,
-    )
-    # Not passed to prepare(): accelerate would step it once per process, while max_steps
-    # already counts optimizer steps.
-    scheduler = get_scheduler(
-        recipe.train.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(recipe.train.warmup_ratio * recipe.train.max_steps),
-        num_training_steps=recipe.train.max_steps,
-    )
-    pairs = recipe.train.method.preference
-    collate = (pair_collator if pairs else collator)(tokenizer, recipe.train.packing)
-    examples = data.train.examples
-    sampler = BalancedSampler(examples, recipe.train.seed) if recipe.train.class_balance else None
-    loader = DataLoader(examples, batch_size=recipe.train.batch_size, shuffle=sampler is None,
-                        sampler=sampler, collate_fn=collate)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    validation = None
-    if data.validation is not None:  # sharded over the ranks, then reduced
-        validation = accelerator.prepare(DataLoader(
-            data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
-        ))
-    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
-                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss)
 
 
 def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
@@ -365,118 +241,6 @@ def check_finite(loss: float, step: int) -> None:
         raise NonFiniteLossError(
             f"loss is {loss} at step {step}; lower the learning rate or check the data"
         )
-
-
-def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
-    """Main process only: safetensors adapter, its tokenizer, checksums, then the result."""
-    acc = setup.accelerator
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        work_dir = Path(setup.spec.work_dir)
-        adapter_dir = work_dir / ADAPTER_DIR
-        model: PeftModel = acc.unwrap_model(setup.model)
-        model.save_pretrained(adapter_dir, safe_serialization=True)
-        setup.tokenizer.save_pretrained(adapter_dir)
-        checksums = write_extras(adapter_dir, setup.spec, setup.base_model_dir, outcome.steps,
-                                 outcome.final_loss, outcome.train_tokens,
-                                 outcome.validation_loss)
-        peak_memory_mb = peak_memory()  # of training, before a merge loads another copy
-        merged_dir = work_dir / MERGED_DIR
-        merged = (_save_merged(setup, adapter_dir, merged_dir)
-                  if setup.spec.recipe.lora.save_merged else {})
-        TrainingResult(
-            adapter_dir=str(adapter_dir),
-            base_model_dir=str(setup.base_model_dir),
-            steps=outcome.steps,
-            final_loss=outcome.final_loss,
-            train_tokens=outcome.train_tokens,
-            validation_loss=outcome.validation_loss,
-            wall_s=wall_s,
-            processes=acc.num_processes,
-            tokens_per_s=outcome.tokens_per_s,
-            peak_memory_mb=peak_memory_mb,
-            best_step=outcome.best_step,
-            stopped_early=outcome.stopped_early,
-            files_sha256=checksums,
-            merged_dir=str(merged_dir) if merged else None,
-            merged_files_sha256=merged,
-        ).write(work_dir / TRAINING_RESULT)
-    acc.wait_for_everyone()
-
-
-def _save_merged(setup: Setup, adapter_dir: Path, merged_dir: Path) -> dict[str, str]:
-    """The saved adapter merged into a fresh full-precision base (never into the 4-bit one
-    QLoRA trained on, whose rounding would be baked in); returns file name -> sha256."""
-    dtype = torch.float32 if _mixed_precision() == "no" else torch.bfloat16
-    base = AutoModelForCausalLM.from_pretrained(setup.base_model_dir, dtype=dtype)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(merged_dir, safe_serialization=True)
-    setup.tokenizer.save_pretrained(merged_dir)
-    return write_manifest(merged_dir)
-
-
-class QLoRAUnavailableError(RuntimeError):
-    """4-bit training needs bitsandbytes and a CUDA GPU on the node that trains."""
-
-
-def _check_qlora_possible() -> None:
-    missing = [need for need, ok in (
-        ("a CUDA GPU", torch.cuda.is_available()),
-        ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is not None),
-    ) if not ok]
-    if missing:
-        raise QLoRAUnavailableError(
-            f"lora.quantize_4bit (QLoRA) needs {' and '.join(missing)} on the training node, "
-            "which has none; set lora.quantize_4bit: false to train a LoRA on the full-precision "
-            "base, or run on a GPU partition with bitsandbytes installed"
-        )
-
-
-def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) -> PreTrainedModel:
-    """fp32 weights (bf16 autocast on GPUs), or NF4 4-bit ones for QLoRA."""
-    if not recipe.lora.quantize_4bit:
-        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    from peft import prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
-
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        base_model_dir, quantization_config=quantization, dtype=torch.bfloat16,
-        device_map={"": accelerator.local_process_index},
-    )
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
-    )
-
-
-def _use_node_cores() -> None:
-    """Share this node's cores among its training processes.
-
-    The launcher runs on another host (the orchestrator, a Slurm login node), so only the
-    process itself can see how many cores it may use: the CPU set Slurm or a container gives
-    it, divided by the processes started on the same node. `AIF_TRAIN_THREADS` overrides it
-    where the node's cores are shared with other work (a test run's parallel workers):
-    OpenMP threads waiting for a core another process holds spin and burn CPU.
-    """
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = int(os.environ.get("AIF_TRAIN_THREADS") or 0)
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
-
-
-def peak_memory() -> float:
-    """Peak MiB of this process: GPU memory allocated, or the resident set on CPUs; the
-    throughput benchmark measures its baseline script with the same function."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _mixed_precision() -> str:
-    """bf16 autocast where the GPU has it; CPUs train in fp32, where bf16 is slow or absent."""
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _cycle(loader: DataLoader, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:

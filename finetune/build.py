@@ -1,0 +1,178 @@
+"""Everything the training loop needs, each piece from the library that owns it: the
+accelerator, the base model (4-bit for QLoRA), the LoRA adapter, optimizer, schedule and data
+loaders, and the objective (`build`, for `finetune.train`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from peft import LoraConfig, get_peft_model
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_scheduler,
+)
+
+from events.recipe import Recipe
+from finetune.base_model import resolve_base_model
+from finetune.data import collator, load_examples
+from finetune.labels import task_labels
+from finetune.loss import StepLoss, sft_loss
+from finetune.preference_data import pair_collator
+from finetune.preference_loss import PreferenceObjective
+from finetune.sampling import BalancedSampler
+from stagefiles.jobspec import TrainingSpec
+
+
+@dataclass
+class Setup:
+    accelerator: Accelerator
+    spec: TrainingSpec
+    base_model_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    validation: DataLoader | None
+    objective: Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepLoss]
+
+
+def build(spec: TrainingSpec) -> Setup:
+    """Everything the loop needs, each piece from the library that owns it."""
+    recipe = spec.recipe
+    cpu = not torch.cuda.is_available()
+    if recipe.lora.quantize_4bit:
+        _check_qlora_possible()
+    if cpu:
+        _use_node_cores()
+    accelerator = Accelerator(
+        cpu=cpu,  # several CPU processes then train together over gloo, not side by side
+        gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
+        mixed_precision=mixed_precision(),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(recipe.train.seed)
+    # One rank converts the base model while the others wait, then they all read the cache.
+    with accelerator.main_process_first():
+        base_model_dir = resolve_base_model(recipe.model.base, Path(spec.model_cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
+                         task_labels(recipe))  # the rows the pre-flight accepted
+    if accelerator.is_main_process:
+        print(
+            f"finetune: {len(data.train.examples)} examples, {data.train.truncated} truncated to "
+            f"max_seq_len {recipe.train.max_seq_len}",
+            file=sys.stderr,
+        )
+    model = _base_model(base_model_dir, recipe, accelerator)
+    model.config.use_cache = False  # a cache would let packed examples attend to each other
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = recipe.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_dora=lora.use_dora,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=recipe.train.learning_rate,
+        weight_decay=recipe.train.weight_decay,
+    )
+    # Not passed to prepare(): accelerate would step it once per process, while max_steps
+    # already counts optimizer steps.
+    scheduler = get_scheduler(
+        recipe.train.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(recipe.train.warmup_ratio * recipe.train.max_steps),
+        num_training_steps=recipe.train.max_steps,
+    )
+    pairs = recipe.train.method.preference
+    collate = (pair_collator if pairs else collator)(tokenizer, recipe.train.packing)
+    examples = data.train.examples
+    sampler = BalancedSampler(examples, recipe.train.seed) if recipe.train.class_balance else None
+    loader = DataLoader(examples, batch_size=recipe.train.batch_size, shuffle=sampler is None,
+                        sampler=sampler, collate_fn=collate)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    validation = None
+    if data.validation is not None:  # sharded over the ranks, then reduced
+        validation = accelerator.prepare(DataLoader(
+            data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
+        ))
+    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
+                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss)
+
+
+class QLoRAUnavailableError(RuntimeError):
+    """4-bit training needs bitsandbytes and a CUDA GPU on the node that trains."""
+
+
+def _check_qlora_possible() -> None:
+    missing = [need for need, ok in (
+        ("a CUDA GPU", torch.cuda.is_available()),
+        ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is not None),
+    ) if not ok]
+    if missing:
+        raise QLoRAUnavailableError(
+            f"lora.quantize_4bit (QLoRA) needs {' and '.join(missing)} on the training node, "
+            "which has none; set lora.quantize_4bit: false to train a LoRA on the full-precision "
+            "base, or run on a GPU partition with bitsandbytes installed"
+        )
+
+
+def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) -> PreTrainedModel:
+    """fp32 weights (bf16 autocast on GPUs), or NF4 4-bit ones for QLoRA."""
+    if not recipe.lora.quantize_4bit:
+        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model_dir, quantization_config=quantization, dtype=torch.bfloat16,
+        device_map={"": accelerator.local_process_index},
+    )
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
+    )
+
+
+def _use_node_cores() -> None:
+    """Share this node's cores among its training processes.
+
+    The launcher runs on another host (the orchestrator, a Slurm login node), so only the
+    process itself can see how many cores it may use: the CPU set Slurm or a container gives
+    it, divided by the processes started on the same node. `AIF_TRAIN_THREADS` overrides it
+    where the node's cores are shared with other work (a test run's parallel workers):
+    OpenMP threads waiting for a core another process holds spin and burn CPU.
+    """
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = int(os.environ.get("AIF_TRAIN_THREADS") or 0)
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
+
+
+def mixed_precision() -> str:
+    """bf16 autocast where the GPU has it; CPUs train in fp32, where bf16 is slow or absent."""
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
