@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 
 from aif.launchers import StageCommand
 from stagefiles.jobspec import (
+    EVAL_SETUP_RESULT,
+    EVAL_SETUP_SPEC,
     EVALUATION_RESULT,
     EVALUATION_SPEC,
     PREFLIGHT_SPEC,
@@ -24,6 +26,7 @@ from stagefiles.jobspec import (
     SERVING_CHECK_SPEC,
     TRAINING_RESULT,
     TRAINING_SPEC,
+    EvalSetupResult,
     EvaluationResult,
     ServingCheckResult,
     TrainingResult,
@@ -31,7 +34,8 @@ from stagefiles.jobspec import (
 from stagefiles.preflight_report import PREFLIGHT as PREFLIGHT_REPORT
 from stagefiles.preflight_report import PreflightReport
 
-R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult)
+R = TypeVar("R", PreflightReport, TrainingResult, EvaluationResult, ServingCheckResult,
+            EvalSetupResult)
 
 FINAL_EXIT_CODES = frozenset({2, 3})
 """The failure classes every stage shares: these exit codes mean the request itself is
@@ -71,7 +75,13 @@ SERVING_CHECK: Stage[ServingCheckResult] = Stage(
     "serving_check", "serving.check", SERVING_CHECK_SPEC, SERVING_CHECK_RESULT,
     ServingCheckResult, "serving_check.log", "serving_progress.jsonl")
 
-STAGES: dict[str, Stage] = {s.name: s for s in (PREFLIGHT, TRAINING, EVALUATION, SERVING_CHECK)}
+EVAL_SETUP: Stage[EvalSetupResult] = Stage(
+    "eval_setup", "finetune.eval_setup", EVAL_SETUP_SPEC, EVAL_SETUP_RESULT, EvalSetupResult,
+    "eval_setup.log", "eval_setup_progress.jsonl")
+"""`aif eval` only, before EVALUATION: the base model resolved and the gate's evidence."""
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    PREFLIGHT, TRAINING, EVALUATION, SERVING_CHECK, EVAL_SETUP)}
 
 
 @dataclass(frozen=True)

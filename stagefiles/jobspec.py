@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events.messages import AdapterShape
 from events.recipe import Recipe
+from stagefiles.preflight_report import GateNoise
 
 PREFLIGHT_SPEC = "preflight_spec.json"
 TRAINING_SPEC = "training_spec.json"
@@ -30,6 +31,8 @@ EVALUATION_FAILURE = "evaluation_failure.json"
 PROGRESS_LOG = "progress.jsonl"
 SERVING_CHECK_SPEC = "serving_check_spec.json"
 SERVING_CHECK_RESULT = "serving_check_result.json"
+EVAL_SETUP_SPEC = "eval_setup_spec.json"
+EVAL_SETUP_RESULT = "eval_setup_result.json"
 
 
 class _Frozen(BaseModel):
@@ -188,6 +191,24 @@ class EvaluationSpec(_Frozen):
         if not self.more_output_dirs:
             return []
         return [Path(self.output_dir), *map(Path, self.more_output_dirs)]
+
+
+class EvalSetupSpec(_Frozen):
+    """An evaluation outside any job (`aif eval`): what the training stage's side prepares
+    first, the base model in the model cache and the gate's evidence planning."""
+
+    base: str = Field(description="Registered model name, hub id, local HF directory or path "
+                      "to a .gguf file.")
+    recipe: Recipe = Field(description="The recipe as it will be evaluated (limit, own rows).")
+    model_cache_dir: str = Field(description="Where converted base models are cached.")
+
+
+class EvalSetupResult(_Frozen):
+    base_model_dir: str = Field(description="HF directory of the base model, as training "
+                                "would load it.")
+    gate_noise: GateNoise | None = Field(
+        None, description="What the pre-flight would say of the gate task's documents; None "
+        "for a built-in gate task.")
 
 
 class DocOutcomes(_Frozen):

@@ -31,10 +31,6 @@ the shell (`aif`) never a stage."""
 HEAVY = ("torch", "transformers", "peft", "lm_eval", "accelerate", "datasets", "vllm")
 """What only the stages load: neither the shell nor the contract imports it."""
 
-STAGES_IN_PROCESS = "aif.cli.stages"
-"""`aif eval` still runs stage code in-process (issue #27 wants it run through a local launch,
-as `aif preflight` is); the one module allowed to import a stage, inside its command."""
-
 ORCHESTRATOR_SHARED = {f"aif.orchestrator.{m}" for m in (
     "admission", "references", "scores", "gate", "throughput")}
 """What the web app may use of the orchestrator: the checks a request is refused by and the
@@ -80,7 +76,7 @@ def _under(module: str, prefix: str) -> bool:
 def test_each_package_imports_only_what_its_arrows_allow(top: str) -> None:
     stage = top in ("finetune", "evaluation", "serving")
     bad = sorted(f"{module} imports {name}" for module, names in SOURCES.items()
-                 if _under(module, top) and module != STAGES_IN_PROCESS for name in names
+                 if _under(module, top) for name in names
                  if (name.split(".")[0] in OURS and name.split(".")[0] not in ALLOWED[top])
                  or (not stage and name.split(".")[0] in HEAVY))
     assert not bad, bad

@@ -1,12 +1,13 @@
 """`aif eval` and `aif preflight`: the evaluation and pre-flight stages outside any job.
 
-`aif preflight` runs the pre-flight stage as the worker does, a local launch of its entry
-point (`_launch`), and prints the report it writes. `aif eval` still runs the evaluation in
-this process (it resolves the base model and the gate's evidence with stage code first): the
-one command of the shell that imports stage code, and so torch, inside its body."""
+Both run their stages as the worker does, local launches of the entry points in the table of
+stages (`_launch`), and print what the stages write: the shell imports no stage code and so
+no torch. `aif eval` launches two: `EVAL_SETUP` (the base model resolved into the model
+cache, the gate's evidence planned) and then `EVALUATION`; the gate is the orchestrator's."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +29,12 @@ from aif.cli.common import (
 )
 from aif.launchers import stop
 from aif.launchers.local import LocalLauncher
-from aif.orchestrator.specs import preflight_spec
+from aif.orchestrator.specs import base_score_cache, preflight_spec
 from aif.orchestrator.stage_runs import POLL_S
 from aif.orchestrator.throughput import throughput
-from aif.stages import FINAL_EXIT_CODES, PREFLIGHT, Stage
+from aif.stages import EVAL_SETUP, EVALUATION, FINAL_EXIT_CODES, PREFLIGHT, Stage
 from events.recipe import RecipeError
-from stagefiles.jobspec import StageFailure
+from stagefiles.jobspec import EVAL_COMMANDS, EvalSetupSpec, EvaluationSpec, StageFailure
 
 
 @app.command("eval")
@@ -57,15 +58,7 @@ def eval_(
     """Evaluate a model, with or without an adapter, outside any job. The base model's
     scores on shipped tasks are kept (AIF_HOME/base_scores) and reused; other tasks belong
     to no tenant here and are always scored."""
-    from aif.orchestrator.gate import decide
-    from aif.orchestrator.specs import base_score_cache
-    from evaluation.harness import cli_command
-    from evaluation.run import run
-    from finetune.base_model import BaseModelError, resolve_base_model
-    from finetune.gate_noise import gate_noise
-    from finetune.rows import DataValidationError
-    from stagefiles.jobspec import EvaluationSpec
-    from stagefiles.tasks import TaskConfigError
+    from aif.orchestrator.gate import decide  # numpy and scipy: only for this command
 
     settings = _setup()
     try:
@@ -75,9 +68,7 @@ def eval_(
         if eval_file is not None:
             r = r.model_copy(update={"data": r.data.with_eval(str(eval_file.resolve()), None)})
             r = r.gated_on_own_eval()
-        base_dir = resolve_base_model(base or r.model.base, settings.models_dir)
-        noise = gate_noise(r)
-    except (RecipeError, BaseModelError, DataValidationError, TaskConfigError) as exc:
+    except RecipeError as exc:
         _error(str(exc))
         raise typer.Exit(2) from exc
     adapters = [str(a.resolve()) for a in adapter or []]
@@ -85,23 +76,35 @@ def eval_(
         if not (given / "adapter_config.json").is_file():
             _error(f"--adapter {given}: no adapter_config.json there")
             raise typer.Exit(2)
-    if noise is not None:  # what the pre-flight would say of these documents
-        console.print(f"evidence: {noise.sentence}", markup=False, soft_wrap=True)
+    with tempfile.TemporaryDirectory() as folder:  # the base model goes to the model cache
+        setup_spec = Path(folder) / EVAL_SETUP.spec_file
+        EvalSetupSpec(base=base or r.model.base, recipe=r,
+                      model_cache_dir=str(settings.models_dir)).write(setup_spec)
+        code, failed = _launch(EVAL_SETUP, setup_spec)
+        if code != 0:
+            _error(failed)
+            raise typer.Exit(2 if code in FINAL_EXIT_CODES else 1)
+        prepared = EVAL_SETUP.result.read(Path(folder) / EVAL_SETUP.result_file)
+    if prepared.gate_noise is not None:  # what the pre-flight would say of these documents
+        console.print(f"evidence: {prepared.gate_noise.sentence}", markup=False, soft_wrap=True)
     out = output or settings.home / "evals" / time.strftime("%Y%m%d-%H%M%S")
-    spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=str(base_dir),
+    spec = EvaluationSpec(job_id=f"eval-{out.name}", base_model_dir=prepared.base_model_dir,
                           adapter_dir=adapters[0] if adapters else None,
                           more_adapter_dirs=adapters[1:], recipe=r,
                           output_dir=str(out.resolve()),
                           base_cache=base_score_cache(settings, None, r, refresh=no_cache))
-    try:
-        with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
-            result = run(spec)
-    except Exception as exc:  # e.g. an adapter for another base model, a broken task YAML
-        _error(f"evaluation failed: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from exc
-    if result is None:
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / EVALUATION.spec_file  # the evaluation's spec and log stay with it
+    spec.write(spec_path)
+    with console.status(f"lm-eval on {', '.join(t.name for t in r.eval.tasks)}"):
+        code, failed = _launch(EVALUATION, spec_path)
+    if code != 0:  # e.g. an adapter for another base model, a broken task YAML
+        _error(failed)
+        raise typer.Exit(1)
+    if not (out / EVALUATION.result_file).is_file():
         console.print("[red]RANK is set and not 0: only the main process reports[/red]")
         raise typer.Exit(1)
+    result = EVALUATION.result.read(out / EVALUATION.result_file)
     table = Table(title=f"{r.name}: {base or r.model.base}")
     tuned_sets = [result.tuned, *result.more_tuned] if adapters else []
     for col in ("task", "metric", "base", *(
@@ -124,8 +127,9 @@ def eval_(
         label = "" if len(adapters) == 1 else f" ({i + 1}: {adapter_dir})"
         console.print(f"gate{label}: {'passed' if decision.passed else 'failed'} - "
                       f"{decision.reason}")
+    commands = json.loads((out / EVAL_COMMANDS).read_text())
     console.print(f"results in {out}; the same run with the lm_eval command line:\n"
-                  + " ".join(cli_command(spec, spec.adapter_dir, out / "cli")))
+                  + " ".join(commands["tuned" if adapters else "base"]))
 
 
 def _launch(stage: Stage, spec_path: Path) -> tuple[int, str]:
