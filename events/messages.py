@@ -84,9 +84,26 @@ class RequestRefused(RequestEvent):
     at: datetime
 
 
-class FineTuneRequested(EventData):
-    """Partner -> service. Recipe by name or inline; the dataset may override the recipe's."""
+def _given(*names: str) -> dict[str, Any]:
+    """JSON Schema: each of `names` is present and not null (null is as good as absent)."""
+    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}
 
+
+EXCLUSIVE_FIELDS = {
+    "oneOf": [_given("recipe"), _given("recipe_inline")],
+    "not": {"anyOf": [_given(*pair) for pair in (
+        ("train_file", "dataset"), ("train_file", "file_id"), ("dataset", "file_id"),
+        ("eval_file", "eval_split"))]},
+}
+"""`check_one_recipe` in JSON Schema, so the published schemas say it too."""
+
+
+class FineTuneRequested(EventData):
+    """Partner -> service. Recipe by name or inline; the dataset may override the recipe's.
+    Exactly one of `recipe` and `recipe_inline`; at most one of `train_file`, `dataset` and
+    `file_id`, and of `eval_file` and `eval_split`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=EXCLUSIVE_FIELDS)
     TYPE: ClassVar[str] = f"{TYPE_PREFIX}.finetune.requested.v1"
     recipe: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     recipe_inline: Recipe | None = None

@@ -7,6 +7,7 @@ not describe. Beside it, the rules it found broken, each checked on its own."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aif import registry
@@ -24,6 +27,7 @@ from aif.db.session import session_factory
 from aif.settings import Settings
 from aif.tenants import Credentials, create_tenant
 from aif.web.app import create_app
+from aif.web.routes.jobs import JobCreate
 from aif.web.screenshots import serving
 from events.bus import KafkaConfig, ensure_topics
 from events.recipe import RecipeError, load_recipe_file
@@ -39,12 +43,13 @@ EXCEPTIONS = [
      "a schema-valid upload is refused (422, documented) when its rows are not readable "
      "or its name does not end in .jsonl, .csv or .parquet: no JSON Schema of a multipart "
      "file says that"),
-    # Faults of aif/web/routes/jobs.py and aif/web/leaderboard.py, not of this change (#24):
     ("POST", "/v1/jobs", ACCEPTS_422,
-     "jobs.py: 'exactly one of recipe or recipe_inline' and the other cross-field rules "
-     "of FineTuneRequested are not in the schema"),
+     "a schema-valid request is refused (422, documented, naming field and rule) by what "
+     "only the service knows: which recipes it has, whether the effective recipe trains, "
+     "whether a data reference stays in the tenant's folder (admission.py); the fields "
+     "that exclude each other are in the schema (EXCLUSIVE_FIELDS)"),
     ("GET", "/v1/jobs", ACCEPTS_422,
-     "jobs.py: `cursor` must be one this API returned, which no schema can say"),
+     "`cursor` must be one this API returned (an opaque token), which no schema can say"),
     ("GET", "/v1/jobs/{job_id}/events", "enabled = false",
      "jobs.py: the stream's schema says `type: string` where each SSE event is an object "
      "(its Last-Event-ID, unbounded before, overflowed the database at 2**63)"),
@@ -199,6 +204,33 @@ def test_a_number_field_takes_only_a_number(tmp_path: Path) -> None:
         answer = client.post("/v1/jobs", headers=auth, json=request | body)
         assert answer.status_code == 422, answer.text
         assert field in [e["field"] for e in answer.json()["errors"]], answer.text
+
+
+def test_the_published_schema_says_which_request_fields_exclude_each_other(tmp_path: Path
+                                                                          ) -> None:
+    """'Exactly one of recipe or recipe_inline', 'at most one of train_file, dataset and
+    file_id', 'of eval_file and eval_split': the document's JobCreate accepts a body exactly
+    when the model does, for every mix of each field given, null or left out."""
+    document = create_app(sessionmaker(), Settings(home=tmp_path)).openapi()
+    validator = Draft202012Validator({"$ref": "#/components/schemas/JobCreate",
+                                      "components": document["components"]})
+    values = {"recipe": "grid-ticket-routing",
+              "recipe_inline": load_recipe("grid-ticket-routing").model_dump(mode="json"),
+              "train_file": "t.jsonl", "dataset": "owner/name", "file_id": "f-1",
+              "eval_file": "e.jsonl", "eval_split": 0.2}
+    agreed = 0
+    for mix in itertools.product(("given", None, "absent"), repeat=len(values)):
+        body = {name: value if how == "given" else None
+                for (name, value), how in zip(values.items(), mix, strict=True)
+                if how != "absent"}
+        try:
+            JobCreate.model_validate(body)
+            model_accepts = True
+        except ValidationError:
+            model_accepts = False
+        assert validator.is_valid(body) == model_accepts, body
+        agreed += model_accepts
+    assert agreed == 4 * 20 * 8, agreed  # recipes x data references x evaluation rows
 
 
 def test_an_override_the_recipe_cannot_take_is_refused_by_name(tmp_path: Path) -> None:

@@ -70,7 +70,9 @@ KEEPALIVE_S = 15.0
 
 
 class JobCreate(FineTuneRequested):
-    """The data of a `finetune.requested` event: HTTP and Kafka partners send the same."""
+    """The data of a `finetune.requested` event: HTTP and Kafka partners send the same.
+    Exactly one of `recipe` and `recipe_inline`; at most one of `train_file`, `dataset` and
+    `file_id`, and of `eval_file` and `eval_split` (the schema's `oneOf` and `not`)."""
 
 
 class JobAccepted(BaseModel):
