@@ -171,6 +171,8 @@ def erase_tenant(sessions: sessionmaker[Session], settings: Settings, tenant: st
                        storage.jobs_root(settings.jobs_dir, tenant),
                        storage.base_scores(settings.base_scores_dir, tenant)], erased)
         _erase_jobs(session, settings, jobs, commands.ERASED, erased)
+        outbox = _table(Outbox)  # what is left on its status topic: refusals without a job
+        _delete(session, outbox, outbox.c.topic == settings.topics.status(tenant), erased)
         for table in _tenant_tables():
             _delete(session, table, table.c.tenant == tenant, erased)
         audit.record(session, audit.Action.erase, actor=audit.OPERATOR, tenant=tenant,

@@ -95,7 +95,9 @@ def _world(sessions: sessionmaker[Session], settings: Settings, client: TestClie
         offset = len(tenant)  # one record per tenant
         record = ConsumerRecord("aif.requests", 0, -1, offset, 1, 0, b"k", value, [], None, 1,
                                 len(value), 0)
-        note_dead_letter(s, record, "data: bad", tenant)
+        # Signed by the tenant and made no job: its refusal is an event of the tenant's too.
+        note_dead_letter(s, record, "data: bad", tenant,
+                         status_topic=settings.topics.status(tenant), request=("urn:x", "r"))
         s.commit()
     assert client.post(f"/v1/jobs/{done}/publish", headers=auth).status_code == 200
     return {"tenant": tenant, "jobs": job_ids, "file_id": file_id, "raws": raws,
