@@ -153,3 +153,23 @@ def test_a_server_answers_a_100_mb_declaration_without_waiting_for_the_body(
     assert b"connection: close" in head.lower()
     assert json.loads(body)["detail"].startswith(f"body: larger than the limit of {LIMIT}")
     assert time.monotonic() - started < 5
+
+
+def test_a_server_refuses_a_chunked_body_without_length_once_it_passes_the_limit(
+        sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """The streamed case over a real socket: `Transfer-Encoding: chunked`, no Content-Length,
+    and the body never ends; the answer comes once the count passes the limit."""
+    with serving(_app(sessions, tmp_path)) as url:
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(3):  # 1200 bytes, and no last chunk: a client still sending
+                sock.sendall(b"190\r\n" + b" " * 400 + b"\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["detail"].startswith(f"body: larger than the limit of {LIMIT}")
