@@ -244,4 +244,4 @@ def _aif() -> str:
     return sys.argv[0] if Path(sys.argv[0]).name == "aif" else "aif"
 
 
-from aif.cli import stages  # noqa: E402, F401  (registers `aif eval`, `aif preflight` last)
+from aif.cli import stage_commands  # noqa: E402, F401  (registers `aif eval`, `aif preflight` last)
