@@ -43,3 +43,9 @@ Bool = Annotated[bool, Strict()]
 
 class Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def given(*names: str) -> dict[str, Any]:
+    """JSON Schema: each of `names` is present and not null (null is as good as absent), for
+    the rules between fields that a model's validator checks and its schema must say too."""
+    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from events.fields import NUMBER
+from events.fields import NUMBER, given
 from events.recipe import HyperparameterOverrides, Recipe
 from events.states import JobState
 
@@ -84,14 +84,9 @@ class RequestRefused(RequestEvent):
     at: datetime
 
 
-def _given(*names: str) -> dict[str, Any]:
-    """JSON Schema: each of `names` is present and not null (null is as good as absent)."""
-    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}
-
-
 EXCLUSIVE_FIELDS = {
-    "oneOf": [_given("recipe"), _given("recipe_inline")],
-    "not": {"anyOf": [_given(*pair) for pair in (
+    "oneOf": [given("recipe"), given("recipe_inline")],
+    "not": {"anyOf": [given(*pair) for pair in (
         ("train_file", "dataset"), ("train_file", "file_id"), ("dataset", "file_id"),
         ("eval_file", "eval_split"))]},
 }

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, Tag, ValidationError, model_validator
+from pydantic import ConfigDict, Field, Tag, ValidationError, model_validator
 
 from events.envelope import describe_validation_error
-from events.fields import NUMBER, Bool, Closed, Float, Int
+from events.fields import NUMBER, Bool, Closed, Float, Int, given
 from events.recipe_data import DataFormat, DataSection, PiiPolicy
 from events.recipe_eval import OWN_EVAL_SUFFIX, EvalSection, EvalTask, GateSection
 from events.recipe_train import Auto, Beta, LoraSection, TrainMethod, TrainSection
@@ -163,13 +163,16 @@ class Recipe(Closed):
 
 
 class HyperparameterOverrides(Closed):
-    """What a request may change in a recipe; bounded so one request cannot book a cluster."""
+    """What a request may change in a recipe; bounded so one request cannot book a cluster.
+    `max_steps` or `epochs`, not both."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_extra={"not": given("max_steps", "epochs")})
     max_steps: Annotated[int, Field(ge=1, le=100_000), NUMBER, Tag("int")] | None = None
     epochs: Float | Auto | None = Field(None, description="Passes over the rows, or auto; "
                                         "replaces the recipe's max_steps.")
     learning_rate: Float | Auto | None = None
-    batch_size: Int | Auto | None = None
+    batch_size: Annotated[int, Field(ge=1, le=256), NUMBER, Tag("int")] | Auto | None = None
     lora_r: Annotated[int, Field(ge=1, le=256), NUMBER, Tag("int")] | None = None
     eval_limit: Annotated[int, Field(ge=1, le=100_000), NUMBER, Tag("int")] | None = None
     num_processes: Annotated[int, Field(ge=1, le=64), NUMBER, Tag("int")] | None = None
@@ -181,9 +184,6 @@ class HyperparameterOverrides(Closed):
 
     @model_validator(mode="after")
     def check_bounds(self) -> HyperparameterOverrides:
-        """A request books at most 256 examples a batch and 100 passes over its rows."""
-        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 256:
-            raise ValueError("overrides.batch_size: must be 1 to 256, or auto")
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("overrides: give max_steps or epochs, not both")
         return self

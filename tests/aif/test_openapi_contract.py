@@ -210,7 +210,8 @@ def test_the_published_schema_says_which_request_fields_exclude_each_other(tmp_p
                                                                           ) -> None:
     """'Exactly one of recipe or recipe_inline', 'at most one of train_file, dataset and
     file_id', 'of eval_file and eval_split': the document's JobCreate accepts a body exactly
-    when the model does, for every mix of each field given, null or left out."""
+    when the model does, for every mix of each field given, null or left out; the same for
+    the overrides' 'max_steps or epochs, not both' and batch_size's bounds."""
     document = create_app(sessionmaker(), Settings(home=tmp_path)).openapi()
     validator = Draft202012Validator({"$ref": "#/components/schemas/JobCreate",
                                       "components": document["components"]})
@@ -231,6 +232,19 @@ def test_the_published_schema_says_which_request_fields_exclude_each_other(tmp_p
         assert validator.is_valid(body) == model_accepts, body
         agreed += model_accepts
     assert agreed == 4 * 20 * 8, agreed  # recipes x data references x evaluation rows
+    for overrides, valid in (({"max_steps": 7}, True), ({"epochs": 2}, True),
+                             ({"max_steps": 7, "epochs": None}, True),
+                             ({"max_steps": 7, "epochs": 2}, False),
+                             ({"max_steps": 7, "epochs": "auto"}, False),
+                             ({"batch_size": 256}, True), ({"batch_size": 257}, False),
+                             ({"batch_size": 0}, False), ({"batch_size": "auto"}, True)):
+        body = {"recipe": "grid-ticket-routing", "overrides": overrides}
+        assert validator.is_valid(body) is valid, body
+        try:
+            JobCreate.model_validate(body)
+            assert valid, body
+        except ValidationError:
+            assert not valid, body
 
 
 def test_an_override_the_recipe_cannot_take_is_refused_by_name(tmp_path: Path) -> None:

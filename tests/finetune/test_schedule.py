@@ -99,7 +99,8 @@ def test_a_step_count_asked_for_replaces_the_recipes_epochs() -> None:
     assert HyperparameterOverrides(epochs=2).apply(recipe).train.epochs == 2.0
     with pytest.raises(ValueError, match="give max_steps or epochs, not both"):
         HyperparameterOverrides(max_steps=7, epochs=2)
-    with pytest.raises(ValueError, match=r"overrides\.batch_size: must be 1 to 256, or auto"):
+    with pytest.raises(ValueError, match=r"batch_size\.int\n  Input should be less than or "
+                       "equal to 256"):
         HyperparameterOverrides(batch_size=512)
 
 
