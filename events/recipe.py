@@ -76,6 +76,10 @@ class Resources(Closed):
 
 
 class Recipe(Closed):
+    """A fine-tuning recipe. Rules between its sections, which its JSON Schema cannot say
+    (each refused by name): `gate.task` and every `gate.guards[].task` name one of
+    `eval.tasks`; `train.method` dpo or orpo exactly when `data.format` is preference."""
+
     version: Annotated[Literal[1], NUMBER] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     sector: Literal[
