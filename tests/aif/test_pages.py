@@ -55,14 +55,15 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
                request_id: str, *, recipe: str = "grid-ticket-routing",
                scores: dict[str, tuple[float, float]] | None = None, labels: dict[str, str]
                | None = None, public: bool = False, work_dir: Path | None = None,
-               losses: list[float] = LOSSES,
+               losses: list[float] = LOSSES, rewards: list[tuple[float, float]] | None = None,
                classes: dict[str, tuple[ClassStats, ClassStats]] | None = None,
                per_doc: dict[str, tuple[DocOutcomes, DocOutcomes]] | None = None) -> str:
     """A job moved through every state as the worker does: progress events while training,
     then the evaluation recorded and gated by `record_evaluation`. `scores` is task ->
     (base, tuned) of `acc`; tasks the recipe does not name are scored too; `classes` and
     `per_doc` are task -> (base, tuned) class figures and per-document outcomes, as the
-    evaluation stage reports them."""
+    evaluation stage reports them; `rewards` the (reward margin, reward accuracy) of each
+    progress event, as a dpo or orpo run reports them."""
     frozen = load_recipe(recipe)
     scores = scores or {t.name: (0.3, 0.8) for t in frozen.eval.tasks}
     with sessions() as s:
@@ -76,9 +77,11 @@ def seed_model(sessions: sessionmaker[Session], settings: Settings, tenant: str,
         for state in (S.validating, S.queued, S.training):
             transition(s, job, state, settings.topics, f"to {state}")
         for step, loss in enumerate(losses, start=1):
+            margin, accuracy = rewards[step - 1] if rewards else (None, None)
             enqueue_event(s, settings.topics.status, JobProgress(
                 job_id=job.id, stage="training", step=step, total_steps=len(losses),
-                loss=loss, tokens_per_s=100.0 + step), job=job)
+                loss=loss, tokens_per_s=100.0 + step, reward_margin=margin,
+                reward_accuracy=accuracy), job=job)
         transition(s, job, S.evaluating, settings.topics, "trained")
         metric = lambda task, value, run: TaskMetric(  # noqa: E731
             task=task, metric="acc", value=value, stderr=0.02, num_fewshot=0, samples=200,
@@ -420,6 +423,36 @@ def test_job_page_shows_timeline_preflight_progress_and_scores(api: Api) -> None
     assert "grid_ticket_routing" in html and "+0.500" in html and "passed" in html
     assert "model.ready" not in html  # this seed announced none
     assert f'href="/jobs/{job}"' in client.get("/jobs").text
+
+
+REWARDS = [(0.01, 0.4), (0.05, 0.6), (0.2, 0.8), (0.4, 0.9), (0.7, 1.0)]
+
+
+def test_the_method_is_on_the_leaderboard_and_a_preference_jobs_page_has_reward_curves(
+        api: Api) -> None:
+    dpo = seed_model(api.sessions, api.settings, "acme", "d1", recipe="citizen-reply-de-dpo",
+                     rewards=REWARDS)
+    sft = seed_model(api.sessions, api.settings, "acme", "s1")
+    client = _browser(api, api.acme)
+    board = client.get("/leaderboard").text
+    methods = dict(re.findall(r'data-job-id="([^"]+)">.*?<td class="method">(\w*)</td>',
+                              board, re.S))
+    assert methods == {dpo: "dpo", sft: "sft"}
+    assert set(_rows(client.get("/leaderboard?method=dpo").text)) == {
+        f"job:{dpo}", "base:smollm2-135m-instruct"}
+    assert {r["job_id"]: r["method"] for r in client.get("/leaderboard.json").json()["rows"]
+            if r["kind"] == "tuned"} == {dpo: "dpo", sft: "sft"}
+
+    html = client.get(f"/jobs/{dpo}").text
+    assert re.search(r'id="fact-method">dpo <span class="muted">\(beta 0.1, sigmoid loss', html)
+    assert 'id="reward-chart"' in html
+    assert '<dd id="fact-reward-margin">0.700</dd>' in html
+    assert '<dd id="fact-reward-accuracy">1.000</dd>' in html
+    data = json.loads(re.search(r'id="progress-data">(.*?)</script>', html)[1])  # type: ignore[index]
+    assert [(p["reward_margin"], p["reward_accuracy"]) for p in data["points"]] == REWARDS
+    html = client.get(f"/jobs/{sft}").text
+    assert 'id="fact-method">sft</dd>' in html
+    assert 'id="reward-chart"' not in html and "fact-reward-margin" not in html
 
 
 def test_a_hostile_model_name_is_text_on_every_page(api: Api) -> None:

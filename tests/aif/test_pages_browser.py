@@ -29,6 +29,7 @@ from aif.web.screenshots import serving
 from events.bus import KafkaConfig
 from events.messages import JobProgress
 from events.states import JobState
+from recipes import load_recipe
 from tests.aif.test_pages import LOSSES, seed_model
 from tests.conftest import free_port
 
@@ -170,6 +171,34 @@ def test_job_page_draws_the_stored_loss_curve_and_follows_a_running_job(site: Si
     page.wait_for_function("window.aifLossChart && window.aifLossChart.data[0].length === 2")
     assert page.evaluate("window.aifLossChart.data[1]") == [3.0, 2.5]
     expect(page.locator("#fact-steps")).to_have_text("2 / 10")
+
+
+def test_a_dpo_jobs_page_draws_its_reward_curves_and_follows_them(site: Site) -> None:
+    with site.sessions() as s:
+        job = Job(id="dpo-job", tenant="acme", request_source="s", request_id="dpo",
+                  request_sha256="x", request={"data": {}}, recipe_name="citizen-reply-de-dpo",
+                  recipe=load_recipe("citizen-reply-de-dpo").model_dump(mode="json"),
+                  state=None, reason="")
+        s.add(job)
+        for state in (JobState.validating, JobState.queued, JobState.training):
+            transition(s, job, state, site.settings.topics, f"to {state}")
+        enqueue_event(s, site.settings.topics.status, JobProgress(
+            job_id=job.id, stage="training", step=5, total_steps=60, loss=0.69,
+            reward_margin=0.02, reward_accuracy=0.5), job=job)
+        s.commit()
+    page = site.page(site.acme)
+    page.goto(f"{site.url}/jobs/dpo-job")
+    page.wait_for_function("window.aifRewardChart !== undefined")
+    assert page.evaluate("window.aifRewardChart.data") == [[5], [0.02], [0.5]]
+    expect(page.locator("#fact-method")).to_contain_text("dpo")
+    with site.sessions() as s:
+        enqueue_event(s, site.settings.topics.status, JobProgress(
+            job_id="dpo-job", stage="training", step=10, total_steps=60, loss=0.5,
+            reward_margin=0.3, reward_accuracy=0.75), job=s.get_one(Job, "dpo-job"))
+        s.commit()
+    page.wait_for_function("window.aifRewardChart.data[0].length === 2")
+    assert page.evaluate("window.aifRewardChart.data") == [[5, 10], [0.02, 0.3], [0.5, 0.75]]
+    expect(page.locator("#fact-reward-accuracy")).to_have_text("0.750")
 
 
 def test_a_second_tenant_sees_none_of_the_first_tenants_rows(site: Site) -> None:

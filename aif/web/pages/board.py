@@ -56,6 +56,7 @@ class ModelRow:
     recipe: str
     sector: str
     tenant: str
+    method: str  # train.method of a tuned row (sft, dpo, orpo); "" for a base row
     gate_passed: bool | None
     gate_reason: str
     date: datetime
@@ -64,7 +65,7 @@ class ModelRow:
 
     def text(self) -> str:
         return " ".join((self.name, self.recipe, self.base_model, self.sector, self.tenant,
-                         self.job.id)).lower()
+                         self.method, self.job.id)).lower()
 
 
 class BoardQuery(BaseModel):
@@ -77,7 +78,8 @@ class BoardQuery(BaseModel):
     base_model: str = ""
     gate: Literal["", "passed", "failed"] = ""
     tenant: str = ""  # staff only: others see one tenant and the public rows anyway
-    sort: str = "date"  # a column: name, base_model, recipe, sector, tenant, gate, date, or
+    method: str = ""
+    sort: str = "date"  # a column: name, base_model, recipe, method, sector, tenant, gate, date, or
     # task:<name> / delta:<name>
     dir: Literal["asc", "desc"] = "desc"
 
@@ -200,12 +202,18 @@ def display_name(job: Job) -> str:
     return label or f"{job.recipe_name or recipe.get('name', 'inline')}@{recipe.get('version', 1)}"
 
 
+def method(job: Job) -> str:
+    """How the job's adapter learnt (train.method: sft, dpo, orpo), from its frozen recipe."""
+    return str((job.recipe or {}).get("train", {}).get("method", "sft"))
+
+
 def _tuned_row(job: Job) -> ModelRow:
     recipe = _recipe(job)
     return ModelRow(
         key=f"job:{job.id}", name=display_name(job), kind="tuned", job=job,
         base_model=recipe.model.base if recipe else "", recipe=job.recipe_name or "inline",
-        sector=recipe.sector if recipe else "", tenant=job.tenant, gate_passed=job.gate_passed,
+        sector=recipe.sector if recipe else "", tenant=job.tenant, method=method(job),
+        gate_passed=job.gate_passed,
         gate_reason=job.gate_reason or "", date=job.updated_at,
         cells=_cells(job, recipe, "tuned"), pins=_row_pins(job, recipe, "tuned"))
 
@@ -218,7 +226,8 @@ def _base_rows(tuned: list[ModelRow]) -> list[ModelRow]:
         if row is None:
             row = rows[t.base_model] = ModelRow(
                 key=f"base:{t.base_model}", name=t.base_model, kind="base", job=t.job,
-                base_model=t.base_model, recipe="", sector="", tenant="", gate_passed=None,
+                base_model=t.base_model, recipe="", sector="", tenant="", method="",
+                gate_passed=None,
                 gate_reason="", date=t.date, pins=_row_pins(t.job, _recipe(t.job), "base"))
         for task, cell in _cells(t.job, _recipe(t.job), "base").items():
             row.cells.setdefault(task, cell)
@@ -240,7 +249,8 @@ def _sort_key(column: str):
             value = None if cell is None else cell.value if kind == "task" else cell.delta
             return (value is None, value or 0.0)
         value = {"name": row.name.lower(), "base_model": row.base_model, "recipe": row.recipe,
-                 "sector": row.sector, "tenant": row.tenant, "date": row.date.isoformat(),
+                 "method": row.method, "sector": row.sector, "tenant": row.tenant,
+                 "date": row.date.isoformat(),
                  "gate": {True: 2, False: 1, None: 0}[row.gate_passed]}.get(kind, row.date
                                                                              .isoformat())
         return (False, value)
@@ -253,6 +263,7 @@ def build(session: Session, visible: ColumnElement[bool], query: BoardQuery,
     options = {
         "sector": sorted({r.sector for r in tuned_all if r.sector}),
         "recipe": sorted({r.recipe for r in tuned_all}),
+        "method": sorted({r.method for r in tuned_all}),
         "base_model": sorted({r.base_model for r in tuned_all if r.base_model}),
         "task": sorted({t for r in tuned_all for t in r.cells}),
         "tenant": sorted({r.tenant for r in tuned_all}) if staff else [],
@@ -260,7 +271,7 @@ def build(session: Session, visible: ColumnElement[bool], query: BoardQuery,
     tuned = [r for r in tuned_all if all(
         not wanted or getattr(r, name) == wanted
         for name, wanted in (("sector", query.sector), ("recipe", query.recipe),
-                             ("base_model", query.base_model),
+                             ("method", query.method), ("base_model", query.base_model),
                              ("tenant", query.tenant if staff else "")))]
     rows = tuned + _base_rows(tuned)
     if query.gate:
@@ -290,7 +301,8 @@ def export_records(board: Board, staff: bool) -> list[dict[str, object]]:
     for r in board.rows:
         record: dict[str, object] = {
             "model": r.name, "kind": r.kind, "job_id": r.job.id if r.kind == "tuned" else "",
-            "base_model": r.base_model, "recipe": r.recipe, "sector": r.sector,
+            "base_model": r.base_model, "recipe": r.recipe, "method": r.method,
+            "sector": r.sector,
             "gate": "" if r.gate_passed is None else "passed" if r.gate_passed else "failed",
             "date": r.date.isoformat() if r.kind == "tuned" else ""}
         if staff:

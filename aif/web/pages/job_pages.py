@@ -1,5 +1,6 @@
-"""A person's jobs and one job's page: timeline, pre-flight report, loss curve, evaluation,
-gate, lineage and hand-off, kept live through the job's event stream.
+"""A person's jobs and one job's page: timeline, pre-flight report, loss curve (and the reward
+curves of a dpo or orpo job), evaluation, gate, lineage and hand-off, kept live through the
+job's event stream.
 
 The page needs a signed-in tenant (staff: any tenant's job); another tenant's job is as
 absent as one that never existed, as in the API. A published job's page is open to anyone,
@@ -122,7 +123,8 @@ def _events(job: Job, session: SessionDep
         p = JobProgress.model_validate(event["data"])
         if p.stage == "training":
             points.append({"step": p.step, "loss": p.loss, "tokens_per_s": p.tokens_per_s,
-                           "total_steps": p.total_steps})
+                           "total_steps": p.total_steps, "reward_margin": p.reward_margin,
+                           "reward_accuracy": p.reward_accuracy})
     return points, ready, last_id
 
 
@@ -139,7 +141,8 @@ def job_page(request: Request, shown: Annotated[Shown, Depends(shown_job)], who:
     job, whole = shown.job, shown.whole
     points, ready, last_id = _events(job, session)
     recipe = job_files.as_named(job.recipe or {}, (settings.data_root / job.tenant).resolve(), job)
-    common = dict(job=job, name=board.display_name(job), whole=whole, timeline=_timeline(job),
+    common = dict(job=job, name=board.display_name(job), method=board.method(job),
+                  whole=whole, timeline=_timeline(job),
                   terminal=JobState(job.state).terminal, points=points,
                   trained=job_files.training_result(job), model_ready=ready, after=last_id,
                   recipe=recipe,

@@ -1,11 +1,17 @@
-// The job page's loss chart (uPlot) from the progress the page was rendered with, kept up
-// to date from the job's event stream while the job runs.
+// The job page's loss chart (uPlot), and a dpo or orpo job's reward chart (reward margin and
+// accuracy), from the progress the page was rendered with, kept up to date from the job's
+// event stream while the job runs.
 (function () {
   const script = document.getElementById("job-script");
   const jobId = script.dataset.jobId;
   const data = JSON.parse(document.getElementById("progress-data").textContent);
   const losses = new Map();  // step -> loss; a step redone after a resume keeps its last value
-  for (const p of data.points) if (p.loss !== null) losses.set(p.step, p.loss);
+  const rewards = new Map();  // step -> [reward margin, reward accuracy] (dpo, orpo)
+  function keep(p) {
+    if (p.loss !== null) losses.set(p.step, p.loss);
+    if (p.reward_margin != null) rewards.set(p.step, [p.reward_margin, p.reward_accuracy]);
+  }
+  for (const p of data.points) keep(p);
 
   function series() {
     const steps = [...losses.keys()].sort((a, b) => a - b);
@@ -40,8 +46,36 @@
     window.aifLossChart = chart;  // the browser tests read the drawn data back from it
   }
   draw();
+
+  const rewardEl = document.getElementById("reward-chart");  // only on dpo and orpo jobs
+  let rewardChart = null;
+  function drawRewards() {
+    if (!rewardEl) return;
+    const steps = [...rewards.keys()].sort((a, b) => a - b);
+    const d = [steps, steps.map((s) => rewards.get(s)[0]), steps.map((s) => rewards.get(s)[1])];
+    if (steps.length === 0) {
+      rewardEl.textContent = "No reward figures yet.";
+      return;
+    }
+    if (rewardChart) { rewardChart.setData(d); return; }
+    rewardEl.textContent = "";
+    rewardChart = new uPlot({
+      width: Math.min(rewardEl.clientWidth || 720, 900), height: 220,
+      scales: { x: { time: false }, accuracy: { range: [0, 1] } },
+      axes: [{ label: "step" }, { label: "reward margin" },
+             { label: "reward accuracy", scale: "accuracy", side: 1 }],
+      series: [
+        { label: "step" },
+        { label: "reward margin", stroke: "#2a8c4a", width: 2 },
+        { label: "reward accuracy", stroke: "#8a3ab9", width: 2, scale: "accuracy" },
+      ],
+    }, d, rewardEl);
+    window.aifRewardChart = rewardChart;
+  }
+  drawRewards();
   window.addEventListener("resize", () => {
     if (chart) chart.setSize({ width: Math.min(el.clientWidth, 900), height: 280 });
+    if (rewardChart) rewardChart.setSize({ width: Math.min(rewardEl.clientWidth, 900), height: 220 });
   });
 
   if (script.dataset.terminal === "true" || !window.EventSource) return;
@@ -49,8 +83,15 @@
   stream.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (event.type.endsWith(".job.progress.v1") && event.data.stage === "training") {
-      if (event.data.loss !== null) losses.set(event.data.step, event.data.loss);
+      keep(event.data);
       draw();
+      drawRewards();
+      const margin = document.getElementById("fact-reward-margin");
+      if (margin && event.data.reward_margin != null) {
+        margin.textContent = event.data.reward_margin.toFixed(3);
+        document.getElementById("fact-reward-accuracy").textContent =
+          event.data.reward_accuracy.toFixed(3);
+      }
       if (event.data.tokens_per_s !== null) {
         document.getElementById("fact-tps").textContent = event.data.tokens_per_s.toFixed(1);
       }
