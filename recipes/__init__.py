@@ -43,13 +43,29 @@ def recipe_files(root: Path = RECIPES_DIR) -> dict[str, Path]:
 def load_recipe(name: str, root: Path = RECIPES_DIR) -> Recipe:
     shipped = _shipped(root)
     if name not in shipped:
-        hint = difflib.get_close_matches(name, shipped, n=1)
-        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
-        # The name is the caller's input: the reason names the rule, not the value.
-        raise RecipeError(
-            f"recipe: no such recipe.{did_you_mean} Available: {', '.join(sorted(shipped))}"
-        )
+        raise _no_such(name, shipped)
     return shipped[name][1]
+
+
+def shipped_name(ref: str, root: Path = RECIPES_DIR) -> str:
+    """A shipped recipe's name from its name or its folder in the recipes tree
+    (`public_sector/citizen_reply_de_dpo`, as the tree and the README show it)."""
+    shipped = _shipped(root)
+    if ref in shipped:
+        return ref
+    folder = ref.removesuffix("recipe.yaml").strip("/")
+    for name, (path, _) in shipped.items():
+        if path.parent.relative_to(root).as_posix() == folder:
+            return name
+    raise _no_such(ref, shipped)
+
+
+def _no_such(name: str, shipped: dict[str, tuple[Path, Recipe]]) -> RecipeError:
+    hint = difflib.get_close_matches(name, shipped, n=1)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    # The name is the caller's input: the reason names the rule, not the value.
+    return RecipeError(
+        f"recipe: no such recipe.{did_you_mean} Available: {', '.join(sorted(shipped))}")
 
 
 def copied_into(recipe: Recipe, root: Path) -> Recipe:

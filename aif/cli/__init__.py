@@ -28,6 +28,7 @@ from aif.cli.common import (
     Tenant,
     TrainFile,
     _api_key,
+    _error,
     _setup,
     app,
     console,
@@ -42,9 +43,10 @@ from events.bus import make_producer, publish
 from events.client import finetune_request
 from events.envelope import describe_validation_error, job_id_for
 from events.messages import PUBLIC_LABEL, FineTuneRequested
-from events.recipe import HyperparameterOverrides
+from events.recipe import HyperparameterOverrides, RecipeError
 from events.signing import SigningKey
 from events.states import JobState
+from recipes import shipped_name
 
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(tenants_app, name="tenants")
@@ -198,7 +200,9 @@ def submit(
 
 @app.command()
 def demo(
-    recipe: Annotated[str, typer.Option(help="Recipe to run.")] = "grid-ticket-routing",
+    recipe: Annotated[str, typer.Option(
+        help="Recipe to run: its name or its folder, e.g. public_sector/citizen_reply_de_dpo "
+             "(DPO).")] = "grid-ticket-routing",
     max_steps: MaxSteps = None,
     eval_limit: EvalLimit = None,
     serve: Annotated[bool, typer.Option(help="Keep serving the leaderboard afterwards.")] = False,
@@ -206,6 +210,11 @@ def demo(
     """Everything at once on embedded defaults: one request from Kafka to the leaderboard."""
     from aif.service import Service
 
+    try:  # before anything starts: a misspelt recipe costs no broker and no database
+        recipe = shipped_name(recipe)
+    except RecipeError as exc:
+        _error(f"--recipe: {exc}")
+        raise typer.Exit(2) from exc
     settings = _setup()
     started = time.monotonic()
     with Service(settings) as service:

@@ -102,9 +102,9 @@ class _Service:
         pass
 
 
-@pytest.fixture
-def demo(monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> str:
-    """`aif demo`'s output with its job's events scripted."""
+def _demo(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, list[str]]:
+    """`aif demo ARGS` with its job's events scripted: its exit code and the recipes it
+    submitted."""
 
     def wait_for_job(*_: object, on_event: Callable[[EventData], None] | None = None,
                      **__: object) -> JobWatch:
@@ -115,13 +115,22 @@ def demo(monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> str:
             on_event(event)
         return watch
 
+    submitted: list[str] = []
     monkeypatch.setattr(aif.service, "Service", _Service)
     monkeypatch.setattr(aif.cli, "_demo_signing_key", lambda *_: None)
-    monkeypatch.setattr(aif.cli, "_submit", lambda *_, **__: JOB)
+    monkeypatch.setattr(aif.cli, "_submit", lambda _, recipe, *__, **___: (
+        submitted.append(recipe), JOB)[1])
     monkeypatch.setattr(aif.cli.following, "wait_for_job",
                         lambda cfg, topics, tenant, job_id, show: wait_for_job(on_event=show))
-    done = CliRunner().invoke(app, ["demo"])
-    assert done.exit_code == 0, done.output
+    done = CliRunner().invoke(app, ["demo", *args])
+    return done.exit_code, submitted
+
+
+@pytest.fixture
+def demo(monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> str:
+    """`aif demo`'s output with its job's events scripted."""
+    code, _ = _demo(monkeypatch)
+    assert code == 0, out()
     return out()
 
 
@@ -169,6 +178,21 @@ def test_the_demo_says_how_to_sign_in_as_its_tenant(demo: str) -> None:
     assert "sign in at http://127.0.0.1:8000/signin as tenant demo" in said
     assert "aif tenants add-key demo" in said
     assert f"job page: http://127.0.0.1:8000/jobs/{JOB}" in said
+
+
+@pytest.mark.parametrize("recipe", ["citizen-reply-de-dpo", "public_sector/citizen_reply_de_dpo",
+                                    "public_sector/citizen_reply_de_dpo/recipe.yaml"])
+def test_the_demo_runs_a_recipe_named_or_by_its_folder(
+        monkeypatch: pytest.MonkeyPatch, out: Callable[[], str], recipe: str) -> None:
+    assert _demo(monkeypatch, "--recipe", recipe) == (0, ["citizen-reply-de-dpo"])
+
+
+def test_the_demo_refuses_an_unknown_recipe_before_starting_anything(
+        monkeypatch: pytest.MonkeyPatch, out: Callable[[], str]) -> None:
+    monkeypatch.setattr(aif.cli, "_setup", lambda: pytest.fail("the demo set up its services"))
+    assert _demo(monkeypatch, "--recipe", "public_sector/citizen_reply_de_dpx") == (2, [])
+    said = " ".join(out().split())
+    assert "--recipe: recipe: no such recipe." in said and "citizen-reply-de-dpo" in said
 
 
 def test_recipes_list_keeps_every_name_whole_at_80_columns(out: Callable[[], str]) -> None:
