@@ -69,7 +69,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _BODY_PROBLEMS = {
     400: "Bad request: the body cannot be read as its content type (JSON that is not "
-         "UTF-8, for one)",
+         "UTF-8, or nested deeper than the parser reads)",
     413: "Content too large: the body is over `AIF_MAX_BODY_BYTES` (uploads: "
          "`AIF_MAX_UPLOAD_BYTES` or the tenant's quota), refused before it is read; a job "
          "request whose event would be over intake's 64 KiB limit",
@@ -142,6 +142,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
             exc = _method_not_allowed(request, exc)
+        elif exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+            exc = Problem(400, "Bad request", "body: cannot be read as JSON (not UTF-8, or "
+                          "nested deeper than the parser reads)", field="body")
         return problem_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -153,6 +156,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         return _problem_response(422, "Invalid request", detail,
                                  {"field": errors[0]["field"] if errors else None,
                                   "errors": errors})
+
+
+UNREADABLE_BODY = "There was an error parsing the body"
+"""FastAPI's detail for a JSON body its parser could not read (any exception but a syntax
+error, which is a 422: a RecursionError, a UnicodeDecodeError)."""
 
 
 def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Problem:

@@ -117,6 +117,32 @@ def test_a_path_outside_the_tenants_data_root_is_a_422_naming_no_path(api: Api) 
     assert "/etc" not in json.dumps(problem) and str(api.settings.home) not in json.dumps(problem)
 
 
+def _nested(levels: int) -> object:
+    value: object = "x"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(("raw", "status", "field", "rule"), [
+    (b"[" * 100_000, 400, "body", "body: cannot be read as JSON"),  # past the parser's depth
+    (b'{"recipe": "\xff"}', 400, "body", "body: cannot be read as JSON"),  # not UTF-8
+    (json.dumps(GOOD | {"labels": _nested(40)}).encode(), 422, "body.labels.a",
+     "body.labels.a: Input should be a valid string"),
+], ids=["too-deep-to-parse", "not-utf-8", "deeper-than-the-schema"])
+def test_a_body_too_deep_or_unreadable_is_a_problem_naming_the_rule(
+    api: Api, raw: bytes, status: int, field: str, rule: str,
+) -> None:
+    answer = api.post(api.acme, "/v1/jobs", content=raw,
+                      headers={"content-type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["field"] == field and problem["detail"].startswith(rule), problem
+    assert "[[" not in answer.text and '"x"' not in answer.text
+    assert _sent(api) == []
+
+
 @pytest.mark.parametrize(("body", "field", "rule"), [
     (GOOD | {"overrides": {"max_steps": 1}}, "train.max_steps",
      "must be above the warmup steps"),

@@ -339,10 +339,31 @@ async def _stream(sessions: sessionmaker[Session], job_id: str, after: int,
         await asyncio.sleep(POLL_S)
 
 
+SERVER_SENT_EVENT = {
+    "type": "object",
+    "description": "One event of the stream (before OpenAPI 3.2, the `schema` of "
+                   "text/event-stream describes each event, as 3.2's `itemSchema` does).",
+    "required": ["id", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$",
+               "description": "The position to resume from (`Last-Event-ID`)."},
+        "event": {"type": "string", "const": "message"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {
+                     "type": "object", "required": ["specversion", "id", "source", "type",
+                                                    "subject", "tenant", "data"],
+                     "description": "A CloudEvent of the job (events/schemas/ in the "
+                                    "repository: the envelope and each type's data)."}},
+    },
+}
+"""What `GET /v1/jobs/{job_id}/events` sends, event by event."""
+
+
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses={
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+    200: {"content": {"text/event-stream": {"schema": SERVER_SENT_EVENT}},
           "description": "Server-Sent Events: each `data:` is a CloudEvent of the job, its "
-                         "`id:` the position to resume from."},
+                         "`id:` the position to resume from; `:` lines keep the connection "
+                         "open. The stream ends after the job's final status."},
     **problems(404, 422)})
 async def job_events(
     job: JobDep, request: Request,
