@@ -46,6 +46,8 @@ RENDERING = {
     DataFormat.chat: "the base model's chat template",
     DataFormat.instruction: "the base model's chat template (one user and one assistant turn)",
     DataFormat.text: "none (plain text)",
+    DataFormat.preference: "pairs: the prompt as written (a `messages` prompt by the base "
+    "model's chat template), then the chosen and the rejected answer, each a sequence",
 }
 RIGHTS = ("The service neither crawls nor scrapes. Tenant-provided data is supplied by the tenant, "
           "who is responsible for its rights, text-and-data-mining reservations included "

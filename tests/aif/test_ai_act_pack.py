@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from aif.db.models import Job
-from aif.orchestrator.ai_act_pack import CARD_MARKER, write_pack
+from aif.orchestrator.ai_act_pack import CARD_MARKER, RENDERING, write_pack
 from events.messages import MetricScore
 from events.recipe import PublishedFigures, Recipe
+from events.recipe_data import DataFormat
 from recipes import load_recipe
 from stagefiles.ai_act import (
     AI_ACT_PACK,
@@ -91,6 +92,18 @@ def test_the_pack_states_sources_compute_lineage_and_the_gate(tmp_path: Path) ->
     assert sums[AI_ACT_PACK] == sha256_file(adapter / AI_ACT_PACK)
     assert f"  {AI_ACT_PACK}" in (adapter / MANIFEST).read_text()
     assert sums["README.md"] == sha256_file(adapter / "README.md")
+
+
+def test_a_preference_jobs_pack_names_how_its_pairs_were_rendered(tmp_path: Path) -> None:
+    """Every data format, pairs among them, has its rendering stated (a DPO job's hand-off
+    once failed here)."""
+    recipe = load_recipe("citizen-reply-de-dpo")
+    trained = _adapter(tmp_path)
+    write_pack(_job(recipe, {"recipe": recipe.name}), recipe, trained, SCORES, "0.4.13")
+    processing = AiActPack.read(Path(trained.adapter_dir) / AI_ACT_PACK).processing
+    assert processing.data_format == "preference"
+    assert processing.template_rendering.startswith("pairs: ")
+    assert set(RENDERING) == set(DataFormat)
 
 
 def test_writing_it_again_gives_the_same_files(tmp_path: Path) -> None:
