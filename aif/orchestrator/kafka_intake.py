@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aif.db.models import DeadLetter
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
-from aif.orchestrator.intake import IntakeResult, Outcome, accept
+from aif.orchestrator.intake import IntakeResult, Outcome, accept, signer
 from aif.orchestrator.references import References
 from aif.settings import QuotaLimits
 from events.bus import Outgoing, send_and_wait
@@ -67,7 +67,20 @@ def _isolated(session: Session, record: ConsumerRecord, topics: Topics,
             return once()
     except Exception as exc:
         log.exception("intake: a record failed unexpectedly")
-        return IntakeResult(Outcome.dead_letter, reason=f"internal-error: {type(exc).__name__}")
+        tenant = _signer_of(session, record)
+        return IntakeResult(Outcome.dead_letter, reason=f"internal-error: {type(exc).__name__}",
+                            tenant=tenant, notify=tenant is not None)
+
+
+def _signer_of(session: Session, record: ConsumerRecord) -> str | None:
+    """The tenant whose key signed a record that failed unexpectedly, so that it hears of it
+    too; None where nothing proves one (or the check itself fails)."""
+    try:
+        with session.begin_nested():
+            signed = signer(session, record.value, record.headers or ())
+    except Exception:
+        return None
+    return signed and signed[0]
 
 
 def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,

@@ -18,7 +18,7 @@ from aif.orchestrator.intake import Outcome, accept
 from aif.orchestrator.kafka_intake import store_batch
 from events.bus import envelope
 from events.envelope import job_id_for
-from events.messages import CancelRequested, FineTuneRequested
+from events.messages import CancelRequested, FineTuneRequested, RequestRefused
 from events.signing import SigningKey, sign
 from events.states import JobState
 from events.topics import Topics
@@ -221,6 +221,13 @@ def test_an_unexpected_error_dead_letters_that_record_and_spares_its_neighbours(
         assert sorted(s.scalars(select(Job.request_id))) == ["a", "c"]
         (dead,) = s.scalars(select(DeadLetter)).all()
         assert (dead.source_offset, dead.reason) == (1, "internal-error: RuntimeError")
+        # Its tenant, whose key signed it, hears of it too (#24.1).
+        assert dead.tenant == "acme"
+        told = [json.loads(r.payload) for r in s.scalars(select(Outbox).where(
+            Outbox.topic == TOPICS.status("acme")))]
+        assert [(e["type"], e["data"]["reason"], e["data"]["record"]) for e in told
+                if e["subject"] == f"{TOPICS.requests}/0/1"] == [
+            (RequestRefused.TYPE, "internal-error: RuntimeError", f"{TOPICS.requests}/0/1")]
 
 
 def test_a_dead_letter_is_forwarded_once_per_record(sessions: sessionmaker[Session]) -> None:
