@@ -130,7 +130,7 @@ ONE_WORKER = frozenset({
     "tests/aif/test_handoff_vllm.py",  # one vLLM server
     "tests/aif/test_job_hygiene.py",
     "tests/aif/test_intake_properties.py",
-    "tests/evaluation/test_runner.py",  # lm-eval runs shared by the module
+    "tests/evaluation/test_run.py",  # lm-eval runs shared by the module
     "tests/evaluation/test_base_cache.py",
 })
 """Modules whose module- or session-scoped fixture is expensive: under pytest-xdist all their

@@ -1,4 +1,5 @@
-"""Runner and worker logic that needs no model: metric extraction, CLI flags, exit paths."""
+"""The evaluation stage's logic that needs no model (`evaluation/run.py`, `harness.py`): metric
+extraction, CLI flags, exit paths."""
 
 from __future__ import annotations
 
