@@ -156,8 +156,15 @@ def collator(
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
 
 
+REAL_TOKENS = "real_tokens"
+"""A batch's own count of its real tokens, where neither its shape nor an attention mask
+tells them (packed rows padded to one width); not a model input."""
+
+
 def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Tokens of the examples themselves, padding not counted: what throughput is quoted in."""
+    if REAL_TOKENS in batch:
+        return batch[REAL_TOKENS]
     if "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)

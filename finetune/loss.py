@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.data import IGNORE_INDEX
+from finetune.data import IGNORE_INDEX, REAL_TOKENS
 
 
 def loss_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def kept_logits(model: nn.Module, batch: dict[str, torch.Tensor]
     """(logits, targets, positions) of the positions whose next token carries a label."""
     labels = batch["labels"]
     keep = loss_positions(labels)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}
     return model(**inputs, logits_to_keep=keep).logits, labels[:, keep + 1], keep
 
 

@@ -18,9 +18,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from finetune.data import IGNORE_INDEX, PAIR_SIDES, Example, _Chat, _string, collator
+from finetune.data import (
+    IGNORE_INDEX,
+    PAIR_SIDES,
+    REAL_TOKENS,
+    Example,
+    _Chat,
+    _string,
+    collator,
+)
 from finetune.rows import RowError
 
 ANSWERS = ("chosen", "rejected")
@@ -92,14 +101,38 @@ def _contents(messages: Any) -> str:
 
 def pair_collator(tokenizer: PreTrainedTokenizerBase,
                   packing: bool) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
-    """A batch of B pairs as SFT's collator batches 2B sequences: the chosen answers, then
-    the rejected ones in the same order, so one forward pass scores both halves."""
+    """A batch of B pairs as 2B sequences, the chosen answers then the rejected ones in the
+    same order, so one forward pass scores both halves. Padded: one row a sequence, as SFT's
+    collator pads them. Packed: two rows, the chosen sequences in one and the rejected in the
+    other. Without a varlen attention kernel (CPUs) a packed row's attention is quadratic in
+    the row's length, so one row of 2B sequences would cost twice per token what SFT's row
+    of B does; two rows of B cost the same."""
     collate = collator(tokenizer, packing)
 
     def collate_pairs(pairs: list[Example]) -> dict[str, torch.Tensor]:
-        return collate([
-            {"input_ids": pair[side + "input_ids"], "labels": pair[side + "labels"],
-             "attention_mask": [1] * len(pair[side + "input_ids"])}
-            for side in PAIR_SIDES for pair in pairs])
+        sequences = [{"input_ids": pair[side + "input_ids"], "labels": pair[side + "labels"],
+                      "attention_mask": [1] * len(pair[side + "input_ids"])}
+                     for side in PAIR_SIDES for pair in pairs]
+        if not packing:
+            return collate(sequences)
+        return _rows([collate(sequences[:len(pairs)]), collate(sequences[len(pairs):])],
+                     tokenizer.eos_token_id)
 
     return collate_pairs
+
+
+def _rows(rows: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows as one batch, each padded at its end to the longest. The padding goes on
+    with its row's last sequence's positions and has no labels: it attends to that sequence,
+    nothing attends to it or learns from it, and `real_tokens` leaves it out."""
+    width = max(row["input_ids"].shape[1] for row in rows)
+    padded = []
+    for row in rows:
+        n = width - row["input_ids"].shape[1]
+        after = row["position_ids"][:, -1:] + 1 + torch.arange(n)
+        padded.append({"input_ids": F.pad(row["input_ids"], (0, n), value=pad_id),
+                       "labels": F.pad(row["labels"], (0, n), value=IGNORE_INDEX),
+                       "position_ids": torch.cat([row["position_ids"], after], dim=1)})
+    batch = {key: torch.cat([row[key] for row in padded]) for key in padded[0]}
+    batch[REAL_TOKENS] = torch.tensor(sum(row["input_ids"].numel() for row in rows))
+    return batch

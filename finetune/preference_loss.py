@@ -41,10 +41,12 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]
 
 
 def _sequence_index(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The sequence each position belongs to: a packed row restarts its position ids at 0
-    for each sequence; a padded batch has one sequence per row."""
+    """The sequence each position belongs to, numbered across rows: a packed row restarts
+    its position ids at 0 for each sequence; a padded batch has one sequence per row."""
     if "position_ids" in batch:
-        return (batch["position_ids"] == 0).cumsum(1) - 1
+        starts = batch["position_ids"] == 0
+        per_row = starts.sum(1)
+        return starts.cumsum(1) - 1 + (per_row.cumsum(0) - per_row).unsqueeze(1)
     rows, length = batch["input_ids"].shape
     return torch.arange(rows, device=batch["input_ids"].device).unsqueeze(1).expand(rows, length)
 

@@ -17,7 +17,7 @@ from trl.experimental.orpo.orpo_trainer import ORPOTrainer
 from trl.trainer.dpo_trainer import DPOTrainer
 
 from events.recipe_train import TrainSection
-from finetune.data import IGNORE_INDEX
+from finetune.data import IGNORE_INDEX, real_tokens
 from finetune.preference_data import PairEncoder, pair_collator
 from finetune.preference_loss import PreferenceObjective, dpo_loss, orpo_loss, sequence_logps
 
@@ -135,6 +135,20 @@ def test_packed_and_padded_pairs_score_alike(
         padded = sequence_logps(model, pair_collator(tokenizer, packing=False)(pairs))
     for a, b in zip(packed, padded, strict=True):
         assert a.shape == (6,) and torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_packed_pair_batch_is_a_chosen_row_and_a_rejected_row_counting_no_padding(
+        tokenizer: PreTrainedTokenizerBase) -> None:
+    pairs = _tiny_pairs(tokenizer)
+    batch = pair_collator(tokenizer, packing=True)(pairs)
+    lengths = {side: sum(len(p[f"{side}_input_ids"]) for p in pairs)
+               for side in ("chosen", "rejected")}
+    assert lengths["chosen"] != lengths["rejected"]  # so one row is padded
+    assert batch["input_ids"].shape == (2, max(lengths.values()))
+    assert int(real_tokens(batch)) == sum(lengths.values())
+    for row, side in enumerate(("chosen", "rejected")):
+        assert (batch["labels"][row, lengths[side]:] == IGNORE_INDEX).all()
+        assert int((batch["position_ids"][row] == 0).sum()) == len(pairs)
 
 
 def test_the_reference_is_the_base_model_with_the_adapter_off(
