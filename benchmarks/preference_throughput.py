@@ -1,15 +1,18 @@
 """Preference tuning's training loop against SFT's on the same rows, in one run (issue 26).
 
     .venv/bin/python -m benchmarks.preference_throughput [--recipe citizen-reply-de-dpo]
-        [--steps 6] [--rounds 2]
+        [--steps 6] [--rounds 2] [--padded]
 
 Three variants of the recipe, each a fresh `python -m finetune.train` process, rounds
 interleaved so that load on a shared machine hits all alike: SFT on each pair's prompt and
 chosen answer (the same tokens as DPO's chosen sequence), DPO (policy and reference passes,
 chosen and rejected together) and ORPO (policy pass only). Figures are the loops' real tokens
 per second (DPO and ORPO count both answers' sequences) and pairs (SFT: rows) per second,
-medians over the rounds. Target: DPO tokens/s >= 0.8x SFT's. Results go to
-`benchmarks/results/preference_throughput.json`.
+medians over the rounds. Target: DPO tokens/s >= 0.8x SFT's. Batches are packed (one row per
+micro-batch, as the recipes train), or with --padded one row per sequence: without
+flash-attention a packed row's attention is quadratic in the whole row's length, and a pair
+batch's row is twice an SFT batch's. Results go to
+`benchmarks/results/preference_throughput.json` (`..._padded.json` with --padded).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, default=Path(".aif/models"))
+    parser.add_argument("--padded", action="store_true", help="padded batches, not packed")
     args = parser.parse_args()
     load = os.getloadavg()
     recipe = load_recipe(args.recipe)
@@ -60,8 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name, variant in variants(recipe).items():
-                runs[name].append(recipe_trainer(variant, args.steps, True, models_dir,
-                                                 Path(tmp) / f"{r}-{name}"))
+                runs[name].append(recipe_trainer(variant, args.steps, not args.padded,
+                                                 models_dir, Path(tmp) / f"{r}-{name}"))
     rows_per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps
     figures: dict[str, dict[str, float]] = {}
     for name, done in runs.items():
@@ -76,9 +80,10 @@ def main() -> None:
         print(f"{name:5s} {got['tokens_per_s']:8.0f} tokens/s {got['rows_per_s']:6.2f} rows/s "
               f"peak {got['peak_memory_mb']:.0f} MiB")
     print(", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    path = write_results("preference_throughput", {
+    path = write_results("preference_throughput" + ("_padded" if args.padded else ""), {
         "recipe": args.recipe, "steps": args.steps, "rounds": args.rounds,
-        "batch_size": recipe.train.batch_size, "variants": figures, **ratios}, load,
+        "batch_size": recipe.train.batch_size, "packing": not args.padded,
+        "variants": figures, **ratios}, load,
         " ".join([Path(sys.executable).name, "-m", "benchmarks.preference_throughput",
                   *sys.argv[1:]]))
     print(f"written to {path}")

@@ -60,11 +60,25 @@ def _start(result: dict[str, Any]) -> list[str]:
         target="p50 < 5 s", where=_where(result))]
 
 
+def _preference(result: dict[str, Any]) -> list[str]:
+    v = result["variants"]
+    batches = "packed" if result.get("packing", True) else "padded"
+    return [ROW.format(
+        what=f"preference training, {result['recipe']} ({result['steps']} steps x "
+             f"{result['batch_size']} pairs, {batches})",
+        figure=f"DPO {result['dpo_tokens_per_s_vs_sft']:.2f}x SFT's tokens/s on the same rows "
+               f"({v['dpo']['tokens_per_s']:.0f} vs {v['sft']['tokens_per_s']:.0f}), ORPO "
+               f"{result['orpo_tokens_per_s_vs_sft']:.2f}x; peak memory DPO "
+               f"{v['dpo']['peak_memory_mb']:.0f}, SFT {v['sft']['peak_memory_mb']:.0f} MiB",
+        target="DPO >= 0.8x", where=_where(result))]
+
+
 def main() -> None:
     print("| what | figure | target | machine, load, command |")
     print("|---|---|---|---|")
     for name, render in (("train_throughput", _train), ("eval_overhead", _eval),
-                         ("start_latency", _start)):
+                         ("start_latency", _start), ("preference_throughput", _preference),
+                         ("preference_throughput_padded", _preference)):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             print("\n".join(render(json.loads(path.read_text()))))
