@@ -87,7 +87,8 @@ def kill_run(ref: dict[str, Any]) -> bool:
 # -- orchestrators ------------------------------------------------------------------------
 
 class Orchestrator:
-    """`aif up` in its own process, configured like a deployment (as tests/aif/test_faults)."""
+    """`aif up` in its own process, configured like a deployment (as
+    tests/aif/orchestrator/test_faults)."""
 
     def __init__(self, name: str, env: dict[str, str], log: Path, failpoints: str = "") -> None:
         self.name, self.log, self.failpoints = name, log, failpoints

@@ -126,10 +126,10 @@ _AUTO_MARKS = {"slurm_cluster": "slurm", "tiny_request": "training"}
 
 ONE_WORKER = frozenset({
     "tests/e2e/test_walking_skeleton.py",  # trains the real model once, for all its tests
-    "tests/aif/test_pages_browser.py",  # one service and one browser
-    "tests/aif/test_handoff_vllm.py",  # one vLLM server
-    "tests/aif/test_job_hygiene.py",
-    "tests/aif/test_intake_properties.py",
+    "tests/aif/web/test_pages_browser.py",  # one service and one browser
+    "tests/aif/orchestrator/test_handoff_vllm.py",  # one vLLM server
+    "tests/aif/orchestrator/test_job_hygiene.py",
+    "tests/aif/orchestrator/test_intake_properties.py",
     "tests/evaluation/test_run.py",  # lm-eval runs shared by the module
     "tests/evaluation/test_base_cache.py",
 })

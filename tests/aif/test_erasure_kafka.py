@@ -18,7 +18,7 @@ from events.bus import KafkaConfig, ensure_topics, envelope, make_consumer, make
 from events.messages import FineTuneRequested
 from events.signing import SigningKey, sign
 from events.topics import Topics
-from tests.aif.test_intake_kafka import FAST_GROUP, _dead_letters, _drain
+from tests.aif.orchestrator.test_intake_kafka import FAST_GROUP, _dead_letters, _drain
 
 
 @pytest.mark.store

@@ -12,8 +12,8 @@ import pytest
 
 from aif.db.models import Job
 from events.states import JobState
-from tests.aif.test_api_jobs import Api
-from tests.aif.test_api_jobs import api as api  # the fixture, re-exported for pytest
+from tests.aif.web.test_api_jobs import Api
+from tests.aif.web.test_api_jobs import api as api  # the fixture, re-exported for pytest
 
 SECRET = "SECRET-OUTSIDE-THE-JOB"
 

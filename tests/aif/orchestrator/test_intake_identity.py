@@ -31,7 +31,7 @@ from events.signing import (
 from events.states import JobState
 from events.topics import Topics
 from tests.aif.conftest import signing_key
-from tests.aif.test_intake_kafka import _dead_letters, _drain, _intake
+from tests.aif.orchestrator.test_intake_kafka import _dead_letters, _drain, _intake
 
 TOPICS = Topics("t")
 REQUEST = FineTuneRequested(recipe="grid-ticket-routing")

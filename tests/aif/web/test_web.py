@@ -56,7 +56,7 @@ def test_the_old_unauthenticated_json_routes_are_gone(sessions: sessionmaker[Ses
 def test_the_docs_serve_a_swagger_ui_that_reads_the_documents_openapi_version(
         sessions: sessionmaker[Session], tmp_path: Path) -> None:
     """Swagger UI 4 shows a blank page for OpenAPI 3.1 (FastAPI's); 5 reads it. Without a
-    browser (tests/aif/test_docs_browser.py renders it): the bundle's own version."""
+    browser (tests/aif/web/test_docs_browser.py renders it): the bundle's own version."""
     client = _client(sessions, tmp_path)
     assert client.get("/openapi.json").json()["openapi"].startswith("3.1.")
     [bundle] = re.findall(r'src="(/docs/assets/swagger-ui-bundle\.js)"', client.get("/docs").text)

@@ -21,7 +21,7 @@ from aif.tenants import signing_secret
 from events.bus import KafkaConfig, ensure_topics, make_consumer
 from events.envelope import CloudEvent
 from events.signing import signing_headers, verify
-from tests.aif.test_api_jobs import Api, make_api
+from tests.aif.web.test_api_jobs import Api, make_api
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from tests.conftest import SMOLLM2_GGUF, free_port
 
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", REPO / ".venv-vllm"))
 SERVED_BASE = "tiny-base"
 HEALTHY_WITHIN_S = 600

@@ -30,7 +30,7 @@ from events.bus import KafkaConfig
 from events.messages import JobProgress
 from events.states import JobState
 from recipes import load_recipe
-from tests.aif.test_pages import LOSSES, seed_model
+from tests.aif.web.test_pages import LOSSES, seed_model
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.browser

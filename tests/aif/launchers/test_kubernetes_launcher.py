@@ -1,4 +1,4 @@
-"""The Kubernetes launcher against recorded API server answers (tests/aif/k8s/*.json).
+"""The Kubernetes launcher against recorded API server answers (tests/aif/launchers/k8s/*.json).
 
 No cluster runs here. A small HTTP server on loopback plays the API server with answers
 recorded from real Job and Pod objects; the real `kubernetes` client talks to it through a
@@ -28,7 +28,7 @@ from aif.launchers.kubernetes_jobs import build_job, build_service, job_name
 from aif.settings import Settings
 
 RECORDED = Path(__file__).parent / "k8s"
-CHART = Path(__file__).resolve().parents[2] / "helm" / "aif-tuning"
+CHART = Path(__file__).resolve().parents[3] / "helm" / "aif-tuning"
 JOB_ID = "3f0c1d2e-5b6a-5c7d-8e9f-0a1b2c3d4e5f"
 NAME = f"aif-finetune-train-{JOB_ID}"
 JOBS = "/apis/batch/v1/namespaces/aif/jobs"

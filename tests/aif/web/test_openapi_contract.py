@@ -32,7 +32,7 @@ from aif.web.screenshots import serving
 from events.bus import KafkaConfig, ensure_topics
 from events.recipe import RecipeError, load_recipe_file
 from recipes import load_recipe
-from tests.aif.test_pages import seed_model
+from tests.aif.web.test_pages import seed_model
 from tests.conftest import free_port
 
 ST = Path(sys.executable).with_name("st")
@@ -258,7 +258,7 @@ def test_a_recipe_file_reads_numbers_as_yaml_1_2_does(tmp_path: Path) -> None:
     """`2e-4` is a number in YAML 1.2 and JSON; PyYAML's YAML 1.1 made it text, which a
     number field now refuses, so the recipe loader reads it as a number. (Loading checks no
     file's existence, so the shipped recipe is read from a copy of its text.)"""
-    text = (Path(__file__).resolve().parents[2] / "recipes" / "energy" / "grid_ticket_routing"
+    text = (Path(__file__).resolve().parents[3] / "recipes" / "energy" / "grid_ticket_routing"
             / "recipe.yaml").read_text()
     assert "learning_rate: 5.0e-4" in text
     mine = tmp_path / "recipe.yaml"

@@ -38,7 +38,7 @@ NO_KEY_NEEDED = {("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")}
 """The only operations of the document open to anyone (probes reveal no tenant's data)."""
 OUTSIDE_THE_DOCUMENT = {
     "/", "/docs", "/docs/assets", "/openapi.json", "/static",
-    # HTML pages (aif.web.pages), each with its access rules in tests/aif/test_pages.py
+    # HTML pages (aif.web.pages), each with its access rules in tests/aif/web/test_pages.py
     "/leaderboard", "/leaderboard.csv", "/leaderboard.json", "/compare", "/signin",
     "/signout", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events",
     "/jobs/{job_id}/files/{path:path}"}

@@ -14,9 +14,9 @@ from aif.quotas import set_quota
 from aif.settings import QuotaLimits, Settings
 from events.bus import KafkaConfig
 from events.states import JobState
-from tests.aif.test_api_files import ROWS, _client, _jsonl, _stored, keys  # noqa: F401
-from tests.aif.test_api_jobs import Api, make_api
 from tests.aif.test_quotas import _estimate, _measured
+from tests.aif.web.test_api_files import ROWS, _client, _jsonl, _stored, keys  # noqa: F401
+from tests.aif.web.test_api_jobs import Api, make_api
 from tests.conftest import free_port
 
 

@@ -3,7 +3,7 @@ revocation, CSRF), the tenant rule on every page and export, the leaderboard's f
 sort, search and pins, the compare view's per-sample agreement, and the job page.
 
 Rows are made by the job store's own functions (`transition`, `record_evaluation`,
-`enqueue_event`), so the pages read what a real run stores; `tests/aif/test_pages_browser.py`
+`enqueue_event`), so the pages read what a real run stores; `tests/aif/web/test_pages_browser.py`
 drives the same pages in Chromium.
 """
 
@@ -44,7 +44,7 @@ from stagefiles.jobspec import (
     TrainingResult,
 )
 from stagefiles.preflight_report import Picked, PreflightReport, RenderedExample, SplitReport
-from tests.aif.test_api_jobs import Api, make_api
+from tests.aif.web.test_api_jobs import Api, make_api
 from tests.conftest import free_port
 
 S = JobState

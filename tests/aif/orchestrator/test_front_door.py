@@ -48,7 +48,7 @@ from events.signing import sign
 from events.states import JobState
 from events.topics import Topics
 from tests.aif.conftest import local_worker
-from tests.aif.test_api_jobs import Api, make_api
+from tests.aif.web.test_api_jobs import Api, make_api
 from tests.conftest import free_port
 
 S = JobState
