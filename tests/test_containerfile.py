@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,16 @@ def test_hadolint_would_catch_a_careless_one(tmp_path: Path) -> None:
     done = hadolint(careless)
     assert done.returncode != 0
     assert {"DL3007", "DL3008", "DL3013"} <= set(re.findall(r"DL\d{4}", done.stdout))
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """A stage's package left out of the image installs without error and fails only when
+    a job reaches that stage (the hand-off's serving check once did)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in patterns}
+    copied = set(re.findall(r"^COPY\s+(\w+)\s+\./\1\s*$", CONTAINERFILE.read_text(), re.M))
+    assert packages == copied, f"installed {sorted(packages)}, copied {sorted(copied)}"
 
 
 def test_the_image_runs_as_a_user_and_holds_no_secret() -> None:

@@ -11,7 +11,8 @@ from lm_eval.models.huggingface import HFLM
 from evaluation.harness import model_args
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("aif", "events", "stagefiles", "finetune", "evaluation", "recipes", "benchmarks")
+PACKAGES = ("aif", "events", "stagefiles", "finetune", "evaluation", "serving", "recipes",
+            "benchmarks")
 
 
 def remote_code_uses(source: str) -> list[int]:
