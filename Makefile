@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-# vLLM's CPU build in its own environment, for the serving test (tests/aif/test_handoff_vllm.py).
+# vLLM's CPU build in its own environment, for the serving test (tests/aif/orchestrator/test_handoff_vllm.py).
 # It pins its own torch and transformers, so it never shares .venv. Reused when present; CI
 # points VLLM_VENV at a cache outside the clone. PyPI's torchvision/torchaudio/torchcodec fail
 # to import beside this torch and are only needed for multimodal models, so they are removed.
