@@ -50,6 +50,7 @@ def spec(tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callab
         "max_steps": STEPS, "batch_size": 2, "logging_steps": 1, "checkpoint_steps": 5}))
 
 
+@pytest.mark.training  # launches the training stage
 def test_kill_9_mid_run_then_resume_continues_the_step_count(
     spec: Path, tmp_path: Path, tiny_model_dir: Path,
 ) -> None:
@@ -74,6 +75,7 @@ def test_kill_9_mid_run_then_resume_continues_the_step_count(
     assert PeftModel.from_pretrained(base, result.adapter_dir) is not None
 
 
+@pytest.mark.training  # launches the training stage
 def test_sigterm_writes_a_checkpoint_and_exits_4(spec: Path, tmp_path: Path) -> None:
     job, log = tmp_path / "job", tmp_path / "train.log"
     proc = _start(spec, log)

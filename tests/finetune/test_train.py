@@ -64,6 +64,7 @@ def _launch(spec: Path, num_processes: int) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.training  # launches the training stage
 def test_two_process_run_writes_safetensors_adapter_result_and_progress(
     tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable, tiny_model_dir: Path
 ) -> None:
@@ -106,6 +107,7 @@ def test_two_process_run_writes_safetensors_adapter_result_and_progress(
         assert tuned(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
 
 
+@pytest.mark.training  # launches the training stage
 def test_one_and_two_processes_train_the_same_adapter(
     tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable
 ) -> None:

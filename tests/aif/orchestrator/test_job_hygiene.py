@@ -26,6 +26,9 @@ from stagefiles.ai_act import AI_ACT_PACK, PROVENANCE, AiActPack
 from stagefiles.checksums import MANIFEST, sha256_file
 from tests.aif.conftest import run_to_the_end, signing_key
 
+# A job through every stage on the tiny model, once for the module.
+pytestmark = pytest.mark.training
+
 PASSWORD = "kafka-sasl-pw-7f3a9c1e"
 EMAIL = "erika.mustermann@example.org"
 PHONE = "+49 30 901820"
