@@ -22,18 +22,26 @@
     return [steps, loss, validation];
   }
 
-  const el = document.getElementById("loss-chart");
-  let chart = null;
-  function draw() {
-    const d = series();
-    if (d[0].length === 0) {
-      el.textContent = "No training progress yet.";
-      return;
+  // A chart drawn once there is data, then given each new series; `el` may be absent (the
+  // reward chart is only on dpo and orpo jobs).
+  const charts = [];
+  function liveChart(el, height, empty, options, name) {
+    let chart = null;
+    if (el) {
+      charts.push(() => chart && chart.setSize({ width: Math.min(el.clientWidth, 900), height }));
     }
-    if (chart) { chart.setData(d); return; }
-    el.textContent = "";
-    chart = new uPlot({
-      width: Math.min(el.clientWidth || 720, 900), height: 280,
+    return (d) => {
+      if (!el) return;
+      if (d[0].length === 0) { el.textContent = empty; return; }
+      if (chart) { chart.setData(d); return; }
+      el.textContent = "";
+      chart = new uPlot({ width: Math.min(el.clientWidth || 720, 900), height, ...options }, d, el);
+      window[name] = chart;  // the browser tests read the drawn data back from it
+    };
+  }
+
+  const drawLoss = liveChart(document.getElementById("loss-chart"), 280,
+    "No training progress yet.", {
       scales: { x: { time: false } },
       axes: [{ label: "step" }, { label: "loss" }],
       series: [
@@ -42,25 +50,9 @@
         { label: "validation loss", stroke: "#c8662a", width: 0,
           points: { show: true, size: 9, fill: "#c8662a" } },
       ],
-    }, d, el);
-    window.aifLossChart = chart;  // the browser tests read the drawn data back from it
-  }
-  draw();
-
-  const rewardEl = document.getElementById("reward-chart");  // only on dpo and orpo jobs
-  let rewardChart = null;
-  function drawRewards() {
-    if (!rewardEl) return;
-    const steps = [...rewards.keys()].sort((a, b) => a - b);
-    const d = [steps, steps.map((s) => rewards.get(s)[0]), steps.map((s) => rewards.get(s)[1])];
-    if (steps.length === 0) {
-      rewardEl.textContent = "No reward figures yet.";
-      return;
-    }
-    if (rewardChart) { rewardChart.setData(d); return; }
-    rewardEl.textContent = "";
-    rewardChart = new uPlot({
-      width: Math.min(rewardEl.clientWidth || 720, 900), height: 220,
+    }, "aifLossChart");
+  const drawRewardChart = liveChart(document.getElementById("reward-chart"), 220,
+    "No reward figures yet.", {
       scales: { x: { time: false }, accuracy: { range: [0, 1] } },
       axes: [{ label: "step" }, { label: "reward margin" },
              { label: "reward accuracy", scale: "accuracy", side: 1 }],
@@ -69,14 +61,15 @@
         { label: "reward margin", stroke: "#2a8c4a", width: 2 },
         { label: "reward accuracy", stroke: "#8a3ab9", width: 2, scale: "accuracy" },
       ],
-    }, d, rewardEl);
-    window.aifRewardChart = rewardChart;
+    }, "aifRewardChart");
+  function draw() { drawLoss(series()); }
+  function drawRewards() {
+    const steps = [...rewards.keys()].sort((a, b) => a - b);
+    drawRewardChart([steps, ...[0, 1].map((i) => steps.map((s) => rewards.get(s)[i]))]);
   }
+  draw();
   drawRewards();
-  window.addEventListener("resize", () => {
-    if (chart) chart.setSize({ width: Math.min(el.clientWidth, 900), height: 280 });
-    if (rewardChart) rewardChart.setSize({ width: Math.min(rewardEl.clientWidth, 900), height: 220 });
-  });
+  window.addEventListener("resize", () => charts.forEach((resize) => resize()));
 
   if (script.dataset.terminal === "true" || !window.EventSource) return;
   const stream = new EventSource(`/jobs/${jobId}/events?after=${script.dataset.after}`);
