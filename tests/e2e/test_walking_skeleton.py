@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from aif.db.models import Job, Score
 from aif.db.session import session_factory
-from aif.follow import follow_job
+from aif.follow import wait_for_job
 from aif.service import Service
 from aif.settings import Settings
 from evaluation.harness import cli_command
@@ -69,20 +69,10 @@ def finished_job(broker: str, tmp_path_factory: pytest.TempPathFactory):
             signing_key=key, labels={PUBLIC_LABEL: "true"},  # so the open page lists it
         )
         job_id = job_id_for("e2e", event.source, event.id)
-        events = []
-        for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=2400):
-            if ev is not None:
-                events.append(ev)
-            if isinstance(ev, JobStatusChanged) and ev.state.terminal:
-                break
-        # The model-ready event is written with the last state, on another topic: the
-        # follower may have read it before that state or not yet. A second follower reads
-        # both topics from the start, so it is only asked when the first did not see it.
-        if not any(isinstance(ev, ModelReady) for ev in events):
-            for ev in follow_job(settings.kafka, topics, "e2e", job_id, timeout_s=60):
-                if isinstance(ev, ModelReady):
-                    events.append(ev)
-                    break
+        # Until the final status and the outcome events it promises (model.ready travels
+        # on another topic and may be read before or after that status).
+        events = wait_for_job(settings.kafka, topics, "e2e", job_id, timeout_s=2400,
+                              grace_s=60).events
         html = httpx.get(service.url, timeout=30).text
         browser_dom = _dump_dom(service.url)
     yield settings, job_id, events, html, browser_dom
