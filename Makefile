@@ -1,7 +1,9 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first.
 PY ?= python3.11
 VENV := .venv
-STAMP := $(VENV)/.installed
+# The stamp names this checkout: CI may link .venv to an environment shared by checkouts
+# (.ci/run), and the project's editable install must then point at this one.
+STAMP := $(VENV)/.installed-$(shell printf %s '$(CURDIR)' | cksum | cut -d' ' -f1)
 
 # vLLM's CPU build in its own environment, for the serving test (tests/aif/orchestrator/test_handoff_vllm.py).
 # It pins its own torch and transformers, so it never shares .venv. Reused when present; CI
