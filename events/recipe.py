@@ -185,6 +185,9 @@ class HyperparameterOverrides(Closed):
         "format (a recipe of pairs, or train_file/dataset of pairs with such a recipe).",
     )
     beta: Beta | None = Field(None, description="dpo's beta (see the recipe's train.beta).")
+    init_from: str | None = Field(
+        None, min_length=1, max_length=300, description="A registered model version of the "
+        "tenant to train on from (see the recipe's train.init_from).")
 
     @model_validator(mode="after")
     def check_bounds(self) -> HyperparameterOverrides:
@@ -203,6 +206,7 @@ class HyperparameterOverrides(Closed):
                 "num_processes": self.num_processes,
                 "method": self.method,
                 "beta": self.beta,
+                "init_from": self.init_from,
             }.items()
             if v is not None
         }

@@ -75,6 +75,13 @@ class TrainSection(Closed):
         0.1, gt=0.0, le=10.0, description="orpo: weight of the odds-ratio term next to the "
         "SFT loss on the chosen answer (0.1 as in the ORPO paper).",
     )
+    init_from: str | None = Field(
+        None, min_length=1, max_length=300, description="Train on from a registered model "
+        "version of the job's own tenant instead of a fresh adapter: `NAME[:VERSION]` as "
+        "`aif models` lists it (without a version, the latest), e.g. DPO after an SFT job. Its "
+        "adapter is the starting, trainable adapter (its LoRA shape replaces the lora "
+        "section); DPO's reference stays the base model with every adapter switched off.",
+    )
 
     max_steps: Int = Field(100, ge=1, le=1_000_000, description="Optimizer steps; derived "
                            "from epochs when epochs is given.")
