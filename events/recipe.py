@@ -113,6 +113,21 @@ class Recipe(Closed):
         return self
 
     @model_validator(mode="after")
+    def check_selection(self) -> Recipe:
+        """Accuracy in training is lm-eval's zero-shot accuracy without a chat template, so
+        it picks a step by what the gate measures only where the gate measures that."""
+        if self.train.early_stopping_metric != "accuracy":
+            return self
+        if self.gate.metric not in ("acc", "acc_norm"):
+            raise ValueError(f"train.early_stopping_metric accuracy: the gate's metric is "
+                             f"{self.gate.metric!r}, not acc or acc_norm; use loss")
+        if self.eval.num_fewshot or self.eval.apply_chat_template:
+            raise ValueError("train.early_stopping_metric accuracy: scores the gate task "
+                             "zero-shot without a chat template, so it needs eval.num_fewshot "
+                             "0 and eval.apply_chat_template false; use loss")
+        return self
+
+    @model_validator(mode="after")
     def check_gate_task(self) -> Recipe:
         names = [t.name for t in self.eval.tasks]
         if self.gate.task not in names:

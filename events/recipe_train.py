@@ -103,9 +103,15 @@ class TrainSection(Closed):
         None, description="Stop after this many validation losses (every eval_steps) "
         "without a new best, and keep the adapter of the best one; needs validation rows.",
     )
+    early_stopping_metric: Literal["loss", "accuracy"] = Field(
+        "loss", description="What picks the kept step: loss, the validation loss; accuracy, "
+        "the gate task's accuracy on the validation rows (each row's answer chosen by "
+        "log-likelihood over the task's choices, as lm-eval does; ties go to the lower "
+        "loss). accuracy needs a multiple-choice gate task of the recipe's own.",
+    )
     early_stopping_min_delta: Float = Field(
-        0.01, ge=0.0, description="A validation loss must be this much below the best so far "
-        "to count as a new best.",
+        0.01, ge=0.0, description="A new best must improve on the best so far by more than "
+        "this: the validation loss lower, or the validation accuracy higher.",
     )
     gradient_accumulation_steps: Int = Field(1, ge=1, le=1024)
     max_seq_len: Int = Field(256, ge=16, le=131072)
@@ -146,6 +152,13 @@ class TrainSection(Closed):
         if self.early_stopping_patience is not None and self.eval_steps is None:
             raise ValueError("train.early_stopping_patience: needs train.eval_steps (how "
                              "often the validation loss is measured)")
+        if self.early_stopping_metric == "accuracy" and self.early_stopping_patience is None:
+            raise ValueError("train.early_stopping_metric: accuracy needs "
+                             "train.early_stopping_patience (it picks the step early stopping "
+                             "keeps)")
+        if self.early_stopping_metric == "accuracy" and self.method.preference:
+            raise ValueError(f"train.early_stopping_metric: accuracy is not for train.method "
+                             f"{self.method}; a pair has no choices to score")
         if self.class_balance and self.method.preference:
             raise ValueError(f"train.class_balance: not for train.method {self.method}; a "
                              "pair has two answers, not one class")
