@@ -27,6 +27,7 @@ from transformers import (
 
 from events.recipe import Recipe
 from finetune.base_model import resolve_base_model
+from finetune.choice_accuracy import Question, gate_choices, questions
 from finetune.data import collator, load_examples
 from finetune.labels import task_labels
 from finetune.loss import StepLoss, sft_loss
@@ -48,6 +49,7 @@ class Setup:
     loader: DataLoader
     validation: DataLoader | None
     objective: Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepLoss]
+    questions: list[Question] | None = None  # accuracy: the validation rows as asked
 
 
 def build(spec: TrainingSpec) -> Setup:
@@ -71,6 +73,9 @@ def build(spec: TrainingSpec) -> Setup:
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data = load_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
                          task_labels(recipe))  # the rows the pre-flight accepted
+    asked = None  # the gate task's questions, where they pick the kept step
+    if recipe.train.early_stopping_metric == "accuracy" and data.validation is not None:
+        asked = questions(gate_choices(recipe), tokenizer, data.validation)
     if accelerator.is_main_process:
         print(
             f"finetune: {len(data.train.examples)} examples, {data.train.truncated} truncated to "
@@ -119,7 +124,7 @@ def build(spec: TrainingSpec) -> Setup:
             data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
         ))
     return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
-                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss)
+                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss, asked)
 
 
 class QLoRAUnavailableError(RuntimeError):

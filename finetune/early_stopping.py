@@ -1,11 +1,14 @@
-"""Early stopping on the validation loss (`train.early_stopping_patience`).
+"""Early stopping on the validation loss or the gate task's validation accuracy
+(`train.early_stopping_patience`, `train.early_stopping_metric`).
 
 A fixed step count is tuned to one data set; on another the model may start to memorise
-the training rows long before the last step. Every `eval_steps` the validation loss is
-compared with the best so far; after `patience` comparisons without a new best (lower by at
-least `min_delta`) training stops, and the adapter of the best step is the one saved. The
-best adapter and its loss are kept on disk beside the checkpoints, so a run resumed after a
-SIGTERM goes on counting from where it was.
+the training rows long before the last step. Every `eval_steps` the validation figures are
+compared with the best so far; after `patience` comparisons without a new best (by more than
+`min_delta`) training stops, and the adapter of the best step is the one saved. With
+`accuracy` the best is the highest accuracy, and of equal ones the lower loss: accuracy
+moves in steps of one row, and at equal accuracy the lower loss is the surer model. The
+best adapter and its figures are kept on disk beside the checkpoints, so a run resumed after
+a SIGTERM goes on counting from where it was.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -21,30 +25,62 @@ from safetensors.torch import load_file, save_file
 BEST_DIR = "best"
 
 
+@dataclass(frozen=True)
+class Validation:
+    """A step's figures on the validation rows; accuracy only where it picks the step."""
+
+    loss: float
+    accuracy: float | None = None
+
+    def describe(self) -> str:
+        """As reasons name the figure that chose a step."""
+        if self.accuracy is None:
+            return f"validation loss {self.loss:.4f}"
+        return f"validation accuracy {self.accuracy:.3f}; validation loss {self.loss:.4f}"
+
+
 @dataclass
 class Best:
     step: int
     loss: float
     stale: int = 0  # comparisons since the best
+    accuracy: float | None = None
 
 
 class EarlyStopping:
-    def __init__(self, work_dir: Path, patience: int, min_delta: float, is_main: bool) -> None:
-        self.dir, self.patience, self.min_delta, self.is_main = (
-            work_dir / BEST_DIR, patience, min_delta, is_main)
+    def __init__(self, work_dir: Path, patience: int, min_delta: float, is_main: bool,
+                 metric: Literal["loss", "accuracy"] = "loss") -> None:
+        self.dir, self.patience, self.min_delta, self.is_main, self.metric = (
+            work_dir / BEST_DIR, patience, min_delta, is_main, metric)
         state = self.dir / "best.json"
         self.best = Best(**json.loads(state.read_text())) if state.is_file() else None
 
-    def should_stop(self, loss: float, step: int, model: PeftModel) -> bool:
-        """Record the validation loss of `step` (equal on every rank); True when it is time
-        to stop."""
-        if self.best is None or loss < self.best.loss - self.min_delta:
-            self.best = Best(step, loss)
+    def should_stop(self, validation: Validation, step: int, model: PeftModel) -> bool:
+        """Record the validation figures of `step` (equal on every rank); True when it is
+        time to stop."""
+        if self._improves(validation):
+            self.best = Best(step, validation.loss, accuracy=validation.accuracy)
             self._keep(model)
         else:
             self.best.stale += 1
             self._write_state()
         return self.best.stale >= self.patience
+
+    def _improves(self, new: Validation) -> bool:
+        best = self.best
+        if best is None:
+            return True
+        lower = new.loss < best.loss - self.min_delta
+        if self.metric == "loss":
+            return lower
+        assert new.accuracy is not None and best.accuracy is not None  # scored in this mode
+        return new.accuracy > best.accuracy + self.min_delta or (
+            new.accuracy >= best.accuracy and lower)
+
+    @property
+    def chosen(self) -> Validation | None:
+        """The kept step's figures."""
+        return self.best and Validation(self.best.loss, self.best.accuracy)
 
     def restore(self, model: PeftModel) -> int | None:
         """Load the best step's adapter into `model` (every rank); the step, or None if no

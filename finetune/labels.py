@@ -30,6 +30,8 @@ class TaskLabels:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.choice, self.target = config["doc_to_choice"], config["doc_to_target"]
+        self.text, self.description = config.get("doc_to_text", ""), config.get("description", "")
+        self.delimiter = str(config.get("target_delimiter", " "))
         self.label_columns = _variables(self.target)
         # What a refusal names: the columns the target reads that are not the choices'.
         self.named_columns = ([c for c in self.label_columns if c not in _variables(self.choice)]
@@ -60,12 +62,26 @@ class TaskLabels:
     def answer(self, row: dict[str, Any]) -> str | None:
         """The row's gold choice, the class lm-eval scores it against (the pre-flight counts
         them for the majority answer's share); None where the templates render no choice."""
+        index = self.gold(row)
+        return None if index is None else str(self.choices(row)[index])
+
+    def gold(self, row: dict[str, Any]) -> int | None:
+        """The position of the row's gold choice among its choices, or None."""
         choices, target = _attempt(self.choices, row), _attempt(self._target, row)
         if choices is None:
             return None
         if isinstance(target, int):
-            return str(choices[target]) if 0 <= target < len(choices) else None
-        return target if isinstance(target, str) and target in choices else None
+            return target if 0 <= target < len(choices) else None
+        return choices.index(target) if isinstance(target, str) and target in choices else None
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        """The document's prompt as lm-eval renders it zero-shot (the description, then
+        doc_to_text: a column's value or a template); RowError where a template fails."""
+        text = _attempt(lambda r: "".join(str(r[t]) if t in r else _ENV.from_string(t).render(r)
+                                          for t in (self.description, self.text)), row)
+        if text is None:  # the template's message may quote a value: not shown
+            raise RowError("the gate task's doc_to_text fails on the row")
+        return text
 
     def choices(self, row: dict[str, Any]) -> list[str]:
         if isinstance(self.choice, list):

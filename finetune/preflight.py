@@ -41,6 +41,7 @@ from events.recipe_data import DataSection, PiiPolicy
 from events.recipe_eval import EvalSection
 from finetune import pii
 from finetune.base_model import BaseModelError, load_tokenizer
+from finetune.choice_accuracy import ChoiceTaskError, gate_choices, questions
 from finetune.data import (
     IGNORE_INDEX,
     DataValidationError,
@@ -51,6 +52,7 @@ from finetune.data import (
     sequences,
 )
 from finetune.estimate import Estimator
+from finetune.eval_pairs import evaluated_pairs
 from finetune.gate_noise import gate_noise
 from finetune.held_out import hold_out
 from finetune.hyperparameters import pick
@@ -99,10 +101,19 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         names.known.update({held.train_file: f"{held.source} (rows not held out)",
                             held.eval_file: f"{held.source} (held-out rows)"})
         recipe = held.applied_to(recipe)
+    reasons = []
+    try:  # messages-form or mapped pairs: copied into the columns the gate task reads
+        eval_pairs = evaluated_pairs(
+            recipe, tokenizer, work_dir or Path(tempfile.mkdtemp(prefix="aif-preflight-")))
+    except DataValidationError as exc:
+        eval_pairs = None
+        reasons.append(names.text(str(exc)))
+    if eval_pairs is not None:
+        names.known[eval_pairs.eval_file] = f"{names(eval_pairs.source)} (as the gate reads it)"
+        recipe = eval_pairs.applied_to(recipe)
     data = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len, recipe.train.seed,
                          task_labels(recipe))
     eval_strings = _eval_strings(recipe.eval)
-    reasons = []
     if scan is not None and scan.policy is PiiPolicy.reject and scan.kinds:
         reasons.append(f"data.pii is reject and the data holds personal data: "
                        f"{scan.describe()}")
@@ -111,6 +122,11 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
             if split is not None:
                 split.check(recipe.data.max_bad_fraction)
         except DataValidationError as exc:
+            reasons.append(str(exc))
+    if recipe.train.early_stopping_metric == "accuracy" and data.validation is not None:
+        try:  # as training will ask them, so that it cannot fail on them
+            questions(gate_choices(recipe), tokenizer, data.validation)
+        except (ChoiceTaskError, DataValidationError) as exc:
             reasons.append(str(exc))
     train = _split_report(data.train, tokenizer, eval_strings, names)
     picked = pick(recipe, train.rows_usable,
@@ -141,6 +157,7 @@ def build_report(recipe: Recipe, tokenizer: PreTrainedTokenizerBase,
         pii=scan,
         estimate=estimator(given, data.train) if estimator else None,
         held_out=held,
+        eval_pairs=eval_pairs,
         picked=picked,
         gate_noise=noise,
         warnings=[names.text(w) for w in warnings],

@@ -28,6 +28,7 @@ class Outcome:
     tokens_per_s: float
     best_step: int | None = None  # early stopping: the step whose adapter is kept
     stopped_early: bool = False
+    validation_accuracy: float | None = None  # early stopping on accuracy: the kept step's
 
 
 def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
@@ -54,6 +55,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             final_loss=outcome.final_loss,
             train_tokens=outcome.train_tokens,
             validation_loss=outcome.validation_loss,
+            validation_accuracy=outcome.validation_accuracy,
             wall_s=wall_s,
             processes=acc.num_processes,
             tokens_per_s=outcome.tokens_per_s,

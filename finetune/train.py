@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader
 from finetune import checkpoint
 from finetune.base_model import BaseModelError
 from finetune.build import QLoRAUnavailableError, Setup, build
+from finetune.choice_accuracy import ChoiceTaskError, accuracy
 from finetune.data import DataValidationError, TokenizerUnfitError, real_tokens
-from finetune.early_stopping import EarlyStopping
+from finetune.early_stopping import EarlyStopping, Validation
 from finetune.save import Outcome, save
 from stagefiles.jobspec import (
     PROGRESS_LOG,
@@ -101,7 +102,7 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
     micro_batches = 0
     stopper = None if train_cfg.early_stopping_patience is None else EarlyStopping(
         work_dir, train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta,
-        acc.is_main_process)
+        acc.is_main_process, train_cfg.early_stopping_metric)
     stopped_early = False
     window_loss = torch.zeros((), device=acc.device)
     window_metrics: dict[str, torch.Tensor] = {}  # the objective's own, e.g. DPO's rewards
@@ -149,7 +150,7 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
         if stopping:
             raise Stopped(f"SIGTERM at step {step}; checkpoint written, rerun to resume")
         if train_cfg.eval_steps and step % train_cfg.eval_steps == 0 and step < train_cfg.max_steps:
-            validation = _log_validation(setup, progress, step)
+            validation = _validate(setup, progress, step)
             if stopper is not None and validation is not None and stopper.should_stop(
                     validation, step, acc.unwrap_model(model)):
                 stopped_early = True
@@ -171,18 +172,20 @@ def train(setup: Setup, stop: StopFlag | None = None) -> Outcome:
                 fh.write(line.model_dump_json() + "\n")
     throughput = (tokens - done.tokens) / (time.monotonic() - started)
     if stopper is None or setup.validation is None:
-        return Outcome(step, loss, tokens, _log_validation(setup, progress, step), throughput)
+        final = _validate(setup, progress, step)
+        return Outcome(step, loss, tokens, final and final.loss, throughput)
     if not stopped_early:  # the last step may be the best one
-        final = _log_validation(setup, progress, step)
-        stopper.should_stop(final if final is not None else math.inf, step,
-                            acc.unwrap_model(model))
+        final = _validate(setup, progress, step)
+        if final is not None:
+            stopper.should_stop(final, step, acc.unwrap_model(model))
     best_step = stopper.restore(acc.unwrap_model(model))
-    if acc.is_main_process:
+    chosen = stopper.chosen
+    if acc.is_main_process and chosen is not None:
         print(f"finetune: {'stopped early at' if stopped_early else 'ran to'} step {step}; "
-              f"keeping the adapter of step {best_step}, the best validation loss",
-              file=sys.stderr)
-    best_loss = stopper.best.loss if stopper.best is not None else None
-    return Outcome(step, loss, tokens, best_loss, throughput, best_step, stopped_early)
+              f"keeping the adapter of step {best_step}, the best by "
+              f"{train_cfg.early_stopping_metric} ({chosen.describe()})", file=sys.stderr)
+    return Outcome(step, loss, tokens, chosen and chosen.loss, throughput, best_step,
+                   stopped_early, chosen and chosen.accuracy)
 
 
 def validation_loss(setup: Setup) -> float | None:
@@ -203,15 +206,24 @@ def validation_loss(setup: Setup) -> float | None:
     return (acc.reduce(total, "sum") / acc.reduce(count, "sum")).item()
 
 
-def _log_validation(setup: Setup, progress: Path, step: int) -> float | None:
-    """Validation loss, appended to the progress log as a `validation` line."""
+def _validate(setup: Setup, progress: Path, step: int) -> Validation | None:
+    """Validation loss, appended to the progress log as a `validation` line, and the gate
+    task's accuracy where it picks the kept step (said on stderr)."""
     loss = validation_loss(setup)
-    if loss is not None and setup.accelerator.is_main_process:
-        total = setup.spec.recipe.train.max_steps
-        line = ProgressLine(stage="validation", step=step, total_steps=total, loss=loss)
+    if loss is None:
+        return None
+    recipe = setup.spec.recipe
+    validation = Validation(loss, setup.questions and accuracy(
+        setup.accelerator, setup.accelerator.unwrap_model(setup.model), setup.questions,
+        normalise=recipe.gate.metric == "acc_norm"))
+    if setup.accelerator.is_main_process:
+        line = ProgressLine(stage="validation", step=step, total_steps=recipe.train.max_steps,
+                            loss=loss)
         with open(progress, "a") as fh:
             fh.write(line.model_dump_json() + "\n")
-    return loss
+        if validation.accuracy is not None:
+            print(f"finetune: step {step}: {validation.describe()}", file=sys.stderr)
+    return validation
 
 
 def _any_rank(acc: Accelerator, flag: bool) -> bool:
@@ -271,7 +283,7 @@ def _cli(argv: list[str]) -> int:
     except ValidationError as exc:
         reason = f"unusable training spec {spec_path.name} ({exc.error_count()} errors)"
     except (DataValidationError, TokenizerUnfitError, BaseModelError,
-            QLoRAUnavailableError) as exc:
+            QLoRAUnavailableError, ChoiceTaskError) as exc:
         reason = str(exc)
     except OSError as exc:  # a full disk, a lost mount: the next attempt resumes
         kind, code = FailureKind.retryable, 1

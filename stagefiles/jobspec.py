@@ -135,6 +135,10 @@ class TrainingResult(_Frozen):
     validation_loss: float | None = Field(
         None, description="Mean loss per trained token on the validation split, if any."
     )
+    validation_accuracy: float | None = Field(
+        None, description="With train.early_stopping_metric accuracy: the gate task's "
+        "accuracy on the validation rows at the kept step, each answer chosen by "
+        "log-likelihood over the task's choices as lm-eval does.")
     wall_s: float
     processes: int = Field(1, description="Training processes (ranks) across all machines.")
     tokens_per_s: float | None = Field(
@@ -144,12 +148,23 @@ class TrainingResult(_Frozen):
         None, description="Peak GPU memory allocated, or peak resident memory on CPUs (rank 0)."
     )
     best_step: int | None = Field(None, description="With early stopping: the step whose "
-                                  "adapter was kept (the best validation loss).")
+                                  "adapter was kept (the best validation loss or accuracy).")
     stopped_early: bool = Field(False, description="Early stopping ended the run before "
                                 "max_steps.")
     files_sha256: dict[str, str] = Field(description="Adapter file name -> sha256.")
     merged_dir: str | None = Field(None, description="Base with the adapter merged in, if asked.")
     merged_files_sha256: dict[str, str] = Field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The `evaluating` reason: the run, and which step's adapter was kept, by what."""
+        run = f"trained {self.steps} steps, final loss {self.final_loss:.4f}"
+        if self.best_step is None:
+            return run
+        chosen = f"validation loss {self.validation_loss:.4f}"
+        if self.validation_accuracy is not None:
+            chosen = f"validation accuracy {self.validation_accuracy:.3f}; {chosen}"
+        return (f"{run}; {'stopped early, ' * self.stopped_early}kept the adapter of step "
+                f"{self.best_step} ({chosen})")
 
 
 class BaseScoreCache(_Frozen):

@@ -141,11 +141,7 @@ class Steps:
                               recipe.train.num_processes)
         result = read_result(TRAINING, work)
         measured = measure(result, recipe, job.estimate, self.settings.launcher)
-        reason = f"trained {result.steps} steps, final loss {result.final_loss:.4f}"
-        if result.best_step is not None:
-            reason += (f"; {'stopped early, ' * result.stopped_early}kept the adapter of step "
-                       f"{result.best_step} (validation loss {result.validation_loss:.4f})")
-        self._move(job.id, JobState.evaluating, reason,
+        self._move(job.id, JobState.evaluating, result.summary(),
                    adapter_uri=Path(result.adapter_dir).as_uri(),
                    measured=measured.model_dump(mode="json"))
 

@@ -190,14 +190,14 @@ def test_a_resumed_run_goes_on_counting_from_the_best_it_had(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from finetune.early_stopping import EarlyStopping
+    from finetune.early_stopping import EarlyStopping, Validation
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=2, target_modules="all-linear"))
     first = EarlyStopping(tmp_path, patience=2, min_delta=0.0, is_main=True)
-    assert not first.should_stop(1.0, 10, model)
-    assert not first.should_stop(1.5, 20, model)  # one without a new best
+    assert not first.should_stop(Validation(1.0), 10, model)
+    assert not first.should_stop(Validation(1.5), 20, model)  # one without a new best
     resumed = EarlyStopping(tmp_path, patience=2, min_delta=0.0, is_main=True)
     assert resumed.best is not None and (resumed.best.step, resumed.best.stale) == (10, 1)
-    assert resumed.should_stop(1.2, 30, model)  # the second: stop
+    assert resumed.should_stop(Validation(1.2), 30, model)  # the second: stop
     assert resumed.restore(model) == 10
