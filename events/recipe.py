@@ -203,6 +203,9 @@ class HyperparameterOverrides(Closed):
     init_from: str | None = Field(
         None, min_length=1, max_length=300, description="A registered model version of the "
         "tenant to train on from (see the recipe's train.init_from).")
+    early_stopping_metric: Literal["loss", "accuracy"] | None = Field(
+        None, description="What picks the kept step (see the recipe's "
+        "train.early_stopping_metric).")
 
     @model_validator(mode="after")
     def check_bounds(self) -> HyperparameterOverrides:
@@ -222,6 +225,7 @@ class HyperparameterOverrides(Closed):
                 "method": self.method,
                 "beta": self.beta,
                 "init_from": self.init_from,
+                "early_stopping_metric": self.early_stopping_metric,
             }.items()
             if v is not None
         }
