@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.metrics import f1_score, recall_score
 
 from aif.orchestrator.gate import decide
-from evaluation.baselines import class_stats, doc_outcomes, with_sample_figures
+from evaluation.baselines import (
+    _recall_and_macro_f1,
+    class_stats,
+    doc_outcomes,
+    with_sample_figures,
+)
 from evaluation.tasks import materialise_tasks
 from events.recipe import Recipe
 from recipes import load_recipe, recipe_files
@@ -171,3 +179,17 @@ def test_no_recipe_gate_passes_a_constant_answer(name: str, tmp_path: Path) -> N
             decision.reason), decision.reason
         assert "collapsed onto one class" in decision.reason
 
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcde")), min_size=1))
+def test_recall_and_macro_f1_equal_scikit_learns(pairs: list[tuple[str, str]]) -> None:
+    """Computed by hand to spare each evaluation process scikit-learn's import; it must
+    agree with scikit-learn on any answers, classes never answered and answers never gold."""
+    targets, answers = [t for t, _ in pairs], [a for _, a in pairs]
+    recall, macro_f1 = _recall_and_macro_f1(targets, answers)
+    labels = sorted(set(targets))
+    assert recall == pytest.approx(dict(zip(labels, recall_score(
+        targets, answers, labels=labels, average=None, zero_division=0), strict=True)))
+    assert macro_f1 == pytest.approx(f1_score(
+        targets, answers, labels=sorted(set(targets) | set(answers)), average="macro",
+        zero_division=0))
