@@ -1,7 +1,8 @@
 """Recipes on real data: what a partner bringing the public data set each recipe names gets.
 
     .venv/bin/python -m benchmarks.real_data [--recipe R ...] [--train-rows 400]
-        [--eval-rows 150] [--max-steps N] [--out benchmarks/results]
+        [--eval-rows 150] [--max-steps N] [--early-stopping-metric loss|accuracy]
+        [--out benchmarks/results]
 
 For each recipe it takes real rows of its data set from `AIF_EVAL_DATA` (default
 `../shared/eval-data`), in the recipe's own columns: training rows and, held out from them
@@ -9,9 +10,10 @@ or from the set's validation split, evaluation rows. Test splits are never read,
 setting is chosen on them. It then runs one job through the whole service (embedded broker,
 orchestrator, pre-flight, training and evaluation stages) with `train_file` and `eval_file`
 in the tenant's data root, and reports from the stored scores the gate task on the real
-rows (`<task>_own`): majority-class and chance baselines, base, tuned, macro-F1, training
-time, and whether tuned beats majority + 0.05 and base + 0.10 (issue 17's targets). One JSON
-per run under `--out`.
+rows (`<task>_own`): majority-class and chance baselines, base, tuned, macro-F1, the gate's
+paired comparisons with the majority answer and the base (difference, 95% interval, p), the
+step early stopping kept and by which figure, training time, and whether tuned beats
+majority + 0.05 and base + 0.10 (issue 17's targets). One JSON per run under `--out`.
 """
 
 from __future__ import annotations
@@ -143,8 +145,9 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
         source="urn:aif-tuning:benchmarks.real_data", recipe=recipe,
         train_file=str(_write(folder / "train.jsonl", train)),
         eval_file=str(_write(folder / "eval.jsonl", held_out)),
-        overrides=HyperparameterOverrides(max_steps=args.max_steps, epochs=args.epochs,
-                                          eval_limit=args.eval_limit))
+        overrides=HyperparameterOverrides(
+            max_steps=args.max_steps, epochs=args.epochs, eval_limit=args.eval_limit,
+            early_stopping_metric=args.early_stopping_metric))
     job_id = job_id_for(tenant, request.source, request.id)
     started = time.monotonic()
     watch = wait_for_job(settings.kafka, settings.topics, tenant, job_id,
@@ -163,8 +166,12 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
             "training_s": trained and round(trained.wall_s, 1),
             "max_steps": (job.recipe or {}).get("train", {}).get("max_steps"),
             "picked": (job.preflight or {}).get("picked"),
+            "early_stopping_metric": (job.recipe or {}).get("train", {}).get(
+                "early_stopping_metric"),
             "steps": trained and trained.steps, "best_step": trained and trained.best_step,
             "stopped_early": trained and trained.stopped_early,
+            "validation_loss": trained and trained.validation_loss,
+            "validation_accuracy": trained and trained.validation_accuracy,
             "tokens_per_s": trained and trained.tokens_per_s,
             "train_tokens": trained and trained.train_tokens,
             "gate_passed": job.gate_passed, "gate_reason": job.gate_reason,
@@ -173,7 +180,8 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
         result |= {"task": own.task, "documents": own.samples, "majority": own.majority,
                    "chance": own.chance, "base": own.base, "tuned": own.tuned,
                    "base_macro_f1": own.base_macro_f1, "tuned_macro_f1": own.tuned_macro_f1,
-                   "tuned_recall": own.tuned_recall,
+                   "tuned_recall": own.tuned_recall, "vs_majority": own.vs_majority,
+                   "vs_base": own.vs_base,
                    "beats_majority_0.05": own.majority is not None
                    and own.tuned >= own.majority + 0.05,
                    "beats_base_0.10": own.tuned >= own.base + 0.10}
@@ -189,6 +197,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--epochs", default=None, help="a number or auto; default: the "
                         "recipe's")
+    parser.add_argument("--early-stopping-metric", choices=["loss", "accuracy"],
+                        default=None, help="what picks the kept step; default: the recipe's")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="documents per task (a smoke run); default: all")
     parser.add_argument("--timeout-s", type=float, default=3600)
@@ -210,7 +220,8 @@ def main() -> None:
         for recipe in args.recipe or sorted(SETS):
             result = run_one(settings, tenant, key, recipe, args)
             stamp = time.strftime("%Y%m%dT%H%M%S")
-            (args.out / f"real_data-{recipe}-{stamp}.json").write_text(
+            mode = f"-{args.early_stopping_metric}" if args.early_stopping_metric else ""
+            (args.out / f"real_data-{recipe}{mode}-{stamp}.json").write_text(
                 json.dumps(result, indent=2) + "\n")
             print(json.dumps(result))
 
