@@ -42,7 +42,8 @@ from events.client import request_finetune
 from events.envelope import job_id_for
 from events.recipe import HyperparameterOverrides
 from events.signing import SigningKey
-from stagefiles.jobspec import TRAINING_RESULT, TrainingResult
+from finetune.early_stopping import Validation, kept
+from stagefiles.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 
 EVAL_DATA = Path(os.environ.get("AIF_EVAL_DATA", Path(__file__).resolve().parents[2]
                                 / "shared" / "eval-data"))
@@ -137,7 +138,7 @@ def _write(path: Path, rows: Rows) -> Path:
 
 
 def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
-            args: argparse.Namespace) -> dict[str, Any]:
+            args: argparse.Namespace, metric: str | None) -> dict[str, Any]:
     train, held_out = split(recipe, args.train_rows, args.eval_rows)
     folder = settings.data_root / tenant / recipe
     request = request_finetune(
@@ -147,7 +148,7 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
         eval_file=str(_write(folder / "eval.jsonl", held_out)),
         overrides=HyperparameterOverrides(
             max_steps=args.max_steps, epochs=args.epochs, eval_limit=args.eval_limit,
-            early_stopping_metric=args.early_stopping_metric))
+            early_stopping_metric=metric))
     job_id = job_id_for(tenant, request.source, request.id)
     started = time.monotonic()
     watch = wait_for_job(settings.kafka, settings.topics, tenant, job_id,
@@ -172,6 +173,7 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
             "stopped_early": trained and trained.stopped_early,
             "validation_loss": trained and trained.validation_loss,
             "validation_accuracy": trained and trained.validation_accuracy,
+            **_selection(Path(job.work_dir or ""), (job.recipe or {}).get("train", {})),
             "tokens_per_s": trained and trained.tokens_per_s,
             "train_tokens": trained and trained.train_tokens,
             "gate_passed": job.gate_passed, "gate_reason": job.gate_reason,
@@ -188,6 +190,25 @@ def run_one(settings: Settings, tenant: str, key: SigningKey, recipe: str,
     return result
 
 
+def _selection(work_dir: Path, train: dict[str, Any]) -> dict[str, Any]:
+    """The run's validation figures, and the step each metric keeps on them, with the step
+    it would stop at (None: past the run's end). The two metrics see the same training
+    (same seed, same order), so where both stop within the run, this is the other
+    metric's choice without training again."""
+    progress = work_dir / PROGRESS_LOG
+    lines = [ProgressLine.model_validate_json(raw) for raw in
+             (progress.read_text().splitlines() if progress.is_file() else [])]
+    curve = [(p.step, Validation(p.loss, p.accuracy)) for p in lines
+             if p.stage == "validation" and p.loss is not None]
+    if not curve or train.get("early_stopping_patience") is None:
+        return {"validation": []}
+    metrics = ["loss"] + ["accuracy"] * all(v.accuracy is not None for _, v in curve)
+    return {"validation": [{"step": s, "loss": v.loss, "accuracy": v.accuracy}
+                           for s, v in curve],
+            "kept_by": {m: kept(curve, m, train["early_stopping_patience"],  # type: ignore[arg-type]
+                                train["early_stopping_min_delta"]) for m in metrics}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +219,8 @@ def main() -> None:
     parser.add_argument("--epochs", default=None, help="a number or auto; default: the "
                         "recipe's")
     parser.add_argument("--early-stopping-metric", choices=["loss", "accuracy"],
-                        default=None, help="what picks the kept step; default: the recipe's")
+                        action="append", help="what picks the kept step (repeat to run "
+                        "each recipe with each, in that order); default: the recipe's")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="documents per task (a smoke run); default: all")
     parser.add_argument("--timeout-s", type=float, default=3600)
@@ -217,13 +239,14 @@ def main() -> None:
             created = create_tenant(s, tenant)
             s.commit()
         key = SigningKey(created.signing_key_id, created.signing_secret)
-        for recipe in args.recipe or sorted(SETS):
-            result = run_one(settings, tenant, key, recipe, args)
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            mode = f"-{args.early_stopping_metric}" if args.early_stopping_metric else ""
-            (args.out / f"real_data-{recipe}{mode}-{stamp}.json").write_text(
-                json.dumps(result, indent=2) + "\n")
-            print(json.dumps(result))
+        for metric in args.early_stopping_metric or [None]:  # one tenant: base scores kept
+            for recipe in args.recipe or sorted(SETS):
+                result = run_one(settings, tenant, key, recipe, args, metric)
+                stamp = time.strftime("%Y%m%dT%H%M%S")
+                mode = f"-{metric}" if metric else ""
+                (args.out / f"real_data-{recipe}{mode}-{stamp}.json").write_text(
+                    json.dumps(result, indent=2) + "\n")
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

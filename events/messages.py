@@ -184,6 +184,10 @@ class JobProgress(JobEvent):
     reward_accuracy: float | None = Field(
         None, description="dpo/orpo: share of those pairs whose chosen answer has the larger "
         "reward.")
+    accuracy: float | None = Field(
+        None, description="Validation lines with train.early_stopping_metric accuracy: the "
+        "gate task's accuracy on the validation rows (answers chosen by log-likelihood over "
+        "the task's choices, as lm-eval does).")
 
 
 class PairedComparison(BaseModel):

@@ -6,9 +6,10 @@ every choice (the target delimiter and the choice's text) after the document's p
 the model's answer is the choice with the highest one (divided by the choice's length in
 characters for `acc_norm`). The validation loss ranks steps by how well the model writes the
 rows' answer tokens, which is not the same thing: on an imbalanced set it can keep falling
-while the model drifts onto the commonest class. Scoring the validation rows here, one
-forward pass per row with its choices side by side, lets early stopping keep the step the
-gate would prefer without starting an lm-eval process during training.
+while the model drifts onto the commonest class. Scoring the validation rows here (per row the
+prompt once, then its choices side by side on the prompt's cached keys and values) lets
+early stopping keep the step the gate would prefer, at about the cost of the validation
+loss and without starting an lm-eval process during training.
 
 Zero-shot and without a chat template (`Recipe` allows this metric only so). The tokens are
 lm-eval's (`TemplateLM._encode_pair`): whitespace ending the prompt moves to the front of the
@@ -94,21 +95,25 @@ def _question(labels: TaskLabels, tokenizer: PreTrainedTokenizerBase, row: dict)
 
 def loglikelihoods(model: torch.nn.Module, question: Question,
                    device: torch.device) -> torch.Tensor:
-    """Each choice's summed log-probability after the prompt, from one forward pass over
-    the choices side by side (right-padded; logits only where choices are)."""
-    start = len(question.context) - 1  # the position that predicts a choice's first token
-    rows = [question.context + c for c in question.continuations]
-    width = max(len(r) for r in rows) - 1
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    """Each choice's summed log-probability after the prompt: the prompt runs once (its keys
+    and values cached), then the choices side by side after it, right-padded."""
+    context, continuations = question.context, question.continuations
+    cache = None
+    if len(context) > 1:
+        cache = model(input_ids=torch.tensor([context[:-1]], device=device), use_cache=True,
+                      logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(continuations))
+    width = max(len(c) for c in continuations)
+    ids = torch.zeros(len(continuations), width, dtype=torch.long)
     targets = torch.full_like(ids, IGNORE_INDEX)
-    for i, row in enumerate(rows):
-        ids[i, :len(row) - 1] = torch.tensor(row[:-1])
-        mask[i, :len(row) - 1] = 1
-        targets[i, start:len(row) - 1] = torch.tensor(row[start + 1:])
+    for i, continuation in enumerate(continuations):  # the prompt's last token, then the choice
+        ids[i, :len(continuation)] = torch.tensor([context[-1], *continuation[:-1]])
+        targets[i, :len(continuation)] = torch.tensor(continuation)
+    mask = torch.cat([torch.ones(len(continuations), len(context) - 1, dtype=torch.long),
+                      (targets != IGNORE_INDEX).long()], dim=1)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                   logits_to_keep=width - start).logits.float()
-    targets = targets[:, start:].to(device)
+                   past_key_values=cache, use_cache=cache is not None).logits.float()
+    targets = targets.to(device)
     picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * (targets != IGNORE_INDEX)).sum(-1)
 

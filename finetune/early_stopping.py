@@ -39,6 +39,37 @@ class Validation:
         return f"validation accuracy {self.accuracy:.3f}; validation loss {self.loss:.4f}"
 
 
+Metric = Literal["loss", "accuracy"]
+
+
+def improves(new: Validation, best: Validation | None, metric: Metric,
+             min_delta: float) -> bool:
+    """Whether `new` is a new best: loss lower by more than min_delta; or accuracy higher by
+    more than min_delta, or no lower with the loss lower by more than min_delta."""
+    if best is None:
+        return True
+    lower = new.loss < best.loss - min_delta
+    if metric == "loss":
+        return lower
+    assert new.accuracy is not None and best.accuracy is not None  # scored in this mode
+    return new.accuracy > best.accuracy + min_delta or (new.accuracy >= best.accuracy and lower)
+
+
+def kept(curve: list[tuple[int, Validation]], metric: Metric, patience: int,
+         min_delta: float) -> tuple[int, int | None]:
+    """The step a run with these validations keeps, and the step it stops at (None: it would
+    run past the last one); the same rule as `EarlyStopping`, for figures after the fact."""
+    best, best_step, stale = None, curve[0][0], 0
+    for step, validation in curve:
+        if improves(validation, best, metric, min_delta):
+            best, best_step, stale = validation, step, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                return best_step, step
+    return best_step, None
+
+
 @dataclass
 class Best:
     step: int
@@ -49,7 +80,7 @@ class Best:
 
 class EarlyStopping:
     def __init__(self, work_dir: Path, patience: int, min_delta: float, is_main: bool,
-                 metric: Literal["loss", "accuracy"] = "loss") -> None:
+                 metric: Metric = "loss") -> None:
         self.dir, self.patience, self.min_delta, self.is_main, self.metric = (
             work_dir / BEST_DIR, patience, min_delta, is_main, metric)
         state = self.dir / "best.json"
@@ -58,24 +89,13 @@ class EarlyStopping:
     def should_stop(self, validation: Validation, step: int, model: PeftModel) -> bool:
         """Record the validation figures of `step` (equal on every rank); True when it is
         time to stop."""
-        if self._improves(validation):
+        if improves(validation, self.chosen, self.metric, self.min_delta):
             self.best = Best(step, validation.loss, accuracy=validation.accuracy)
             self._keep(model)
         else:
             self.best.stale += 1
             self._write_state()
         return self.best.stale >= self.patience
-
-    def _improves(self, new: Validation) -> bool:
-        best = self.best
-        if best is None:
-            return True
-        lower = new.loss < best.loss - self.min_delta
-        if self.metric == "loss":
-            return lower
-        assert new.accuracy is not None and best.accuracy is not None  # scored in this mode
-        return new.accuracy > best.accuracy + self.min_delta or (
-            new.accuracy >= best.accuracy and lower)
 
     @property
     def chosen(self) -> Validation | None:

@@ -207,8 +207,8 @@ def validation_loss(setup: Setup) -> float | None:
 
 
 def _validate(setup: Setup, progress: Path, step: int) -> Validation | None:
-    """Validation loss, appended to the progress log as a `validation` line, and the gate
-    task's accuracy where it picks the kept step (said on stderr)."""
+    """Validation loss, and the gate task's accuracy where it picks the kept step, appended
+    to the progress log as a `validation` line."""
     loss = validation_loss(setup)
     if loss is None:
         return None
@@ -218,11 +218,9 @@ def _validate(setup: Setup, progress: Path, step: int) -> Validation | None:
         normalise=recipe.gate.metric == "acc_norm"))
     if setup.accelerator.is_main_process:
         line = ProgressLine(stage="validation", step=step, total_steps=recipe.train.max_steps,
-                            loss=loss)
+                            loss=loss, accuracy=validation.accuracy)
         with open(progress, "a") as fh:
             fh.write(line.model_dump_json() + "\n")
-        if validation.accuracy is not None:
-            print(f"finetune: step {step}: {validation.describe()}", file=sys.stderr)
     return validation
 
 

@@ -316,6 +316,10 @@ class ProgressLine(_Frozen):
     reward_accuracy: float | None = Field(
         None, description="dpo/orpo: share of those pairs whose chosen answer has the larger "
         "reward.")
+    accuracy: float | None = Field(
+        None, description="Validation lines with train.early_stopping_metric accuracy: the "
+        "gate task's accuracy on the validation rows (answers chosen by log-likelihood over "
+        "the task's choices, as lm-eval does).")
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

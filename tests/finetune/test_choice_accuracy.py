@@ -13,17 +13,17 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from events.recipe import Recipe, RecipeError, load_recipe_file
+from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
 from events.recipe_eval import EvalTask
 from events.recipe_train import TrainSection
 from finetune.choice_accuracy import correct, loglikelihoods, questions
 from finetune.data import Encoded, Split, read_examples
-from finetune.early_stopping import EarlyStopping, Validation
+from finetune.early_stopping import EarlyStopping, Validation, kept
 from finetune.labels import TaskLabels
 from finetune.preflight import build_report
 from finetune.train import EXIT_BAD_INPUT, _cli
 from recipes import load_recipe
-from stagefiles.jobspec import TRAINING_RESULT, TrainingResult
+from stagefiles.jobspec import PROGRESS_LOG, TRAINING_RESULT, ProgressLine, TrainingResult
 from tests.finetune.test_schedule import ROWS
 from tests.finetune.test_train import _spec
 
@@ -112,6 +112,10 @@ def test_the_kept_step_is_the_best_accuracy_and_ties_go_to_the_lower_loss(
                         None) for name, stopper in (("loss", by_loss), ("accuracy", by_accuracy))}
     assert stops == {"loss": 40, "accuracy": 60}
     assert (by_loss.restore(model), by_accuracy.restore(model)) == (20, 40)
+    # The same rule after the fact, on a run's validation figures (benchmarks.real_data).
+    assert kept(figures, "loss", 2, 0.01) == (20, 40)
+    assert kept(figures, "accuracy", 2, 0.01) == (40, 60)
+    assert kept(figures[:4], "accuracy", 2, 0.01) == (40, None)  # would run on
     assert by_accuracy.chosen == Validation(0.85, 0.70)
     assert by_accuracy.chosen.describe() == "validation accuracy 0.700; validation loss 0.8500"
 
@@ -153,6 +157,18 @@ def test_a_bad_selection_metric_is_refused_naming_the_field(
     with pytest.raises(ValueError, match=r"accuracy is not for train\.method dpo"):
         TrainSection(method="dpo", early_stopping_metric="accuracy", eval_steps=1,
                      early_stopping_patience=1)
+
+
+def test_a_request_may_ask_for_the_other_metric_and_is_held_to_the_same_rules() -> None:
+    recipe = load_recipe("market-news-sentiment")
+    assert recipe.train.early_stopping_patience is not None
+    asked = HyperparameterOverrides(early_stopping_metric="accuracy").apply(recipe)
+    assert asked.train.early_stopping_metric == "accuracy"
+    assert HyperparameterOverrides().apply(asked).train.early_stopping_metric == "accuracy"
+    with pytest.raises(RecipeError, match="overrides: .*accuracy needs "
+                       r"train\.early_stopping_patience"):
+        HyperparameterOverrides(early_stopping_metric="accuracy").apply(
+            load_recipe("grid-ticket-routing"))
 
 
 def _accuracy_recipe(make_recipe: Callable[..., Recipe], train_file: Path,
@@ -208,6 +224,11 @@ def test_accuracy_keeps_a_step_and_reports_the_kept_adapters_accuracy(
     assert result.best_step in (2, 4) and result.validation_accuracy is not None
     err = capsys.readouterr().err
     assert f"keeping the adapter of step {result.best_step}, the best by accuracy" in err
+    lines = [ProgressLine.model_validate_json(x)
+             for x in (tmp_path / "job" / PROGRESS_LOG).read_text().split()]
+    accuracies = {p.step: p.accuracy for p in lines if p.stage == "validation"}
+    assert set(accuracies) == {2, 4}
+    assert accuracies[result.best_step] == result.validation_accuracy
     # The adapter handed on is the one whose accuracy is reported.
     validation = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len,
                                recipe.train.seed).validation
