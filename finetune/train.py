@@ -213,9 +213,9 @@ def _validate(setup: Setup, progress: Path, step: int) -> Validation | None:
     if loss is None:
         return None
     recipe = setup.spec.recipe
-    validation = Validation(loss, setup.questions and accuracy(
+    validation = Validation(loss, accuracy(
         setup.accelerator, setup.accelerator.unwrap_model(setup.model), setup.questions,
-        normalise=recipe.gate.metric == "acc_norm"))
+        normalise=recipe.gate.metric == "acc_norm") if setup.questions else None)
     if setup.accelerator.is_main_process:
         line = ProgressLine(stage="validation", step=step, total_steps=recipe.train.max_steps,
                             loss=loss, accuracy=validation.accuracy)
