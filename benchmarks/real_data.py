@@ -209,6 +209,34 @@ def _selection(work_dir: Path, train: dict[str, Any]) -> dict[str, Any]:
                                 train["early_stopping_min_delta"]) for m in metrics}}
 
 
+def table(results: list[dict[str, Any]]) -> str:
+    """docs/real-data.md's table: one row per run, in the order of `SETS`, each with the
+    gate's paired comparisons and the step each selection metric keeps on its figures."""
+    rows = ["| recipe | selected on | majority | base | tuned | lead over majority [95%], p "
+            "| lead over base [95%], p | gate | steps run | kept (loss / accuracy would "
+            "keep) | training (1 core) |", "|---" * 11 + "|"]
+    for r in sorted(results, key=lambda r: (list(SETS).index(r["recipe"]),
+                                            r["early_stopping_metric"] or "")):
+        # "+": the metric would not have stopped yet where this run stopped
+        would = " / ".join(f"{step}+" if stop is None and r["stopped_early"] else str(step)
+                           for step, stop in r.get("kept_by", {}).values())
+        verdict = "passed" if r["gate_passed"] else "rejected: " + (
+            r["gate_reason"] or "").rpartition("Failed: ")[2].rstrip(".")
+        rows.append(
+            f"| `{r['recipe']}` | {r['early_stopping_metric']} | {r['majority']:.3f} | "
+            f"{r['base']:.3f} | {r['tuned']:.3f} | {_lead(r['vs_majority'])} | "
+            f"{_lead(r['vs_base'])} | {verdict} | {r['steps']} | {r['best_step']} ({would}) "
+            f"| {r['training_s']:.0f} s |")
+    return "\n".join(rows)
+
+
+def _lead(paired: dict[str, Any] | None) -> str:
+    if paired is None:
+        return "n/a"
+    return (f"{paired['diff']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}], "
+            f"p {paired['p_value']:.2g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,7 +256,13 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="AIF_HOME to keep (its converted base model is reused); default: "
                              "a new temporary one")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="RESULT",
+                        help="print docs/real-data.md's table of these result files, run "
+                             "nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(path.read_text()) for path in args.table]))
+        return
     home = args.home or Path(tempfile.mkdtemp(prefix="aif-real-data-"))
     tenant = f"bench-{time.strftime('%Y%m%d%H%M%S')}"  # a fresh tenant in a kept home
     settings = Settings(home=home, topic_prefix="bench", kafka=KafkaConfig(  # type: ignore[call-arg]

@@ -26,3 +26,19 @@ def test_rows_are_disjoint_and_carry_the_tasks_labels(recipe: str) -> None:
     assert labels is not None
     for row in train + held_out:
         labels.check(row)
+
+
+def test_the_table_gives_each_runs_paired_leads_verdict_and_kept_steps() -> None:
+    paired = {"diff": 0.093, "ci_low": 0.04, "ci_high": 0.147, "p_value": 0.0004}
+    run = {"recipe": "market-news-sentiment", "early_stopping_metric": "accuracy",
+           "majority": 0.673, "base": 0.193, "tuned": 0.767, "vs_majority": paired,
+           "vs_base": None, "gate_passed": False, "gate_reason": "... Failed: collapsed.",
+           "steps": 110, "best_step": 80, "stopped_early": True, "training_s": 348.4,
+           "kept_by": {"loss": [70, None], "accuracy": [80, 110]}}
+    rows = real_data.table([run, {**run, "recipe": "comment-moderation-de",
+                                  "gate_passed": True, "stopped_early": False}]).splitlines()
+    assert rows[2] == ("| `market-news-sentiment` | accuracy | 0.673 | 0.193 | 0.767 | +0.093 "
+                       "[+0.040, +0.147], p 0.0004 | n/a | rejected: collapsed | 110 | 80 (70+ "
+                       "/ 80) | 348 s |")
+    assert rows[3].startswith("| `comment-moderation-de` |") and "| passed |" in rows[3]
+    assert "80 (70 / 80)" in rows[3]
