@@ -123,6 +123,24 @@ class HeldOut(_Frozen):
         return recipe.model_copy(update={"data": data}).gated_on_own_eval()
 
 
+class EvalPairs(_Frozen):
+    """Preference evaluation pairs in a form the gate task does not read (a chat `messages`
+    list, mapped columns) written again in its columns (`finetune.eval_pairs`); the tasks
+    over data.eval_file read the copy."""
+
+    source: str
+    eval_file: str
+    rows: int
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        given = recipe.data.eval_file
+        tasks = [t.model_copy(update={"data_file": self.eval_file}) if t.data_file == given
+                 else t for t in recipe.eval.tasks]
+        return recipe.model_copy(update={
+            "data": recipe.data.model_copy(update={"eval_file": self.eval_file}),
+            "eval": recipe.eval.model_copy(update={"tasks": tasks})})
+
+
 class Picked(_Frozen):
     """The training values the pre-flight picked for what the recipe left `auto` or gave as
     epochs (`finetune.hyperparameters`); the job is frozen with them, so its record says what
@@ -185,6 +203,8 @@ class PreflightReport(_Frozen):
     pii: PiiReport | None = Field(None, description="Personal-data scan; None when off.")
     estimate: Estimate | None = None
     held_out: HeldOut | None = Field(None, description="With data.eval_split: the copies.")
+    eval_pairs: EvalPairs | None = Field(None, description="Preference evaluation pairs "
+                                         "copied into the gate task's columns.")
     picked: Picked | None = Field(None, description="Epochs, batch size, learning rate and "
                                   "steps picked from the rows; None: the recipe gave them.")
     gate_noise: GateNoise | None = None

@@ -102,6 +102,8 @@ class Steps:
             recipe = recipe.model_copy(update={"data": report.pii.applied_to(recipe.data)})
         if report.held_out is not None:  # data.eval_split: training reads the rest only
             recipe = report.held_out.applied_to(recipe)
+        if report.eval_pairs is not None:  # the gate reads them in its own columns
+            recipe = report.eval_pairs.applied_to(recipe)
         if report.picked is not None:  # auto values and epochs: the numbers picked
             recipe = report.picked.applied_to(recipe)
         frozen = {"recipe": recipe.model_dump(mode="json"),
