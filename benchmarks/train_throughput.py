@@ -75,7 +75,7 @@ def recipe_trainer(recipe: Recipe, steps: int, packing: bool, models_dir: Path,
                    capture_output=True, text=True)
     result = TrainingResult.read(work / TRAINING_RESULT)
     return {"tokens_per_s": result.tokens_per_s, "real_tokens": result.train_tokens,
-            "peak_memory_mb": result.peak_memory_mb}
+            "peak_memory_mb": result.peak_memory_mb, "reference_s": result.reference_s}
 
 
 def variable_length_set(recipe: Recipe, path: Path, rows: int, seed: int = 0) -> Recipe:

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
@@ -26,13 +27,15 @@ from transformers import (
 )
 
 from events.recipe import Recipe
+from events.recipe_train import TrainMethod
 from finetune.base_model import resolve_base_model
 from finetune.choice_accuracy import Question, gate_choices, questions
-from finetune.data import collator, load_examples
+from finetune.data import Example, TokenizedData, collator, load_examples
 from finetune.labels import task_labels
 from finetune.loss import StepLoss, sft_loss
-from finetune.preference_data import pair_collator
+from finetune.preference_data import indexed, pair_collator
 from finetune.preference_loss import PreferenceObjective
+from finetune.reference import reference_table
 from finetune.sampling import BalancedSampler
 from stagefiles.jobspec import TrainingSpec
 
@@ -50,6 +53,7 @@ class Setup:
     validation: DataLoader | None
     objective: Callable[[torch.nn.Module, dict[str, torch.Tensor]], StepLoss]
     questions: list[Question] | None = None  # accuracy: the validation rows as asked
+    reference_s: float | None = None  # dpo: seconds scoring every pair with the base model
 
 
 def build(spec: TrainingSpec) -> Setup:
@@ -86,18 +90,7 @@ def build(spec: TrainingSpec) -> Setup:
     model.config.use_cache = False  # a cache would let packed examples attend to each other
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = recipe.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            use_dora=lora.use_dora,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = _adapter(model, recipe, spec.init_adapter_dir)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=recipe.train.learning_rate,
@@ -113,18 +106,64 @@ def build(spec: TrainingSpec) -> Setup:
     )
     pairs = recipe.train.method.preference
     collate = (pair_collator if pairs else collator)(tokenizer, recipe.train.packing)
-    examples = data.train.examples
+    examples, validation_examples = _numbered(data) if pairs else (
+        data.train.examples, data.validation.examples if data.validation else None)
     sampler = BalancedSampler(examples, recipe.train.seed) if recipe.train.class_balance else None
     loader = DataLoader(examples, batch_size=recipe.train.batch_size, shuffle=sampler is None,
                         sampler=sampler, collate_fn=collate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     validation = None
-    if data.validation is not None:  # sharded over the ranks, then reduced
+    if validation_examples is not None:  # sharded over the ranks, then reduced
         validation = accelerator.prepare(DataLoader(
-            data.validation.examples, batch_size=recipe.train.batch_size, collate_fn=collate
+            validation_examples, batch_size=recipe.train.batch_size, collate_fn=collate
         ))
-    return Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler, loader,
-                 validation, PreferenceObjective(recipe.train) if pairs else sft_loss, asked)
+    setup = Setup(accelerator, spec, base_model_dir, tokenizer, model, optimizer, scheduler,
+                  loader, validation, PreferenceObjective(recipe.train) if pairs else sft_loss,
+                  asked)
+    if recipe.train.method is TrainMethod.dpo:
+        _score_reference(setup, examples + (validation_examples or []), collate)
+    return setup
+
+
+def _numbered(data: TokenizedData) -> tuple[list[Example], list[Example] | None]:
+    """Training and validation pairs numbered in one sequence (`preference_data.indexed`)."""
+    train = indexed(data.train.examples)
+    if data.validation is None:
+        return train, None
+    return train, indexed(data.validation.examples, start=len(train))
+
+
+def _score_reference(setup: Setup, pairs: list[Example],
+                     collate: Callable[[list[Example]], dict[str, torch.Tensor]]) -> None:
+    """DPO: every pair's reference log-probabilities, once, before the loop
+    (`finetune.reference`); the objective looks them up from then on."""
+    acc, started = setup.accelerator, time.monotonic()
+    table = reference_table(setup.model, pairs, collate, setup.spec.recipe.train.batch_size,
+                            acc.device, acc.process_index, acc.num_processes)
+    setup.objective = PreferenceObjective(setup.spec.recipe.train, acc.reduce(table, "sum"))
+    setup.reference_s = time.monotonic() - started
+    if acc.is_main_process:
+        print(f"finetune: reference log-probabilities of {len(pairs)} pairs in "
+              f"{setup.reference_s:.1f} s, once; each step runs the policy only",
+              file=sys.stderr)
+
+
+class StartingAdapterError(ValueError):
+    """The adapter train.init_from names cannot be read on this node."""
+
+
+def _adapter(model: PreTrainedModel, recipe: Recipe, init_dir: str | None) -> PeftModel:
+    """A fresh LoRA adapter of the recipe's shape, or the registered one train.init_from
+    names (the orchestrator resolved it to `init_dir`), trainable, in its own shape."""
+    if init_dir is None:
+        lora = recipe.lora
+        return get_peft_model(model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, use_dora=lora.use_dora, task_type="CAUSAL_LM"))
+    if not (Path(init_dir) / "adapter_config.json").is_file():
+        raise StartingAdapterError(f"train.init_from {recipe.train.init_from}: its adapter "
+                                   "(adapter_config.json) is not readable on this node")
+    return PeftModel.from_pretrained(model, init_dir, is_trainable=True)
 
 
 class QLoRAUnavailableError(RuntimeError):

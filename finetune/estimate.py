@@ -16,6 +16,12 @@ against the TrainingResult of the run:
 FLOPs are `stagefiles.compute.training_flops` over those tokens. Duration and device-hours divide
 by a throughput: the tenant's last measured figure for the same base model and launcher if the
 orchestrator passed one, else the site's rough figure for the device kind.
+
+DPO costs more than those tokens at that figure: before the loop, one forward pass (no
+gradients) scores every training pair with the reference (`finetune.reference`), and the loop
+itself runs at its own rate. Both are counted as ratios to SFT's tokens/s that
+`benchmarks.preference_throughput` measured in one run (docs/benchmarks.md), and the
+reference pass adds its forward FLOPs.
 """
 
 from __future__ import annotations
@@ -27,11 +33,19 @@ from pathlib import Path
 import torch
 
 from events.recipe import Recipe
+from events.recipe_train import TrainMethod
 from finetune.base_model import gguf_file, gguf_parameter_count, resolve_base_model
 from finetune.data import Split
-from stagefiles.compute import training_flops
+from stagefiles.compute import forward_flops, training_flops
 from stagefiles.jobspec import Throughput
 from stagefiles.preflight_report import Estimate
+
+DPO_LOOP_VS_SFT = 1.0
+"""DPO's loop tokens/s (policy forward and backward over both answers, the reference looked
+up) over SFT's on the same rows: `benchmarks.preference_throughput`, MEASURED."""
+REFERENCE_VS_SFT = 2.0
+"""Tokens/s of DPO's reference pass (no_grad forward over each pair's two sequences, once)
+over SFT's loop tokens/s, in the same run."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +126,19 @@ class Estimator:
             source = f"site figure {per_device:g} tokens/s per {self.device}"
         total = per_device * tp.devices
         duration_s = done.tokens / total
+        flops = training_flops(self.parameters, done.tokens)
+        if t.method is TrainMethod.dpo:
+            reference = sum(e.trained_length for e in train.encoded)
+            duration_s = (done.tokens / (total * DPO_LOOP_VS_SFT)
+                          + reference / (total * REFERENCE_VS_SFT))
+            total *= DPO_LOOP_VS_SFT
+            flops += forward_flops(self.parameters, reference)
+            source += (f"; dpo: the loop at {DPO_LOOP_VS_SFT:g}x that, and a reference pass "
+                       f"over {reference:,} tokens at {REFERENCE_VS_SFT:g}x, as measured by "
+                       "benchmarks.preference_throughput")
         return Estimate(
             steps=done.steps, examples=done.examples, tokens=done.tokens,
-            parameters=self.parameters, flops=training_flops(self.parameters, done.tokens),
+            parameters=self.parameters, flops=flops,
             data_bytes=_data_bytes(recipe), launcher=tp.launcher, device=self.device,
             devices=tp.devices, tokens_per_s=total, throughput_from=source,
             duration_s=duration_s, device_hours=duration_s * tp.devices / 3600,

@@ -33,6 +33,10 @@ from finetune.data import (
 from finetune.rows import RowError
 
 ANSWERS = ("chosen", "rejected")
+PAIR_INDEX = "pair_index"
+"""Each pair's number in its split, where training gives one (`indexed`): a batch carries
+them so DPO can look up the reference log-probabilities computed once per pair; not a model
+input."""
 
 
 class PairEncoder:
@@ -113,12 +117,19 @@ def pair_collator(tokenizer: PreTrainedTokenizerBase,
         sequences = [{"input_ids": pair[side + "input_ids"], "labels": pair[side + "labels"],
                       "attention_mask": [1] * len(pair[side + "input_ids"])}
                      for side in PAIR_SIDES for pair in pairs]
-        if not packing:
-            return collate(sequences)
-        return _rows([collate(sequences[:len(pairs)]), collate(sequences[len(pairs):])],
-                     tokenizer.eos_token_id)
+        batch = collate(sequences) if not packing else _rows(
+            [collate(sequences[:len(pairs)]), collate(sequences[len(pairs):])],
+            tokenizer.eos_token_id)
+        if PAIR_INDEX in pairs[0]:
+            batch[PAIR_INDEX] = torch.tensor([pair[PAIR_INDEX][0] for pair in pairs])
+        return batch
 
     return collate_pairs
+
+
+def indexed(pairs: list[Example], start: int = 0) -> list[Example]:
+    """The pairs, each with its number (from `start`) under PAIR_INDEX."""
+    return [{**pair, PAIR_INDEX: [start + i]} for i, pair in enumerate(pairs)]
 
 
 def _rows(rows: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,11 +3,13 @@
 A batch holds B pairs as 2B sequences, the chosen answers then the rejected ones
 (`finetune.preference_data.pair_collator`), so one forward pass scores both. DPO's reference
 is the same model with the adapter switched off (peft's `disable_adapter`) under no_grad:
-no second copy of the weights, and two forward passes a step (policy, reference). ORPO has
-no reference. Formulas as TRL 1.13's DPOTrainer (`sigmoid`, `ipo`) and ORPOTrainer;
-tests/finetune/test_preference_loss.py checks them against TRL on the same logits. TRL's
-trainers are not used: they bring their own loop, and ours owns checkpoints, resume, cancel,
-progress lines and the packed batches.
+no second copy of the weights. Training never changes it, so `finetune.reference` scores
+every pair with it once before the first step and a step looks the pair's scores up: one
+forward and backward a step, the policy's, as in SFT (a batch without pair numbers is scored
+afresh, two forward passes). ORPO has no reference. Formulas as TRL 1.13's DPOTrainer
+(`sigmoid`, `ipo`) and ORPOTrainer; tests/finetune/test_preference_loss.py checks them
+against TRL on the same logits. TRL's trainers are not used: they bring their own loop, and
+ours owns checkpoints, resume, cancel, progress lines and the packed batches.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from torch import nn
 from events.recipe_train import TrainMethod, TrainSection
 from finetune.data import IGNORE_INDEX
 from finetune.loss import StepLoss, kept_logits
+from finetune.preference_data import PAIR_INDEX
 
 
 def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the log-probabilities of each sequence's labelled tokens, their count), one
     entry per sequence in batch order; the vocabulary projection only where a label is."""
+    batch = {k: v for k, v in batch.items() if k != PAIR_INDEX}
     logits, targets, keep = kept_logits(model, batch)
     logits = logits.float()
     labelled = targets != IGNORE_INDEX
@@ -89,20 +93,37 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-class PreferenceObjective:
-    """The step loss of train.method dpo or orpo, with reward margin and accuracy."""
+def base_logps(model: nn.Module, batch: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` of the base model: the adapter switched off, under no_grad."""
+    peft_model = extract_model_from_parallel(model)  # DDP only wraps the policy pass
+    with torch.no_grad(), peft_model.disable_adapter():
+        return sequence_logps(peft_model, batch)
 
-    def __init__(self, train: TrainSection) -> None:
+
+class PreferenceObjective:
+    """The step loss of train.method dpo or orpo, with reward margin and accuracy.
+
+    `reference`: DPO's (pairs, 2) table of the base model's chosen and rejected sums
+    (`finetune.reference`), row = a batch's PAIR_INDEX; without it each step scores afresh.
+    """
+
+    def __init__(self, train: TrainSection, reference: torch.Tensor | None = None) -> None:
         self.train = train
+        self.reference = reference
+
+    def _reference(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference is None or PAIR_INDEX not in batch:
+            return base_logps(model, batch)[0]
+        looked_up = self.reference[batch[PAIR_INDEX].to(self.reference.device)]
+        return looked_up.T.flatten().to(batch["input_ids"].device)  # chosen half, rejected half
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepLoss:
         if self.train.method is TrainMethod.orpo:
             policy, tokens = sequence_logps(model, batch)
             loss, chosen, rejected = orpo_loss(policy, tokens, self.train.orpo_lambda)
         else:
-            peft_model = extract_model_from_parallel(model)  # DDP only wraps the policy pass
-            with torch.no_grad(), peft_model.disable_adapter():
-                reference, _ = sequence_logps(peft_model, batch)
+            reference = self._reference(model, batch)
             policy, tokens = sequence_logps(model, batch)
             loss, chosen, rejected = dpo_loss(policy, reference, tokens, self.train.beta,
                                               self.train.dpo_loss)

@@ -59,6 +59,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             wall_s=wall_s,
             processes=acc.num_processes,
             tokens_per_s=outcome.tokens_per_s,
+            reference_s=setup.reference_s,
             peak_memory_mb=peak_memory_mb,
             best_step=outcome.best_step,
             stopped_early=outcome.stopped_early,

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from finetune import checkpoint
 from finetune.base_model import BaseModelError
-from finetune.build import QLoRAUnavailableError, Setup, build
+from finetune.build import QLoRAUnavailableError, Setup, StartingAdapterError, build
 from finetune.choice_accuracy import ChoiceTaskError, accuracy
 from finetune.data import DataValidationError, TokenizerUnfitError, real_tokens
 from finetune.early_stopping import EarlyStopping, Validation
@@ -281,7 +281,7 @@ def _cli(argv: list[str]) -> int:
     except ValidationError as exc:
         reason = f"unusable training spec {spec_path.name} ({exc.error_count()} errors)"
     except (DataValidationError, TokenizerUnfitError, BaseModelError,
-            QLoRAUnavailableError, ChoiceTaskError) as exc:
+            QLoRAUnavailableError, StartingAdapterError, ChoiceTaskError) as exc:
         reason = str(exc)
     except OSError as exc:  # a full disk, a lost mount: the next attempt resumes
         kind, code = FailureKind.retryable, 1

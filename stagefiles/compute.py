@@ -25,6 +25,12 @@ def training_flops(params: int, tokens: int) -> float:
     return float(FLOPS_PER_PARAM_TOKEN) * params * tokens
 
 
+def forward_flops(params: int, tokens: int) -> float:
+    """Floating-point operations of a forward pass without gradients over `tokens` tokens
+    (DPO's reference log-probabilities): the forward third of `training_flops`."""
+    return training_flops(params, tokens) / FLOPS_PER_PARAM_TOKEN * 2
+
+
 def share_of_base(fine_tune_flops: float, base_training_flops: float) -> float:
     """The fine-tune's compute as a fraction of the base model's own training compute."""
     if base_training_flops <= 0:

@@ -124,6 +124,9 @@ class TrainingSpec(_Frozen):
     recipe: Recipe = Field(description="The effective recipe: overrides applied, paths absolute.")
     work_dir: str = Field(description="Job directory; outputs go under it.")
     model_cache_dir: str = Field(description="Where converted base models are cached.")
+    init_adapter_dir: str | None = Field(
+        None, description="train.init_from resolved: the registered adapter training starts "
+        "from (trainable) instead of a fresh one.")
 
 
 class TrainingResult(_Frozen):
@@ -144,6 +147,9 @@ class TrainingResult(_Frozen):
     tokens_per_s: float | None = Field(
         None, description="Real (non-padding) tokens per second of the training loop itself."
     )
+    reference_s: float | None = Field(
+        None, description="dpo: seconds spent once, before the loop, scoring every pair with "
+        "the base model (the reference log-probabilities); not in tokens_per_s.")
     peak_memory_mb: float | None = Field(
         None, description="Peak GPU memory allocated, or peak resident memory on CPUs (rank 0)."
     )

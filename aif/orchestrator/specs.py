@@ -10,9 +10,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from aif import storage
+from aif import registry, storage
 from aif.db.models import DataFile, Job
 from aif.orchestrator.errors import FinalError
+from aif.orchestrator.handoff import load_path
 from aif.orchestrator.references import References
 from aif.settings import Settings
 from events.messages import FineTuneRequested
@@ -86,9 +87,40 @@ def preflight_spec(job_id: str, tenant: str, recipe: Recipe, work: Path, setting
                          s3_endpoint_url=settings.s3_endpoint_url)
 
 
-def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings) -> TrainingSpec:
+def starting_adapter(session: Session, settings: Settings, tenant: str, recipe: Recipe
+                     ) -> tuple[Recipe, str | None]:
+    """`train.init_from` resolved: the recipe with the version pinned (a newer version
+    registered while the job waits does not change what it trains on) and that version's
+    adapter folder; FinalError naming the field where it is not a usable model of the
+    tenant's own (another tenant's is refused exactly like one that never existed)."""
+    ref = recipe.train.init_from
+    if ref is None:
+        return recipe, None
+    try:
+        row = registry.find(session, tenant, *registry.parse_ref(ref))
+    except registry.RegistryError as exc:
+        raise FinalError(f"train.init_from: {exc}") from exc
+    named = f"model {row.name}:{row.version}"
+    base = settings.served_base_models.get(recipe.model.base, recipe.model.base)
+    folder = load_path(row.adapter_uri)
+    if row.status == registry.Status.retired:
+        problem = "is retired (its adapter files are removed)"
+    elif row.base_model != base:
+        problem = (f"was trained on base model {row.base_model}, not on this recipe's "
+                   f"{base}")
+    elif not (Path(folder) / "adapter_config.json").is_file():
+        problem = "has no adapter on the shared file system training reads"
+    else:
+        pinned = recipe.train.model_copy(update={"init_from": f"{row.name}:{row.version}"})
+        return recipe.model_copy(update={"train": pinned}), folder
+    raise FinalError(f"train.init_from: {named} {problem}")
+
+
+def training_spec(job: Job, recipe: Recipe, work: Path, settings: Settings,
+                  init_adapter_dir: str | None = None) -> TrainingSpec:
     return TrainingSpec(job_id=job.id, tenant=job.tenant, recipe=recipe, work_dir=str(work),
-                        model_cache_dir=str(settings.models_dir))
+                        model_cache_dir=str(settings.models_dir),
+                        init_adapter_dir=init_adapter_dir)
 
 
 SHIPPED_TASKS = RECIPES_DIR.resolve()

@@ -87,6 +87,7 @@ class Steps:
             uploaded = specs.uploaded_file(session, job.tenant, request.file_id)
             recipe = specs.effective_recipe(request, self.references, job.tenant,
                                             uploaded).with_pii_at_least(self.settings.pii_policy)
+            recipe, _ = specs.starting_adapter(session, self.settings, job.tenant, recipe)
             hint = throughput(self.settings, recipe, session, job.tenant)
         work = self.work_dir(job)
         with self.sessions() as session:  # where the stage's log is, even if it refuses
@@ -137,8 +138,11 @@ class Steps:
     def train(self, job: Job) -> None:
         recipe = Recipe.model_validate(job.recipe)
         work = self.work_dir(job)
+        with self.sessions() as session:  # the pinned version, still there and usable
+            _, init_adapter_dir = specs.starting_adapter(session, self.settings, job.tenant,
+                                                         recipe)
         spec_path = work / TRAINING.spec_file
-        specs.training_spec(job, recipe, work, self.settings).write(spec_path)
+        specs.training_spec(job, recipe, work, self.settings, init_adapter_dir).write(spec_path)
         self.runner.run_stage(job, JobState.training, TRAINING, spec_path,
                               recipe.train.num_processes)
         result = read_result(TRAINING, work)

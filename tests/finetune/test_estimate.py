@@ -15,11 +15,18 @@ from typer.testing import CliRunner
 from aif.cli import app
 from finetune.base_model import BaseModelError
 from finetune.data import load_examples
-from finetune.estimate import Estimator, consumed, parameter_count
+from finetune.estimate import (
+    DPO_LOOP_VS_SFT,
+    REFERENCE_VS_SFT,
+    Estimator,
+    consumed,
+    parameter_count,
+)
 from finetune.preflight import build_report
 from finetune.train import _cli
-from stagefiles.compute import training_flops
+from stagefiles.compute import forward_flops, training_flops
 from stagefiles.jobspec import TRAINING_RESULT, Throughput, TrainingResult, TrainingSpec
+from stagefiles.preflight_report import Estimate
 
 ROWS = [{"text": f"ticket {i} about {topic}", "label": label}
         for i, (topic, label) in enumerate(
@@ -95,6 +102,37 @@ def test_a_measured_figure_wins_and_devices_multiply(
     assert estimate is not None and estimate.tokens_per_s == 200.0
     assert estimate.throughput_from == "measured by job job-1"
     assert estimate.device_hours == pytest.approx(estimate.tokens / 200.0 * 4 / 3600)
+
+
+def test_a_dpo_estimate_counts_its_loop_rate_and_one_reference_pass_over_the_pairs(
+    tmp_path: Path, make_recipe: Callable, write_jsonl: Callable,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    pairs = [{"prompt": f"Ticket {i}: {topic}\nTeam:", "chosen": f" {team}",
+              "rejected": " unknown"}
+             for i, (topic, team) in enumerate([("sparks", "emergency"), ("a bill", "accounts"),
+                                                ("a meter", "metering")] * 4)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+
+    def estimate(method: str) -> Estimate:
+        recipe = make_recipe(data, data={"format": "preference"},
+                             train={"method": method, "max_steps": 10, "batch_size": 3})
+        found = build_report(recipe, tokenizer, estimator=Estimator(1000, SITE, "cpu")).estimate
+        assert found is not None
+        return found
+
+    dpo, orpo = estimate("dpo"), estimate("orpo")
+    assert dpo.tokens == orpo.tokens and dpo.steps == 10  # the loop's tokens: both answers
+    recipe = make_recipe(data, data={"format": "preference"}, train={"method": "dpo"})
+    reference = sum(e.trained_length for e in load_examples(
+        recipe.data, tokenizer, recipe.train.max_seq_len).train.encoded)  # each pair once
+    assert dpo.duration_s == pytest.approx(dpo.tokens / (100.0 * DPO_LOOP_VS_SFT)
+                                           + reference / (100.0 * REFERENCE_VS_SFT))
+    assert orpo.duration_s == pytest.approx(orpo.tokens / 100.0)  # no reference model
+    assert dpo.tokens_per_s == pytest.approx(100.0 * DPO_LOOP_VS_SFT)
+    assert dpo.flops == training_flops(1000, dpo.tokens) + forward_flops(1000, reference)
+    assert forward_flops(1000, reference) == 2 * 1000 * reference
+    assert f"reference pass over {reference:,} tokens" in dpo.clause()
 
 
 def test_nothing_usable_has_no_estimate(

@@ -1,5 +1,6 @@
 """DPO and ORPO losses: against TRL's on the same logits, on packed and padded batches, and
-with the base model (the adapter switched off) as the reference."""
+with the base model (the adapter switched off) as the reference, scored afresh or looked up
+from the table computed once before training."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ from trl.trainer.dpo_trainer import DPOTrainer
 
 from events.recipe_train import TrainSection
 from finetune.data import IGNORE_INDEX, real_tokens
-from finetune.preference_data import PairEncoder, pair_collator
-from finetune.preference_loss import PreferenceObjective, dpo_loss, orpo_loss, sequence_logps
+from finetune.preference_data import PAIR_INDEX, PairEncoder, indexed, pair_collator
+from finetune.preference_loss import (
+    PreferenceObjective,
+    base_logps,
+    dpo_loss,
+    orpo_loss,
+    sequence_logps,
+)
+from finetune.reference import reference_table
 
 VOCAB = 11
 
@@ -179,3 +187,42 @@ def test_the_reference_is_the_base_model_with_the_adapter_off(
     moved.loss.backward()
     trained = [n for n, p in model.named_parameters() if p.grad is not None]
     assert trained and all("lora_" in n for n in trained)
+
+
+def test_cached_reference_log_probs_equal_fresh_ones_after_the_adapter_moved(
+        tiny_model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    pairs = indexed(_tiny_pairs(tokenizer))
+    collate = pair_collator(tokenizer, packing=True)
+    model = get_peft_model(_tiny_model(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    shares = [reference_table(model, pairs, collate, 2, torch.device("cpu"), rank, 2)
+              for rank in range(2)]  # two ranks' shares, summed as training reduces them
+    assert [int((share != 0).all(1).sum()) for share in shares] == [2, 1]
+    table = shares[0] + shares[1]
+    assert model.training  # scored in eval mode, then put back
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)  # the policy is no longer the base
+    batch = collate([pairs[2], pairs[0]])  # another order and batch than the table's
+    fresh, _ = base_logps(model, batch)
+    assert torch.allclose(table[[2, 0]].T.flatten(), fresh, atol=1e-4)
+    policy, _ = sequence_logps(model, batch)
+    assert not torch.allclose(policy, fresh, atol=1e-2)
+
+    calls = []
+    model.base_model.model.register_forward_hook(lambda *_: calls.append(1))
+    cached = PreferenceObjective(TrainSection(method="dpo"), table)(model, batch)
+    assert len(calls) == 1  # the policy only: no reference pass in the step
+    scored = PreferenceObjective(TrainSection(method="dpo"))(model, batch)
+    assert len(calls) == 3
+    assert float(cached.loss) == pytest.approx(float(scored.loss), abs=1e-5)
+    for name, value in scored.metrics.items():
+        assert float(cached.metrics[name]) == pytest.approx(float(value), abs=1e-5)
+
+
+def test_padded_pair_batches_carry_their_pair_numbers(
+        tokenizer: PreTrainedTokenizerBase) -> None:
+    pairs = indexed(_tiny_pairs(tokenizer), start=5)
+    batch = pair_collator(tokenizer, packing=False)([pairs[1], pairs[0]])
+    assert batch[PAIR_INDEX].tolist() == [6, 5] and batch["input_ids"].shape[0] == 4

@@ -1,5 +1,6 @@
 """A DPO run through the training worker: the loop, validation, progress and the adapter are
-SFT's, the loss and the reward figures DPO's."""
+SFT's, the loss and the reward figures DPO's; reference log-probabilities scored once before
+the loop; and a run that starts from a registered adapter (`train.init_from`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
 from events.recipe import Recipe
 from finetune.checkpoint import CHECKPOINTS_DIR
 from finetune.train import _cli
@@ -15,6 +21,7 @@ from stagefiles.jobspec import (
     PROGRESS_LOG,
     TRAINING_RESULT,
     ProgressLine,
+    StageFailure,
     TrainingResult,
     TrainingSpec,
 )
@@ -53,3 +60,60 @@ def test_a_dpo_run_logs_rewards_validates_and_saves_an_adapter(
     assert [sorted(point) for point in curve] == [
         ["loss", "reward_accuracy", "reward_margin", "step"]] * 2
     assert [p.name for p in (tmp_path / "job" / CHECKPOINTS_DIR).iterdir()] == ["step-0000002"]
+    assert result.reference_s is not None and result.reference_s > 0  # once, outside the loop
+
+
+def _registered_adapter(tiny_model_dir: Path, folder: Path) -> dict[str, torch.Tensor]:
+    """An adapter of rank 2 that has moved off the base (as an SFT job leaves one)."""
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    model.save_pretrained(folder)
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def _dpo_spec(tmp_path: Path, recipe: Recipe, init_adapter_dir: str | None) -> Path:
+    spec = tmp_path / "training_spec.json"
+    TrainingSpec(job_id="t1", tenant="dev", recipe=recipe, work_dir=str(tmp_path / "job"),
+                 model_cache_dir=str(tmp_path / "cache"),
+                 init_adapter_dir=init_adapter_dir).write(spec)
+    return spec
+
+
+def test_a_dpo_run_from_a_registered_adapter_trains_it_on_against_the_base(
+        tmp_path: Path, tiny_model_dir: Path, make_recipe: Callable[..., Recipe],
+        write_jsonl: Callable) -> None:
+    start = _registered_adapter(tiny_model_dir, tmp_path / "registered")
+    recipe = make_recipe(write_jsonl(tmp_path / "pairs.jsonl", PAIRS),
+                         data={"format": "preference"},
+                         train={"method": "dpo", "max_steps": 2, "logging_steps": 1,
+                                "learning_rate": 1e-6, "init_from": "dev/sft:1"})
+    assert _cli([str(_dpo_spec(tmp_path, recipe, str(tmp_path / "registered")))]) == 0
+
+    first = ProgressLine.model_validate_json(
+        (tmp_path / "job" / PROGRESS_LOG).read_text().splitlines()[0])
+    # Step 1 scores the starting adapter against the base: a fresh adapter would give 0.
+    assert first.reward_margin is not None and abs(first.reward_margin) > 1e-4
+    adapter = Path(TrainingResult.read(tmp_path / "job" / TRAINING_RESULT).adapter_dir)
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 2  # its shape
+    trained = load_file(adapter / "adapter_model.safetensors")
+    assert trained.keys() == start.keys()
+    moved = [not torch.equal(trained[k], start[k]) for k in start]
+    assert any(moved)  # trained on, from where it was (a tiny learning rate: still close)
+    assert all(torch.allclose(trained[k], start[k], atol=1e-3) for k in start)
+
+
+def test_a_starting_adapter_the_node_cannot_read_stops_the_run_naming_the_field(
+        tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable) -> None:
+    recipe = make_recipe(write_jsonl(tmp_path / "pairs.jsonl", PAIRS),
+                         data={"format": "preference"},
+                         train={"method": "dpo", "init_from": "dev/sft:1"})
+    spec = _dpo_spec(tmp_path, recipe, str(tmp_path / "not-mounted"))
+    assert _cli([str(spec)]) == 2
+    failure = StageFailure.find(spec)
+    assert failure is not None
+    assert failure.reason == ("train.init_from dev/sft:1: its adapter (adapter_config.json) "
+                              "is not readable on this node")

@@ -1,6 +1,7 @@
 """DPO jobs through the orchestrator as SFT jobs go (issue #26): hostile pair files refused by
-the pre-flight by line and rule, the next job running; and a DPO job through every stage, its
-held-out pairs scored by log-likelihood preference, gated by the same paired test and guards.
+the pre-flight by line and rule, the next job running; a DPO job through every stage, its
+held-out pairs scored by log-likelihood preference, gated by the same paired test and guards;
+and `train.init_from`, a registered model version of the tenant's own to train on from.
 
 Real database, real stage processes started by the local launcher (and a real broker for the
 whole job), on the tiny model.
@@ -17,7 +18,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aif.db.models import Outbox, Score
+from aif import registry
+from aif.db.models import Outbox, RegisteredModel, Score
+from aif.orchestrator import specs
+from aif.orchestrator.errors import FinalError
 from aif.orchestrator.scores import metric_score
 from aif.settings import Settings
 from events.bus import KafkaConfig
@@ -135,3 +139,85 @@ def test_a_dpo_job_is_trained_evaluated_on_held_out_pairs_and_gated_like_sft(
     assert ("general_knowledge_guard", "acc") in scores
     assert job.gate_passed and "citizen_reply_preference_de" in job.gate_reason
     assert "general_knowledge_guard" in job.gate_reason
+
+
+def _register(sessions: sessionmaker[Session], tenant: str, name: str, version: int,
+              folder: Path, base: str = "smollm2-135m-instruct", status: str = "ready") -> None:
+    """A handed-off version whose adapter folder holds an adapter_config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text("{}")
+    with sessions() as s:
+        s.add(RegisteredModel(
+            tenant=tenant, name=name, version=version,
+            served_name=registry.served_name(name, version), job_id=f"{tenant}-{version}",
+            status=status, base_model=base, base_revision="r1", adapter_uri=folder.as_uri(),
+            files_sha256={}, merged_uri=None, merged_files_sha256={}, adapter={"r": 16},
+            scores=[], gate_reason="", serving={}))
+        s.commit()
+
+
+def _starting_from(sessions: sessionmaker[Session], tmp_path: Path, ref: str
+                   ) -> tuple[Recipe, str | None] | str:
+    """What `train.init_from: ref` resolves to for tenant acme, or its refusal."""
+    recipe = load_recipe("citizen-reply-de-dpo")
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"init_from": ref})})
+    with sessions() as s:
+        try:
+            return specs.starting_adapter(s, Settings(home=tmp_path), "acme", recipe)
+        except FinalError as exc:
+            return str(exc)
+
+
+def test_init_from_resolves_a_usable_version_of_the_tenants_own_model_and_pins_it(
+    sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    for version in (1, 2):
+        _register(sessions, "acme", "acme/citizen-sft", version, tmp_path / f"sft-v{version}")
+    _register(sessions, "acme", "acme/old", 1, tmp_path / "old", status="retired")
+    _register(sessions, "acme", "acme/other-base", 1, tmp_path / "ob", base="qwen2.5-0.5b")
+    _register(sessions, "bravo", "bravo/theirs", 1, tmp_path / "theirs")
+    _register(sessions, "acme", "acme/gone", 1, tmp_path / "gone")
+    (tmp_path / "gone" / "adapter_config.json").unlink()
+
+    latest = _starting_from(sessions, tmp_path, "acme/citizen-sft")
+    assert not isinstance(latest, str)
+    recipe, folder = latest
+    assert recipe.train.init_from == "acme/citizen-sft:2"  # a later v3 does not change the job
+    assert folder == str(tmp_path / "sft-v2")
+    assert _starting_from(sessions, tmp_path, "acme/citizen-sft:1")[1] == str(tmp_path / "sft-v1")
+    refused = {ref: _starting_from(sessions, tmp_path, ref) for ref in (
+        "acme/nope", "acme/citizen-sft:7", "acme/citizen-sft:x", "acme/old",
+        "acme/other-base", "acme/gone")}
+    assert refused == {
+        "acme/nope": "train.init_from: model acme/nope: no such model",
+        "acme/citizen-sft:7": "train.init_from: model acme/citizen-sft:7: no such model",
+        "acme/citizen-sft:x": "train.init_from: acme/citizen-sft:x: the version after ':' "
+                              "must be a number",
+        "acme/old": "train.init_from: model acme/old:1 is retired (its adapter files are "
+                    "removed)",
+        "acme/other-base": "train.init_from: model acme/other-base:1 was trained on base model "
+                           "qwen2.5-0.5b, not on this recipe's smollm2-135m-instruct",
+        "acme/gone": "train.init_from: model acme/gone:1 has no adapter on the shared file "
+                     "system training reads"}
+    # Another tenant's model is refused exactly as a name no tenant has.
+    theirs = _starting_from(sessions, tmp_path, "bravo/theirs")
+    assert theirs == "train.init_from: model bravo/theirs: no such model"
+    assert theirs == _starting_from(sessions, tmp_path, "bravo/never-was").replace(
+        "never-was", "theirs")
+
+
+def test_a_job_naming_another_tenants_model_is_rejected_before_any_stage_runs(
+    sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    _register(sessions, "bravo", "bravo/theirs", 1, tmp_path / "theirs")
+    job_id = store_trusted(sessions, recipe="citizen-reply-de-dpo",
+                           overrides={"init_from": "bravo/theirs"})
+    w = local_worker(sessions, tmp_path)
+    assert w.leases.claim() == job_id
+    w.run_job(job_id)
+    job = w.load(job_id)
+    assert job.state == JobState.rejected and job.attempts == 0
+    assert job.reason == "train.init_from: model bravo/theirs: no such model"
+    assert job.work_dir is None  # refused before the pre-flight stage had a folder
+    assert str(tmp_path / "theirs") not in everything_said(sessions, job_id)
