@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from events.recipe import HyperparameterOverrides, Recipe, RecipeError, load_recipe_file
 from events.recipe_eval import EvalTask
 from events.recipe_train import TrainSection
-from finetune.choice_accuracy import correct, loglikelihoods, questions
+from finetune.choice_accuracy import correct, gate_choices, loglikelihoods, questions
 from finetune.data import Encoded, Split, read_examples
 from finetune.early_stopping import EarlyStopping, Validation, kept
 from finetune.labels import TaskLabels
@@ -100,6 +100,8 @@ def _tiny_peft(tiny_model_dir: Path) -> torch.nn.Module:
 def test_the_kept_step_is_the_best_accuracy_and_ties_go_to_the_lower_loss(
         tmp_path: Path, tiny_model_dir: Path) -> None:
     model = _tiny_peft(tiny_model_dir)
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "accuracy").mkdir()
     by_loss = EarlyStopping(tmp_path / "loss", 2, 0.01, True, "loss")
     by_accuracy = EarlyStopping(tmp_path / "accuracy", 2, 0.01, True, "accuracy")
     figures = [(10, Validation(1.00, 0.50)),
@@ -233,9 +235,9 @@ def test_accuracy_keeps_a_step_and_reports_the_kept_adapters_accuracy(
     validation = read_examples(recipe.data, tokenizer, recipe.train.max_seq_len,
                                recipe.train.seed).validation
     assert validation is not None
-    kept = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+    handed_on = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
         result.base_model_dir), result.adapter_dir).eval()
-    asked = questions(TaskLabels(ROUTING), tokenizer, validation)
+    asked = questions(gate_choices(recipe), tokenizer, validation)
     with torch.no_grad():
-        share = correct(kept, asked, torch.device("cpu")) / len(asked)
+        share = correct(handed_on, asked, torch.device("cpu")) / len(asked)
     assert result.validation_accuracy == pytest.approx(share)
