@@ -33,7 +33,8 @@ def _recipe(make_recipe: Callable[..., Recipe], train_file: Path, **data: Any) -
     task = EvalTask(name="citizen_reply_preference_de", yaml=str(TASK))
     return recipe.model_copy(update={
         "eval": recipe.eval.model_copy(update={"tasks": [task]}),
-        "gate": recipe.gate.model_copy(update={"task": task.name})}).gated_on_own_eval()
+        "gate": recipe.gate.model_copy(update={  # a gate a few rows can pass: not the point
+            "task": task.name, "alpha": 1.0, "min_gain": -1.0})}).gated_on_own_eval()
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
