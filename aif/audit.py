@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aif.db import appends
 from aif.db.models import Audit
 
 OPERATOR = "operator"
@@ -58,8 +59,8 @@ def record(session: Session, action: Action, *, actor: str, tenant: str | None,
            job_id: str | None = None, event_id: str | None = None,
            payload_sha256: str | None = None, **detail: Any) -> None:
     """Append one row to the caller's transaction; `detail` holds ids, counts and digests."""
-    session.add(Audit(tenant=tenant, actor=actor, action=action.value, job_id=job_id,
-                      event_id=event_id, sha256=payload_sha256, detail=detail))
+    appends.add(session, Audit, tenant=tenant, actor=actor, action=action.value, job_id=job_id,
+                event_id=event_id, sha256=payload_sha256, detail=detail)
 
 
 def entries(session: Session, tenant: str | None = None, job_id: str | None = None

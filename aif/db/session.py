@@ -48,3 +48,15 @@ def session_factory(url: str) -> sessionmaker[Session]:
     _sqlite_dir(url)
     upgrade(url)
     return sessionmaker(make_engine(url), expire_on_commit=False)
+
+
+def transaction_cache(session: Session, name: str) -> dict:
+    """A dict of the session's current transaction, empty again in the next one: what one
+    transaction reads once and reuses (intake's batch of records shares one), such as rows
+    that the identity map would not keep (it holds them weakly) and lookups of absent rows
+    (which it does not keep at all)."""
+    transaction = session.get_transaction()
+    kept = session.info.get(name)
+    if kept is None or kept[0] is not transaction:
+        kept = session.info[name] = (transaction, {})
+    return kept[1]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from aif.db import appends
 from aif.db.models import Job, Outbox
 from events.bus import envelope
 from events.envelope import CloudEvent
@@ -39,7 +40,7 @@ def answer_envelope(data: RequestEvent, tenant: str, subject: str,
 def enqueue(session: Session, topic: str, job_id: str, event: CloudEvent) -> CloudEvent:
     """Queue `event` on `topic`, keyed by the job it is about (the relay's partition key; a
     `request.refused`: the refused record)."""
-    session.add(Outbox(topic=topic, key=job_id, payload=event.to_bytes().decode()))
+    appends.add(session, Outbox, topic=topic, key=job_id, payload=event.to_bytes().decode())
     return event
 
 

@@ -12,14 +12,17 @@ and the rule, never the request's values or a server path.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from aif import quotas
 from aif.db.models import utcnow
+from aif.db.session import transaction_cache
 from aif.orchestrator.references import References
 from aif.settings import QuotaLimits
 from events.envelope import MAX_EVENT_BYTES, CloudEvent, EnvelopeError, describe_validation_error
@@ -123,11 +126,14 @@ class Admission:
         self.max_processes, self.references = max_processes, references
         self.quota_defaults = quota_defaults
 
-    def problems(self, request: FineTuneRequested, tenant: str) -> list[str]:
-        """Each rule the request of `tenant` breaks that keeps it from ever training."""
+    def problems(self, request: FineTuneRequested, tenant: str,
+                 load: Callable[[str], Recipe] = load_recipe) -> list[str]:
+        """Each rule the request of `tenant` breaks that keeps it from ever training;
+        `load` finds a shipped recipe by name."""
         try:
-            recipe = request.recipe_inline or load_recipe(request.recipe or "")
-            recipe = request.overrides.apply(recipe)
+            recipe = request.recipe_inline or load(request.recipe or "")
+            if request.overrides.model_dump(exclude_none=True):  # else it only validates again
+                recipe = request.overrides.apply(recipe)
         except RecipeError as exc:
             return [str(exc)]
         problems = trainability_problems(recipe, self.max_processes)
@@ -154,9 +160,39 @@ def screen(session: Session, event: CloudEvent, tenant: str, admission: Admissio
         return Refusal(describe_validation_error(exc, "data", FineTuneRequested), Rule.schema)
     if admission is None:
         return request
-    if problems := admission.problems(request, tenant):
+    if problems := admission.problems(request, tenant, partial(_recipe_once, session)):
         return Refusal("; ".join(problems), Rule.request, request)
     if admission.quota_defaults is not None and (
-            problems := quota_problems(session, tenant, admission.quota_defaults)):
+            problems := _quota_problems_once(session, tenant, admission.quota_defaults)):
         return Refusal("; ".join(problems), Rule.quota, request)
     return request
+
+
+def _recipe_once(session: Session, name: str) -> Recipe:
+    """`load_recipe`, once per name and transaction: it looks at every recipe file for
+    changes (a glob and a stat each), which cost intake more per request than storing it."""
+    seen = transaction_cache(session, "aif.admission.recipes")
+    if name not in seen:
+        seen[name] = load_recipe(name)  # an unknown name raises, and is looked for again
+    return seen[name]
+
+
+_QUOTA_SEEN = "aif.admission.quota_problems"
+
+
+def _quota_problems_once(session: Session, tenant: str, defaults: QuotaLimits) -> list[str]:
+    """`quota_problems` of `tenant`, counted once per transaction: intake screens a poll's
+    records in one, and counting again for each record (a flush of the batch's pending
+    inserts, then two queries) cost more than storing it. What the batch adds cannot change
+    the count (new jobs are `validating`, without an estimate); a cancel can, so intake
+    calls `forget_quota` after one."""
+    seen = transaction_cache(session, _QUOTA_SEEN)
+    if tenant not in seen:
+        seen[tenant] = quota_problems(session, tenant, defaults)
+    return seen[tenant]
+
+
+def forget_quota(session: Session, tenant: str) -> None:
+    """Count `tenant`'s quota again at its next request in this transaction (a slot may
+    have been freed)."""
+    transaction_cache(session, _QUOTA_SEEN).pop(tenant, None)

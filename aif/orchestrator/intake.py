@@ -35,11 +35,20 @@ from sqlalchemy.orm import Session
 
 from aif import audit
 from aif.db.models import Job, Tenant
+from aif.db.session import transaction_cache
 from aif.jobstore.commands import ERASED, cancel, reject, rejected_at_intake
 from aif.jobstore.transitions import transition
-from aif.orchestrator.admission import Admission, Refusal, Rule, read_event, screen
+from aif.orchestrator.admission import (
+    Admission,
+    Refusal,
+    Rule,
+    forget_quota,
+    read_event,
+    screen,
+)
 from aif.tenants import signing_secret
 from events.envelope import (
+    MAX_EVENT_BYTES,
     CloudEvent,
     EnvelopeError,
     check_json_depth,
@@ -91,8 +100,7 @@ def signer(session: Session, raw: bytes | None, headers: Headers) -> tuple[str, 
     if signed is None:
         return None
     key_id, signature = signed
-    with session.no_autoflush:
-        key = signing_secret(session, key_id)
+    key = _signing_key(session, key_id)
     if key is None:
         raise SignatureError(f"signature: {KEY_ID_HEADER} names no active signing key "
                              "(unknown or revoked)")
@@ -103,10 +111,25 @@ def signer(session: Session, raw: bytes | None, headers: Headers) -> tuple[str, 
     return tenant, key_id
 
 
+def _signing_key(session: Session, key_id: str) -> tuple[str, str] | None:
+    """`signing_secret`, read once per transaction: a batch's records share a few keys."""
+    keys = transaction_cache(session, "aif.intake.signing_keys")
+    if key_id not in keys:
+        with session.no_autoflush:
+            keys[key_id] = signing_secret(session, key_id)
+    return keys[key_id]
+
+
 def _erased(session: Session, tenant: str | None) -> bool:
-    with session.no_autoflush:
-        row = session.get(Tenant, tenant) if tenant else None
-    return row is not None and row.erased_at is not None
+    """Whether `tenant` was erased, read once per tenant and transaction."""
+    if not tenant:
+        return False
+    erased = transaction_cache(session, "aif.intake.erased")
+    if tenant not in erased:
+        with session.no_autoflush:
+            row = session.get(Tenant, tenant)
+        erased[tenant] = row is not None and row.erased_at is not None
+    return erased[tenant]
 
 
 def _claimed_tenant(raw: bytes | None) -> str | None:
@@ -257,17 +280,78 @@ def _add_job(session: Session, event: CloudEvent, tenant: str, digest: str,
 
 
 _PENDING = "aif.intake.pending_jobs"
+_LOOKED_UP = "aif.intake.looked_up"
+RequestKey = tuple[str, str, str]
+"""(tenant, source, id): what makes a request the same request."""
+
+
+def look_up_requests(session: Session, records: Iterable[tuple[bytes | None, Headers]]
+                     ) -> None:
+    """Find, in one query for the whole batch, the stored jobs of the requests these records
+    appear to carry, so that `accept` asks the database per record only for a request this
+    guess missed. The guess reads the JSON's source and id and the tenant of the key the
+    headers name (else the tenant attribute); it checks nothing: `accept` still does."""
+    found: dict[RequestKey, Job | None] = {}
+    ids: dict[tuple[str, str], list[str]] = {}  # a query per (tenant, source): a batch has few
+    for raw, headers in records:
+        if key := _apparent_key(session, raw, headers):
+            found[key] = None
+            ids.setdefault(key[:2], []).append(key[2])
+    with session.no_autoflush:
+        for (tenant, source), of_source in ids.items():
+            for start in range(0, len(of_source), 500):  # under every bound-parameter limit
+                # Equality on the unique index's first columns: an index search on SQLite,
+                # where a row-value IN scans the table.
+                found.update(((tenant, source, job.request_id), job) for job in session.scalars(
+                    select(Job).where(Job.tenant == tenant, Job.request_source == source,
+                                      Job.request_id.in_(of_source[start:start + 500]))))
+    transaction_cache(session, _LOOKED_UP).update(found)
+
+
+def _apparent_key(session: Session, raw: bytes | None, headers: Headers) -> RequestKey | None:
+    if raw is None or len(raw) > MAX_EVENT_BYTES:
+        return None
+    try:
+        value = json.loads(raw)
+        signed = signing_headers(headers)
+        key = _signing_key(session, signed[0]) if signed else None
+    except (ValueError, RecursionError, SignatureError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    tenant, source, event_id = (key[0] if key else value.get("tenant"), value.get("source"),
+                                value.get("id"))
+    if not (_storable(tenant, 63) and _storable(source, 500) and _storable(event_id, 200)):
+        return None
+    return tenant, source, event_id
+
+
+def _storable(part: object, limit: int) -> bool:
+    """Only what the envelope lets through goes into the query: a NUL or a lone surrogate
+    would fail it on PostgreSQL, and with it the batch's one-transaction path."""
+    if not isinstance(part, str) or not 0 < len(part) <= limit or "\x00" in part:
+        return False
+    try:
+        part.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stored(session: Session, tenant: str, source: str, event_id: str) -> Job | None:
     """The job for (tenant, source, id): added earlier in this transaction, or committed.
 
     Without autoflush, a batch's inserts go to the database together at commit instead of
-    one round trip per record before each lookup.
+    one round trip per record before each lookup; a request `look_up_requests` looked up
+    in this transaction costs none.
     """
-    pending = session.info.get(_PENDING, {}).get((tenant, source, event_id))
+    key = (tenant, source, event_id)
+    pending = session.info.get(_PENDING, {}).get(key)
     if pending is not None and pending in session:  # a rollback expunges it
         return pending
+    looked_up = transaction_cache(session, _LOOKED_UP)
+    if key in looked_up:
+        return looked_up[key]
     with session.no_autoflush:
         return session.scalar(select(Job).where(
             Job.tenant == tenant, Job.request_source == source, Job.request_id == event_id))
@@ -290,4 +374,5 @@ def _cancel(session: Session, event: CloudEvent, tenant: str, topics: Topics, ac
                   event_id=event.id, payload_sha256=audit.sha256(event.to_bytes())):
         return IntakeResult(Outcome.cancel, job.id, f"not cancelled: job is {job.state}",
                             tenant)
+    forget_quota(session, tenant)  # it may have held one of the tenant's concurrent jobs
     return IntakeResult(Outcome.cancel, job.id, "cancelled", tenant)

@@ -30,10 +30,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aif.db import appends
 from aif.db.models import DeadLetter
 from aif.orchestrator.admission import Admission
 from aif.orchestrator.dead_letters import dead_letter_copy, dlq_id, note_dead_letter
-from aif.orchestrator.intake import IntakeResult, Outcome, accept, signer
+from aif.orchestrator.intake import IntakeResult, Outcome, accept, look_up_requests, signer
 from aif.orchestrator.references import References
 from aif.settings import QuotaLimits
 from events.bus import Outgoing, send_and_wait
@@ -89,10 +90,12 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
     """The whole batch in one transaction: one commit per poll, and each record ends as a
     job, a duplicate or a dead letter, whatever its bytes.
 
-    First as one unit, so the inserts go to the database together at commit. Should that
-    raise (a bug with one record, another orchestrator storing the same request first), the
-    batch is stored again with one savepoint per record, which confines the failure to its
-    record at the cost of a flush per record.
+    First as one unit: the batch's requests are looked up in one query, its audit rows and
+    status events go in as one multi-row INSERT per table (`aif.db.appends`) and its other
+    inserts together at commit. Should that raise (a bug with one record, another
+    orchestrator storing the same request first), the batch is stored again with one
+    savepoint per record, which confines the failure to its record at the cost of a flush
+    and a lookup per record.
     """
     try:
         return _store(sessions, records, topics, admission, require_signed, isolate=False)
@@ -104,8 +107,6 @@ def store_batch(sessions: sessionmaker[Session], records: list[ConsumerRecord], 
 
 def _store(sessions: sessionmaker[Session], records: list[ConsumerRecord], topics: Topics,
            admission: Admission | None, require_signed: bool, *, isolate: bool) -> StoredBatch:
-    results: list[IntakeResult] = []
-    forward: dict[int, tuple[ConsumerRecord, str]] = {}
     with sessions() as session:
         connection = session.connection()
         if connection.dialect.name == "sqlite":
@@ -114,24 +115,39 @@ def _store(sessions: sessionmaker[Session], records: list[ConsumerRecord], topic
             # IMMEDIATE takes the write lock now, so a writer in another thread makes this
             # wait (busy timeout) instead of failing the batch when its reads turn into writes.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        for record in records:
-            if isolate:
-                result = _isolated(session, record, topics, admission, require_signed)
-            else:
-                result = accept(session, record.value, topics, admission,
-                                headers=record.headers or (), require_signed=require_signed)
-            results.append(result)
-            if result.outcome is Outcome.dead_letter:
-                with session.begin_nested() if isolate else nullcontext():
-                    dead_letter_id = note_dead_letter(
-                        session, record, result.reason, result.tenant,
-                        status_topic=(topics.status(result.tenant)
-                                      if result.notify and result.tenant else None),
-                        request=result.request)
-                if dead_letter_id is not None:
-                    forward[dead_letter_id] = (record, result.reason)
+        if isolate:
+            stored = _each(session, records, topics, admission, require_signed, isolate=True)
+        else:  # one lookup, and the audit rows and status events inserted together
+            look_up_requests(session, [(r.value, r.headers or ()) for r in records])
+            with appends.together(session):
+                stored = _each(session, records, topics, admission, require_signed,
+                               isolate=False)
         session.commit()
-    return StoredBatch(results, forward)
+    return stored
+
+
+def _each(session: Session, records: list[ConsumerRecord], topics: Topics,
+          admission: Admission | None, require_signed: bool, *, isolate: bool) -> StoredBatch:
+    """Each record through `accept` (in a savepoint of its own when `isolate`), and the
+    dead letter of each refused one."""
+    stored = StoredBatch([], {})
+    for record in records:
+        if isolate:
+            result = _isolated(session, record, topics, admission, require_signed)
+        else:
+            result = accept(session, record.value, topics, admission,
+                            headers=record.headers or (), require_signed=require_signed)
+        stored.results.append(result)
+        if result.outcome is Outcome.dead_letter:
+            with session.begin_nested() if isolate else nullcontext():
+                dead_letter_id = note_dead_letter(
+                    session, record, result.reason, result.tenant,
+                    status_topic=(topics.status(result.tenant)
+                                  if result.notify and result.tenant else None),
+                    request=result.request)
+            if dead_letter_id is not None:
+                stored.forward[dead_letter_id] = (record, result.reason)
+    return stored
 
 
 class ResumeFromCommitted(ConsumerRebalanceListener):
