@@ -101,7 +101,7 @@ def loglikelihoods(model: torch.nn.Module, question: Question,
     cache = None
     if len(context) > 1:
         cache = model(input_ids=torch.tensor([context[:-1]], device=device), use_cache=True,
-                      logits_to_keep=1).past_key_values
+                      logits_to_keep=1).cache
         cache.batch_repeat_interleave(len(continuations))
     width = max(len(c) for c in continuations)
     ids = torch.zeros(len(continuations), width, dtype=torch.long)
@@ -112,7 +112,7 @@ def loglikelihoods(model: torch.nn.Module, question: Question,
     mask = torch.cat([torch.ones(len(continuations), len(context) - 1, dtype=torch.long),
                       (targets != IGNORE_INDEX).long()], dim=1)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                   past_key_values=cache, use_cache=cache is not None).logits.float()
+                   cache=cache, use_cache=cache is not None).logits.float()
     targets = targets.to(device)
     picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * (targets != IGNORE_INDEX)).sum(-1)
