@@ -98,10 +98,13 @@ def main() -> None:
                          "peak_memory_mb": max(d["peak_memory_mb"] for d in done)}
     figures["dpo"]["reference_s"] = statistics.median(d["reference_s"] for d in runs["dpo"])
     figures["dpo"]["tokens_per_s_with_reference"] = with_reference(runs["dpo"])
+    figures["dpo"]["reference_tokens_per_s"] = statistics.median(  # one epoch: every pair once
+        d["real_tokens"] / d["reference_s"] for d in runs["dpo"])
     sft = figures["sft"]["tokens_per_s"]
     ratios = {f"{name}_tokens_per_s_vs_sft": figures[name]["tokens_per_s"] / sft
               for name in ("dpo", "orpo")}
     ratios["dpo_with_reference_vs_sft"] = figures["dpo"]["tokens_per_s_with_reference"] / sft
+    ratios["reference_pass_vs_sft"] = figures["dpo"]["reference_tokens_per_s"] / sft
     for name, got in figures.items():
         print(f"{name:5s} {got['tokens_per_s']:8.0f} tokens/s {got['rows_per_s']:6.2f} rows/s "
               f"peak {got['peak_memory_mb']:.0f} MiB")

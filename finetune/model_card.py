@@ -90,6 +90,10 @@ def _card(spec: TrainingSpec, steps: int, final_loss: float, train_tokens: int,
     hyper = {**recipe.lora.model_dump(mode="json"), **recipe.train.model_dump(mode="json")}
     rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
     validation = "" if validation_loss is None else f", validation loss {validation_loss:.4f}"
+    start = "" if recipe.train.init_from is None else (
+        f"- Trained on from: registered model `{recipe.train.init_from}` (its adapter, in its "
+        "own LoRA shape, which `adapter_config.json` states; the lora rows below do not "
+        "apply)\n")
     return f"""---
 library_name: peft
 base_model: {recipe.model.base}
@@ -104,7 +108,7 @@ Intended use: {recipe.intended_use or "not stated"}
 
 - Base model: `{recipe.model.base}`
 - Job: `{spec.job_id}` for tenant `{spec.tenant}`
-- Training data: {_data_line(recipe.data)}
+{start}- Training data: {_data_line(recipe.data)}
 - Trained {steps} optimizer steps on {train_tokens} tokens; final loss {final_loss:.4f}{validation}
   (curve in `loss_curve.json`, full spec in `training_spec.json`)
 - Evaluation: tasks {", ".join(t.name for t in recipe.eval.tasks)}; the gate is

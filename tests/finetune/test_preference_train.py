@@ -99,6 +99,7 @@ def test_a_dpo_run_from_a_registered_adapter_trains_it_on_against_the_base(
     assert first.reward_margin is not None and abs(first.reward_margin) > 1e-4
     adapter = Path(TrainingResult.read(tmp_path / "job" / TRAINING_RESULT).adapter_dir)
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 2  # its shape
+    assert "Trained on from: registered model `dev/sft:1`" in (adapter / "README.md").read_text()
     trained = load_file(adapter / "adapter_model.safetensors")
     assert trained.keys() == start.keys()
     moved = [not torch.equal(trained[k], start[k]) for k in start]
