@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
@@ -25,6 +26,7 @@ from stagefiles.jobspec import (
     TrainingResult,
     TrainingSpec,
 )
+from tests.finetune.test_train import _launch
 
 PAIRS = [{"prompt": f"Ticket {i}: {topic}\nTeam:", "chosen": f" {team}", "rejected": " unknown"}
          for i, (topic, team) in enumerate([("sparks", "emergency"), ("a bill", "accounts"),
@@ -118,3 +120,36 @@ def test_a_starting_adapter_the_node_cannot_read_stops_the_run_naming_the_field(
     assert failure is not None
     assert failure.reason == ("train.init_from dev/sft:1: its adapter (adapter_config.json) "
                               "is not readable on this node")
+
+
+@pytest.mark.training  # launches the training stage
+def test_one_and_two_processes_train_the_same_dpo_adapter(
+        tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable) -> None:
+    """Each rank scores its share of the pairs' reference once and the table is summed, so
+    2 processes with one micro-batch each per step look up what 1 process accumulating two
+    does, and learn the same adapter (same data order and seed). 4 validation pairs: each
+    rank scores 2, so no rank's share is topped up with a repeat and the means agree."""
+    recipe = make_recipe(write_jsonl(tmp_path / "pairs.jsonl", PAIRS),
+                         data={"format": "preference", "validation_split": 1 / 3},
+                         train={"method": "dpo", "max_steps": 3, "batch_size": 2,
+                                "learning_rate": 1e-2, "warmup_ratio": 0.0})
+    recipe = recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"dropout": 0.0})})
+    results = {}
+    for processes, accumulation in ((1, 2), (2, 1)):
+        train = recipe.train.model_copy(update={"gradient_accumulation_steps": accumulation})
+        run_dir = tmp_path / f"p{processes}"
+        run_dir.mkdir()
+        spec = _dpo_spec(run_dir, recipe.model_copy(update={"train": train}), None)
+        run = _launch(spec, num_processes=processes)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "reference log-probabilities of 12 pairs" in run.stderr
+        results[processes] = TrainingResult.read(run_dir / "job" / TRAINING_RESULT)
+    one, two = results[1], results[2]
+    assert (one.processes, two.processes) == (1, 2)
+    assert one.final_loss == pytest.approx(two.final_loss, rel=1e-4)
+    assert one.final_loss < 0.69  # it learnt: a fresh adapter's DPO loss is log 2
+    assert one.validation_loss == pytest.approx(two.validation_loss, rel=1e-4)
+    weights = [load_file(Path(r.adapter_dir) / "adapter_model.safetensors") for r in (one, two)]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert any(t.abs().max() > 0 for n, t in weights[0].items() if "lora_B" in n)
