@@ -64,6 +64,11 @@ class StageCommand:
         if num_machines > 1:
             argv += ["--machine_rank", machine_rank, "--main_process_ip", str(main_address),
                      "--main_process_port", str(main_port)]
+        elif total > 1:
+            # A free port of the node's, not torchrun's fixed 29500: two jobs' ranks on one
+            # node would otherwise meet at the same rendezvous (accelerate checks the port
+            # first, but two launches checking together both find it free).
+            argv += ["--main_process_port", "0"]
         return [*argv, "-m", self.module, str(self.spec_path)]
 
 

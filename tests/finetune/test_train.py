@@ -8,7 +8,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from aif.launchers.base import StageCommand
 from events.recipe import ModelSection, Recipe
 from finetune.train import EXIT_BAD_INPUT, EXIT_DIVERGED, NonFiniteLossError, _cli, check_finite
 from stagefiles.jobspec import (
@@ -51,13 +51,8 @@ def _spec(tmp_path: Path, recipe: Recipe) -> Path:
 
 
 def _launch(spec: Path, num_processes: int) -> subprocess.CompletedProcess[str]:
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch"),
-        *("--num_processes", str(num_processes), "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        *(["--multi_gpu"] if num_processes > 1 else []),
-        *("-m", "finetune.train", str(spec)),
-    ]
+    """The training stage as the launchers start it (each multi-process run on a free port)."""
+    command = StageCommand("finetune.train", spec, num_processes=num_processes).argv()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False

@@ -46,6 +46,8 @@ def test_several_processes_use_the_distributed_launcher() -> None:
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert argv[argv.index("--num_processes") + 1] == "2"
     assert "--multi_gpu" in argv  # without it accelerate starts a single process
+    # each run its own rendezvous port: two jobs' ranks on one node must never meet
+    assert argv[argv.index("--main_process_port") + 1] == "0"
     # Threads are the node's business: the stage divides the cores it is given.
     assert "--num_cpu_threads_per_process" not in argv
     assert argv[-3:] == ["-m", "finetune.train", "/j/spec.json"]
