@@ -21,6 +21,7 @@ from aif.cli.common import (
     EvalFile,
     EvalLimit,
     EvalSplit,
+    InitFrom,
     MaxSteps,
     Part,
     SigningKeyId,
@@ -165,6 +166,7 @@ def submit(
     max_steps: MaxSteps = None,
     epochs: Epochs = None,
     eval_limit: EvalLimit = None,
+    init_from: InitFrom = None,
     train_file: TrainFile = None,
     dataset: Dataset = None,
     eval_file: EvalFile = None,
@@ -183,7 +185,8 @@ def submit(
     a service requiring signed events (the default) dead-letters an unsigned request.
     """
     settings = _setup()
-    overrides = _overrides(max_steps=max_steps, epochs=epochs, eval_limit=eval_limit)
+    overrides = _overrides(max_steps=max_steps, epochs=epochs, eval_limit=eval_limit,
+                           init_from=init_from)
     if api:
         job_id = _submit_http(api, recipe, overrides, train_file, dataset, eval_file,
                               eval_split)

@@ -47,6 +47,9 @@ EvalLimit = Annotated[int | None, typer.Option(help="Evaluate at most this many 
 Epochs = Annotated[str | None, typer.Option(
     help="Passes over the training rows instead of the recipe's steps: a number, or auto "
          "(picked from the data set's size; the job's pre-flight report says what).")]
+InitFrom = Annotated[str | None, typer.Option(
+    help="Train on from a registered model version of the tenant's own, NAME[:VERSION] as "
+         "`aif models` lists it (e.g. DPO after an SFT job), instead of a fresh adapter.")]
 TrainFile = Annotated[str | None, typer.Option(help="Training data instead of the recipe's.")]
 Dataset = Annotated[str | None, typer.Option(help="Hub dataset id instead of the recipe's data.")]
 EvalFile = Annotated[Path | None, typer.Option(

@@ -58,6 +58,7 @@ def test_submit_over_http_and_wait(tmp_path: Path, broker: str, topics: Topics) 
         while not server.started:
             time.sleep(0.05)
         done = CliRunner().invoke(cli, ["submit", "grid-ticket-routing", "--max-steps", "3",
+                                        "--init-from", "acme/sft:2",
                                         "--api", f"http://127.0.0.1:{port}", "--wait"],
                                   env={"AIF_API_KEY": key, "AIF_HOME": str(tmp_path)})
     finally:
@@ -69,8 +70,12 @@ def test_submit_over_http_and_wait(tmp_path: Path, broker: str, topics: Topics) 
         assert state in done.output
     with sessions() as s:
         (job,) = s.query(Job).all()
-        assert job.tenant == "acme" and job.request["data"]["overrides"] == {"max_steps": 3}
+        assert job.tenant == "acme" and job.request["data"]["overrides"] == {
+            "max_steps": 3, "init_from": "acme/sft:2"}
 
     refused = CliRunner().invoke(cli, ["submit", "grid-ticket-routing", "--api",
                                        f"http://127.0.0.1:{port}"], env={"AIF_API_KEY": ""})
     assert refused.exit_code == 2 and "AIF_API_KEY" in refused.output
+    empty = CliRunner().invoke(cli, ["submit", "grid-ticket-routing", "--init-from", ""],
+                               env={"AIF_HOME": str(tmp_path)})
+    assert empty.exit_code == 2 and "init_from" in empty.output, empty.output
