@@ -128,5 +128,11 @@ def test_settings_load_no_database() -> None:
     assert _loaded("aif.settings", ("sqlalchemy", "alembic")) == []
 
 
+def test_the_shell_loads_scipy_only_when_it_gates() -> None:
+    """scipy.stats is about a third of the `aif` command's import time, and every `aif`
+    process, test worker and stage launch by the shell paid it before it was deferred."""
+    assert _loaded("aif.cli, aif.service, aif.web.app", ("scipy",)) == []
+
+
 def test_the_stages_load_nothing_of_the_shell() -> None:
     assert _loaded(", ".join(MODULES), ("aif", "fastapi", "sqlalchemy")) == []

@@ -18,7 +18,6 @@ decision rests on the exact p-value, the interval only describes the size of the
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
 
 from events.messages import PairedComparison
 from stagefiles.jobspec import DocOutcomes
@@ -62,4 +61,6 @@ def above_rate(right: int, documents: int, rate: float) -> float:
     success probability `rate`. Where each document has its own rate (1/choices), their
     mean is used: the true count then varies less than this binomial, so the p-value is
     conservative."""
+    from scipy.stats import binomtest  # here: scipy.stats costs every `aif` process ~2 s
+
     return float(binomtest(right, documents, rate, alternative="greater").pvalue)
