@@ -27,6 +27,7 @@ the method of the job that measured it (the loop ratio is near 1, so the error i
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,16 +83,56 @@ def consumed(lengths: list[int], batch_size: int, accumulation: int, ranks: int,
 
 def parameter_count(ref: str, cache_dir: Path) -> int:
     """Parameters of the base model without loading its weights: a GGUF file's tensor
-    table, or the model built from its config on the meta device (tied weights once)."""
+    table, the safetensors files' headers, or else the model built from its config on the
+    meta device (tied weights once)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf = gguf_file(ref) if ref.strip() else None
     if gguf is not None:
         return gguf_parameter_count(gguf, cache_dir)
-    config = AutoConfig.from_pretrained(resolve_base_model(ref, cache_dir))
+    folder = resolve_base_model(ref, cache_dir)
+    counted = safetensors_parameter_count(folder)
+    if counted is not None:
+        return counted
+    config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def safetensors_parameter_count(folder: Path) -> int | None:
+    """The parameters a transformers checkpoint's safetensors headers list, without
+    building the model (whose modeling code costs the pre-flight more than a second to
+    import); None where the headers cannot say it exactly: no safetensors checkpoint in the
+    transformers layout, a quantised (non-float) tensor, or a tied output layer stored as
+    well, whose config does not say it is tied."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        return None
+    shapes: dict[str, list[int]] = {}
+    for name in files:
+        with safe_open(folder / name, framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                tensor = fh.get_slice(key)
+                if tensor.get_dtype() not in FLOAT_DTYPES:
+                    return None
+                shapes[key] = tensor.get_shape()
+    if "lm_head.weight" in shapes:
+        tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings")
+        if tied is None:
+            return None
+        if tied:
+            del shapes["lm_head.weight"]
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def device_kind() -> str:

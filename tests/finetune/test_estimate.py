@@ -21,6 +21,7 @@ from finetune.estimate import (
     Estimator,
     consumed,
     parameter_count,
+    safetensors_parameter_count,
 )
 from finetune.preflight import build_report
 from finetune.train import _cli
@@ -67,6 +68,47 @@ def test_parameters_are_counted_without_loading_weights(tiny_model_dir: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["content_hashes.json", "gguf-metadata"]
     with pytest.raises(BaseModelError, match="no such GGUF file"):
         parameter_count(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_safetensors_headers_count_what_the_built_model_has(tmp_path: Path,
+                                                               tied: bool) -> None:
+    """Tied or not, one file or shards: the headers' count is the model's, or None (and the
+    model is built) where they cannot say it exactly."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=tied))
+    whole, shards = tmp_path / "whole", tmp_path / "shards"
+    model.save_pretrained(whole)
+    model.save_pretrained(shards, max_shard_size="20KB")
+    assert (shards / "model.safetensors.index.json").is_file()
+    for folder in (whole, shards):
+        assert safetensors_parameter_count(folder) == model.num_parameters()
+        assert parameter_count(str(folder), tmp_path) == model.num_parameters()
+
+    weights = load_file(whole / "model.safetensors")
+    if tied:  # the output layer stored as well: dropped where the config says it is tied
+        save_file({**weights, "lm_head.weight": weights["model.embed_tokens.weight"].clone()},
+                  whole / "model.safetensors")
+        assert safetensors_parameter_count(whole) == model.num_parameters()
+        config = json.loads((whole / "config.json").read_text())
+        del config["tie_word_embeddings"]  # and cannot be told where it does not say
+        (whole / "config.json").write_text(json.dumps(config))
+        assert safetensors_parameter_count(whole) is None
+        assert parameter_count(str(whole), tmp_path) == LlamaForCausalLM(
+            LlamaConfig.from_pretrained(whole)).num_parameters()  # Llama's default: untied
+    else:  # a quantised tensor: the headers do not hold the parameter count
+        save_file({**weights, "model.norm.weight": torch.zeros(16, dtype=torch.int8)},
+                  whole / "model.safetensors")
+        assert safetensors_parameter_count(whole) is None
+    (whole / "model.safetensors").unlink()  # no safetensors checkpoint: the model is built
+    assert safetensors_parameter_count(whole) is None
+    assert parameter_count(str(whole), tmp_path) == LlamaForCausalLM(
+        LlamaConfig.from_pretrained(whole)).num_parameters()
 
 
 def test_the_estimate_in_the_report_and_its_summary(
