@@ -16,6 +16,7 @@ import torch
 
 from evaluation.baselines import with_sample_figures
 from evaluation.tasks import MaterialisedTasks, materialise_tasks
+from evaluation.templates import compile_once
 from stagefiles.jobspec import EvaluationSpec, TaskMetric
 
 PROBE_PROMPT = "Route the ticket to a team.\nTicket: The power is out on Main Street.\nTeam:"
@@ -138,9 +139,11 @@ def keep_results(output_dir: Path, model: str, raw: dict[str, Any], log_samples:
 
 
 def _task_manager(tasks: MaterialisedTasks) -> Any:
-    """Index lm-eval's thousands of built-in tasks (about 9 s) only when the recipe uses one."""
+    """Index lm-eval's thousands of built-in tasks (about 9 s) only when the recipe uses one;
+    the tasks' templates compiled once, not for every document (`evaluation.templates`)."""
     from lm_eval.tasks import TaskManager
 
+    compile_once()
     return TaskManager(
         include_path=str(tasks.include_dir) if tasks.include_dir else None,
         include_defaults=set(tasks.names) != set(tasks.sha256),

@@ -21,6 +21,7 @@ from lm_eval.tasks import TaskManager
 from transformers import PreTrainedTokenizerBase
 
 from evaluation.tasks import materialise_tasks
+from evaluation.templates import compile_once
 from events.recipe import Recipe
 from events.recipe_eval import EvalTask
 from finetune.data import TokenizedData, load_examples
@@ -67,6 +68,7 @@ def _task_over_rows(
     only = EvalTask(name=task_name, yaml=str(swapped))
     section = recipe.eval.model_copy(update={"tasks": [only]})
     include = materialise_tasks(section, tmp_path / "out").include_dir
+    compile_once()  # as the evaluation stage renders them
     task = TaskManager(include_path=str(include)).load_task_or_group([task_name])[task_name]
     rendered = []
     for index, doc in enumerate(task.test_docs()):
