@@ -237,6 +237,11 @@ def _lead(paired: dict[str, Any] | None) -> str:
             f"p {paired['p_value']:.2g}")
 
 
+def _epochs(text: str) -> float | str:
+    """`--epochs`: "auto" or a number (the request's field is typed; a string "1" is refused)."""
+    return text if text == "auto" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,8 +249,8 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=400)
     parser.add_argument("--eval-rows", type=int, default=150)
     parser.add_argument("--max-steps", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--epochs", default=None, help="a number or auto; default: the "
-                        "recipe's")
+    parser.add_argument("--epochs", type=_epochs, default=None,
+                        help="a number or auto; default: the recipe's")
     parser.add_argument("--early-stopping-metric", choices=["loss", "accuracy"],
                         action="append", help="what picks the kept step (repeat to run "
                         "each recipe with each, in that order); default: the recipe's")

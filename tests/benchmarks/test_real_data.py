@@ -42,3 +42,13 @@ def test_the_table_gives_each_runs_paired_leads_verdict_and_kept_steps() -> None
                        "/ 80) | 348 s |")
     assert rows[3].startswith("| `comment-moderation-de` |") and "| passed |" in rows[3]
     assert "80 (70 / 80)" in rows[3]
+
+
+def test_epochs_from_the_command_line_are_a_number_or_auto() -> None:
+    """`--epochs 1` once reached the request as the string "1", which it refuses."""
+    from events.recipe import HyperparameterOverrides
+
+    assert HyperparameterOverrides(epochs=real_data._epochs("1")).epochs == 1.0
+    assert HyperparameterOverrides(epochs=real_data._epochs("auto")).epochs == "auto"
+    with pytest.raises(ValueError):
+        real_data._epochs("one")
