@@ -214,7 +214,7 @@ def table(results: list[dict[str, Any]]) -> str:
     gate's paired comparisons and the step each selection metric keeps on its figures."""
     rows = ["| recipe | selected on | majority | base | tuned | lead over majority [95%], p "
             "| lead over base [95%], p | gate | steps run | kept (loss / accuracy would "
-            "keep) | training (1 core) |", "|---" * 11 + "|"]
+            "keep) | training (wall; cores and load: see the run) |", "|---" * 11 + "|"]
     for r in sorted(results, key=lambda r: (list(SETS).index(r["recipe"]),
                                             r["early_stopping_metric"] or "")):
         # "+": the metric would not have stopped yet where this run stopped
