@@ -5,7 +5,8 @@
 
 Deliberately ordinary: prompt and completion joined and tokenised with the tokenizer's own
 padding (`max_length`, as the transformers tutorials do, or the collator's dynamic `longest`),
-loss on every real token, same LoRA settings and optimizer as the recipe. Prints one JSON line:
+loss on every real token, same LoRA settings and optimizer as the recipe, bf16 autocast on a
+GPU (and on a CPU with --bf16), fp32 otherwise. Prints one JSON line:
 real (non-padding) tokens per second of the training loop and the peak memory.
 """
 
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast on a CPU too (always on a GPU)")
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -97,7 +100,7 @@ def main() -> None:
             per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
             lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * args.steps),
             logging_steps=10,
-            save_strategy="no", report_to=[], bf16=cuda, use_cpu=not cuda,
+            save_strategy="no", report_to=[], bf16=cuda or args.bf16, use_cpu=not cuda,
             dataloader_num_workers=0, seed=42,
         ),
         train_dataset=dataset,

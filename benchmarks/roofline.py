@@ -48,14 +48,17 @@ def flops_per_token(config: PretrainedConfig, mix: TokenMix, lora_rank: int = 0)
     return 4 * (body + lora) + attention + head
 
 
-def matmul_roofline(config: PretrainedConfig, tokens: int, seconds: float = 3.0) -> float:
-    """FLOP/s of float32 matmuls of `tokens` rows through each projection's forward and
-    input-gradient shapes, repeated for about `seconds`, on as many threads as the trainer
-    uses (one process: all cores this process may run on)."""
+def matmul_roofline(config: PretrainedConfig, tokens: int, seconds: float = 3.0,
+                    dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of `dtype` matmuls (the trainer's: float32, or bfloat16 under bf16 autocast)
+    of `tokens` rows through each projection's forward and input-gradient shapes, repeated
+    for about `seconds`, on as many threads as the trainer uses (one process: all cores
+    this process may run on)."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     shapes = [(tokens, i, o) for i, o in _projections(config)]
     shapes += [(tokens, o, i) for i, o in _projections(config)]  # gradients w.r.t. inputs
-    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype))
+                for m, k, n in shapes]
     per_pass = sum(2 * m * k * n for m, k, n in shapes)
     for a, b in operands:  # warm up the kernels and caches
         a @ b

@@ -3,6 +3,7 @@ write instead, same model, data, LoRA, batch size, steps and machine, in one run
 
     .venv/bin/python -m benchmarks.train_throughput [--recipe grid-ticket-routing]
         [--steps 4] [--rounds 1] [--rows 200] [--all-variants] [--train-file F]
+        [--precision auto|fp32|bf16]
 
 Two data sets: the recipe's own (short prompts, one- or two-token answers) and a generated
 variable-length set in its columns (rows of 20 to 600 tokens, log-uniform, as instruction
@@ -12,6 +13,10 @@ row (and, with --all-variants, to max_seq_len) and the recipe trainer with packe
 padded) batches. Figures are real (non-padding) tokens per second of the training loop and
 peak memory (GPU allocated, or resident set on CPUs); beside them, the packed loop's
 achieved FLOP/s against a matmul roofline measured in the same run (`benchmarks.roofline`).
+Every variant runs in the same precision, the recipe's train.precision as resolved on this
+machine (`--precision` overrides it): the plain script gets `--bf16` where the trainer
+autocasts to bf16, and the roofline's matmuls are then bf16 too, so no ratio credits the
+loop with what the number format gave.
 Targets (issue 16): variable-length >= 1.5x the plain script padded to longest at no more
 peak memory, the recipe's own data >= 1.2x, FLOP/s >= 60% of the roofline. Results go to
 `benchmarks/results/train_throughput.json`.
@@ -30,10 +35,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks.machine import write_results
 from benchmarks.roofline import TokenMix, flops_per_token, matmul_roofline
 from events.recipe import Recipe
 from finetune.base_model import resolve_base_model
+from finetune.build import mixed_precision
 from recipes import load_recipe
 from stagefiles.jobspec import TRAINING_RESULT, TrainingResult, TrainingSpec
 
@@ -46,6 +54,7 @@ WORDS = ("power", "meter", "line", "bill", "tree", "outage", "street", "spark", 
 
 def _plain_script(recipe: Recipe, model_dir: Path, steps: int, padding: str) -> dict:
     data, train, lora = recipe.data, recipe.train, recipe.lora
+    bf16 = ["--bf16"] if mixed_precision(train.precision) == "bf16" else []
     argv = [
         sys.executable, "-m", "benchmarks.hf_trainer_baseline",
         "--model", str(model_dir), "--data", data.train_file,
@@ -54,7 +63,7 @@ def _plain_script(recipe: Recipe, model_dir: Path, steps: int, padding: str) -> 
         "--padding", padding, "--steps", str(steps),
         "--batch-size", str(train.batch_size), "--max-len", str(train.max_seq_len),
         "--lr", str(train.learning_rate), "--lora-r", str(lora.r),
-        "--lora-alpha", str(lora.alpha),
+        "--lora-alpha", str(lora.alpha), *bf16,
     ]  # fmt: skip
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -119,6 +128,11 @@ def _lora_rank(recipe: Recipe) -> int:
     return recipe.lora.r
 
 
+def _matmul_dtype(recipe: Recipe) -> torch.dtype:
+    """What the trainer's matmuls run in on this machine (train.precision resolved)."""
+    return torch.bfloat16 if mixed_precision(recipe.train.precision) == "bf16" else torch.float32
+
+
 def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, rounds: int,
             all_variants: bool, tmp: Path) -> dict:
     from transformers import AutoConfig
@@ -136,7 +150,8 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
             runs.setdefault(name, []).append(recipe_trainer(
                 recipe, steps, packing, models_dir, tmp / f"{r}-{packing}"))
         # Once a round, beside the loops, so that it meets the load they met.
-        rooflines.append(matmul_roofline(config, round(mix.tokens_per_micro_batch)))
+        rooflines.append(matmul_roofline(config, round(mix.tokens_per_micro_batch),
+                                         dtype=_matmul_dtype(recipe)))
     median = {name: {key: statistics.median(run[key] for run in got) for key in got[0]}
               for name, got in runs.items()}
     achieved = flops_per_token(config, mix, _lora_rank(recipe)) * median[PACKED]["tokens_per_s"]
@@ -144,6 +159,7 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
     return {
         "steps": steps, "batch_size": recipe.train.batch_size, "rounds": rounds,
         "max_seq_len": recipe.train.max_seq_len, "variants": median,
+        "precision": mixed_precision(recipe.train.precision),
         "packed_vs_plain_longest": median[PACKED]["tokens_per_s"] / median[LONGEST]["tokens_per_s"],
         "peak_memory_ratio": median[PACKED]["peak_memory_mb"] / median[LONGEST]["peak_memory_mb"],
         "token_mix": vars(mix), "achieved_flops_per_s": achieved,
@@ -161,10 +177,15 @@ def main() -> None:
     parser.add_argument("--all-variants", action="store_true",
                         help="also pad to max_seq_len (plain) and padded batches (recipe)")
     parser.add_argument("--models-dir", type=Path, default=Path(".aif/models"))
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="train.precision of every variant (default: the recipe's)")
     args = parser.parse_args()
 
     load = os.getloadavg()
     recipe = load_recipe(args.recipe)
+    if args.precision:
+        train = recipe.train.model_copy(update={"precision": args.precision})
+        recipe = recipe.model_copy(update={"train": train})
     if args.train_file:
         data = recipe.data.model_copy(update={"train_file": str(Path(args.train_file).resolve())})
         recipe = recipe.model_copy(update={"data": data})
@@ -182,7 +203,8 @@ def main() -> None:
             figures[name] = got = measure(data_recipe, model_dir, models_dir, args.steps,
                                           args.rounds, args.all_variants, Path(tmp) / name)
             print(f"{name}: {args.steps} steps x batch {got['batch_size']}, max_seq_len "
-                  f"{got['max_seq_len']}, {args.rounds} round(s), median")
+                  f"{got['max_seq_len']}, {args.rounds} round(s), median, matmuls "
+                  f"{'in bf16 (autocast)' if got['precision'] == 'bf16' else 'in fp32'}")
             print(f"{'variant':34} {'real tokens/s':>14} {'peak MiB':>9} {'packed is':>10}")
             packed = got["variants"][PACKED]
             for variant, m in got["variants"].items():

@@ -28,6 +28,7 @@ from transformers import (
 
 from events.recipe import Recipe
 from events.recipe_train import TrainMethod
+from finetune.attention import register as packed_attention
 from finetune.base_model import resolve_base_model
 from finetune.choice_accuracy import Question, gate_choices, questions
 from finetune.data import Example, TokenizedData, collator, load_examples
@@ -67,7 +68,7 @@ def build(spec: TrainingSpec) -> Setup:
     accelerator = Accelerator(
         cpu=cpu,  # several CPU processes then train together over gloo, not side by side
         gradient_accumulation_steps=recipe.train.gradient_accumulation_steps,
-        mixed_precision=mixed_precision(),
+        mixed_precision=mixed_precision(recipe.train.precision),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(recipe.train.seed)
@@ -184,9 +185,12 @@ def _check_qlora_possible() -> None:
 
 
 def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) -> PreTrainedModel:
-    """fp32 weights (bf16 autocast on GPUs), or NF4 4-bit ones for QLoRA."""
+    """fp32 weights (autocast as train.precision says), or NF4 4-bit ones for QLoRA;
+    attention per example of a packed row (`finetune.attention`)."""
+    attention = packed_attention()
     if not recipe.lora.quantize_4bit:
-        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32,
+                                                    attn_implementation=attention)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
@@ -196,7 +200,7 @@ def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) 
     )
     model = AutoModelForCausalLM.from_pretrained(
         base_model_dir, quantization_config=quantization, dtype=torch.bfloat16,
-        device_map={"": accelerator.local_process_index},
+        device_map={"": accelerator.local_process_index}, attn_implementation=attention,
     )
     return prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
@@ -217,6 +221,19 @@ def _use_node_cores() -> None:
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
-def mixed_precision() -> str:
-    """bf16 autocast where the GPU has it; CPUs train in fp32, where bf16 is slow or absent."""
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+def mixed_precision(precision: str) -> str:
+    """accelerate's name for the recipe's train.precision on this node: "bf16" (autocast;
+    the trainable weights stay fp32) or "no"."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "no"
+    return "no" if precision == "fp32" else "bf16"
+
+
+def native_bf16() -> bool:
+    """Whether this node's matmuls run faster in bf16: a CUDA GPU with bf16, or a CPU with
+    AVX-512 BF16 or AMX (oneDNN's bf16 kernels; elsewhere torch emulates bf16 on the CPU,
+    slower than fp32). torch's CPU checks are private, so their absence reads as no."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return any(getattr(torch.cpu, check, lambda: False)()
+               for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from finetune.build import Setup, mixed_precision
+from finetune.build import Setup
 from finetune.model_card import write_extras, write_manifest
 from stagefiles.jobspec import TRAINING_RESULT, TrainingResult
 
@@ -58,6 +58,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
             validation_accuracy=outcome.validation_accuracy,
             wall_s=wall_s,
             processes=acc.num_processes,
+            precision="fp32" if acc.mixed_precision == "no" else acc.mixed_precision,
             tokens_per_s=outcome.tokens_per_s,
             reference_s=setup.reference_s,
             peak_memory_mb=peak_memory_mb,
@@ -73,7 +74,7 @@ def save(setup: Setup, outcome: Outcome, wall_s: float) -> None:
 def _save_merged(setup: Setup, adapter_dir: Path, merged_dir: Path) -> dict[str, str]:
     """The saved adapter merged into a fresh full-precision base (never into the 4-bit one
     QLoRA trained on, whose rounding would be baked in); returns file name -> sha256."""
-    dtype = torch.float32 if mixed_precision() == "no" else torch.bfloat16
+    dtype = torch.float32 if setup.accelerator.mixed_precision == "no" else torch.bfloat16
     base = AutoModelForCausalLM.from_pretrained(setup.base_model_dir, dtype=dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)

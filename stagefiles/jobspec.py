@@ -144,6 +144,8 @@ class TrainingResult(_Frozen):
         "log-likelihood over the task's choices as lm-eval does.")
     wall_s: float
     processes: int = Field(1, description="Training processes (ranks) across all machines.")
+    precision: str | None = Field(None, description="What the matmuls ran in: fp32, or bf16 "
+                                  "autocast (train.precision as resolved on the node).")
     tokens_per_s: float | None = Field(
         None, description="Real (non-padding) tokens per second of the training loop itself."
     )

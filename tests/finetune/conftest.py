@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +58,14 @@ def make_recipe(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., Recipe]:
         )
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state() -> Iterator[None]:
+    """accelerate keeps one state per process, fixed by its first Accelerator (a training
+    stage builds one); tests that train in-process with different train.precision values
+    each start from none."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

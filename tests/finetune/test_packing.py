@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from finetune.data import IGNORE_INDEX, collator, real_tokens
+from finetune.attention import example_bounds, register
+from finetune.data import IGNORE_INDEX, REAL_TOKENS, collator, real_tokens
+from finetune.preference_data import pair_collator
 
 SHORT = {"input_ids": [5, 6], "attention_mask": [1, 1], "labels": [IGNORE_INDEX, 6]}
 LONG = {"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 1],
@@ -81,3 +83,61 @@ def test_a_kv_cache_would_break_packing(model: torch.nn.Module, batches: Batches
         leaky = model(**batches.packed, use_cache=True).logits[0, -n:]
         own = model(**batches.padded).logits[-1, :n]
     assert (leaky - own).abs().max().item() > 1e-3
+
+
+def test_example_bounds_split_rows_where_positions_restart() -> None:
+    assert example_bounds(torch.tensor([[0, 1, 2, 3]])) is None  # one example: plain sdpa
+    assert example_bounds(torch.tensor([[0, 1, 0, 1, 2, 0]])) == [[0, 2, 5, 6]]
+    # Pair rows: padding goes on with its row's last positions and stays in that example.
+    assert example_bounds(torch.tensor([[0, 1, 0, 1, 2, 3], [0, 0, 1, 2, 3, 4]])) == [
+        [0, 2, 6], [0, 1, 6]]
+    assert example_bounds(torch.tensor([[3, 4, 0, 1]])) == [[0, 2, 4]]  # a row's first token
+
+
+def _loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["one-row", "pair-rows"])
+def test_per_example_attention_trains_what_the_block_mask_trains(
+        tiny_model_dir: Path, batches: Batches, tokenizer: PreTrainedTokenizerBase,
+        pairs: bool) -> None:
+    """The trainer's attention (per example, is_causal) against transformers' sdpa over the
+    block-diagonal mask: the same loss and gradients, on one packed row and on the two
+    end-padded rows of a preference batch (key/value heads shared, as SmolLM2 shares them)."""
+    batch = batches.packed
+    if pairs:
+        chosen, rejected = batches.examples[:2], batches.examples[1:]
+        batch = pair_collator(tokenizer, packing=True)([
+            {"chosen_input_ids": c["input_ids"], "chosen_labels": c["labels"],
+             "rejected_input_ids": r["input_ids"], "rejected_labels": r["labels"]}
+            for c, r in zip(chosen, rejected, strict=True)])
+        batch = {k: v for k, v in batch.items() if k != REAL_TOKENS}
+        assert batch["input_ids"].shape[0] == 2
+    got = {}
+    for attention in ("sdpa", register()):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                     attn_implementation=attention)
+        model.config.use_cache = False
+        assert model.config.num_key_value_heads < model.config.num_attention_heads
+        got[attention] = _loss_and_grads(model.train(), batch)
+    (mask_loss, mask_grads), (own_loss, own_grads) = got.values()
+    torch.testing.assert_close(own_loss, mask_loss, rtol=1e-5, atol=1e-6)
+    for own, masked in zip(own_grads, mask_grads, strict=True):
+        torch.testing.assert_close(own, masked, rtol=1e-4, atol=1e-6)
+
+
+def test_per_example_attention_leaves_padded_batches_to_sdpa(
+        tiny_model_dir: Path, batches: Batches) -> None:
+    """A padded batch (the accuracy check's, `packing: false`) keeps sdpa's padding mask."""
+    outputs = []
+    for attention in ("sdpa", register()):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                     attn_implementation=attention)
+        with torch.no_grad():
+            outputs.append(model.eval()(**batches.padded).logits)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aif.launchers.base import StageCommand
 from events.recipe import ModelSection, Recipe
+from finetune.build import mixed_precision, native_bf16
 from finetune.train import EXIT_BAD_INPUT, EXIT_DIVERGED, NonFiniteLossError, _cli, check_finite
 from stagefiles.jobspec import (
     PROGRESS_LOG,
@@ -169,7 +170,7 @@ def test_merged_model_equals_base_plus_adapter(
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     recipe = make_recipe(data, train={"max_steps": 3, "learning_rate": 1e-2,
-                                      "gradient_checkpointing": True})
+                                      "gradient_checkpointing": True, "precision": "fp32"})
     spec = _spec(tmp_path, _with_lora(recipe, save_merged=True))
     assert _cli([str(spec)]) == 0
     result = TrainingResult.read(tmp_path / "job" / TRAINING_RESULT)
@@ -253,3 +254,42 @@ def test_validation_loss_is_logged_every_eval_steps_and_recorded(
     adapter = Path(result.adapter_dir)
     assert f"validation loss {result.validation_loss:.4f}" in (adapter / "README.md").read_text()
     assert [p["step"] for p in json.loads((adapter / "loss_curve.json").read_text())] == [2, 4]
+
+
+def test_precision_names_map_to_accelerate() -> None:
+    assert mixed_precision("fp32") == "no" and mixed_precision("bf16") == "bf16"
+    assert mixed_precision("auto") == ("bf16" if native_bf16() else "no")
+
+
+def test_native_bf16_reads_the_hardware() -> None:
+    """auto's choice follows the node: on a CPU, the instruction sets /proc/cpuinfo lists."""
+    if torch.cuda.is_available():
+        assert native_bf16() == torch.cuda.is_bf16_supported()
+        return
+    flags = set(re.findall(r"\S+", " ".join(
+        line for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("flags"))))
+    assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.mark.training  # launches the training stage twice
+def test_bf16_autocast_trains_near_fp32_and_keeps_the_adapter_fp32(
+    tmp_path: Path, make_recipe: Callable[..., Recipe], write_jsonl: Callable
+) -> None:
+    """train.precision bf16 (auto's pick on nodes with bf16 instructions) runs the matmuls in
+    bf16: the same run as fp32 ends near the same loss, not at it, with fp32 weights."""
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        recipe = make_recipe(data, train={"max_steps": 3, "learning_rate": 1e-2,
+                                          "precision": precision})
+        run_dir = tmp_path / precision
+        run_dir.mkdir()
+        run = _launch(_spec(run_dir, _with_lora(recipe, dropout=0.0)), num_processes=1)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[precision] = result = TrainingResult.read(run_dir / "job" / TRAINING_RESULT)
+        assert result.precision == precision
+        weights = load_file(Path(result.adapter_dir) / "adapter_model.safetensors")
+        assert {t.dtype for t in weights.values()} == {torch.float32}
+    fp32, bf16 = results["fp32"].final_loss, results["bf16"].final_loss
+    assert bf16 == pytest.approx(fp32, rel=0.05) and bf16 != fp32

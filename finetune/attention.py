@@ -1,0 +1,66 @@
+"""Causal attention over each example of a packed row, not over the whole row under a mask.
+
+A packed row holds several examples, their position ids restarting at 0 for each. With
+`sdpa`, transformers gives such a row a block-diagonal mask, and torch then computes every
+query against every key of the row, masked blocks included, on a kernel that cannot skip
+them (varlen flash attention is CUDA-only, and GQA's keys are copied per head besides). On
+the variable-length set a row of about 1,200 tokens holds examples of 134 tokens of
+context on average, so most of that work is thrown away. `packed_sdpa` runs SDPA with
+`is_causal` on each example's slice instead: the same outputs (the masked blocks contribute
+nothing), a fraction of the work. Rows that are not packed (padded batches, the accuracy
+check, generation) go to transformers' own `sdpa` with its mask, unchanged.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+PACKED_SDPA = "aif_packed_sdpa"
+"""The `attn_implementation` name the trainer loads its base model with."""
+
+
+def example_bounds(position_ids: torch.Tensor) -> list[list[int]] | None:
+    """Each row's example boundaries (starts, then the row's end), or None where no row is
+    packed. An example starts where its position id is 0; padding after a row's last
+    example goes on with its positions (`preference_data._rows`), so it stays in that
+    example, where causal attention keeps it out of every real token's context. A row's
+    first token starts an example whatever its position id."""
+    if position_ids.shape[1] < 2 or not bool((position_ids[:, 1:] == 0).any()):
+        return None
+    width = position_ids.shape[1]
+    return [[0, *((row[1:] == 0).nonzero().flatten() + 1).tolist(), width] for row in position_ids]
+
+
+def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, attention_mask: torch.Tensor | None,
+                **kwargs: object) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: query (batch, heads, tokens, head dim),
+    key and value likewise with their own heads; returns (batch, tokens, heads, head dim)."""
+    position_ids = kwargs.get("position_ids")
+    bounds = None
+    if isinstance(position_ids, torch.Tensor) and query.shape[2] == key.shape[2]:
+        bounds = example_bounds(position_ids)  # no cache: queries and keys are the row
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    rows = []
+    for b, starts in enumerate(bounds):
+        rows.append(torch.cat([
+            sdpa_attention_forward(module, query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
+                                   value[b:b + 1, :, s:e], None, is_causal=True, **kwargs)[0]
+            for s, e in pairwise(starts)
+        ], dim=1))
+    return torch.cat(rows), None
+
+
+def register() -> str:
+    """Make PACKED_SDPA known to transformers (attention and mask), in this process; the
+    mask is `sdpa`'s, which the rows that are not packed use."""
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    return PACKED_SDPA
