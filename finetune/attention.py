@@ -36,6 +36,18 @@ def example_bounds(position_ids: torch.Tensor) -> list[list[int]] | None:
     return [[0, *((row[1:] == 0).nonzero().flatten() + 1).tolist(), width] for row in position_ids]
 
 
+_last: tuple[torch.Tensor, list[list[int]] | None] | None = None
+
+
+def _bounds_of(position_ids: torch.Tensor) -> list[list[int]] | None:
+    """`example_bounds`, once per forward pass: every layer gets the same position-id
+    tensor, and reading its boundaries waits for the device (a sync per layer on a GPU)."""
+    global _last
+    if _last is None or _last[0] is not position_ids:
+        _last = (position_ids, example_bounds(position_ids))
+    return _last[1]
+
+
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                 value: torch.Tensor, attention_mask: torch.Tensor | None,
                 **kwargs: object) -> tuple[torch.Tensor, None]:
@@ -44,7 +56,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     position_ids = kwargs.get("position_ids")
     bounds = None
     if isinstance(position_ids, torch.Tensor) and query.shape[2] == key.shape[2]:
-        bounds = example_bounds(position_ids)  # no cache: queries and keys are the row
+        bounds = _bounds_of(position_ids)  # no cache: queries and keys are the row
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
