@@ -1,7 +1,7 @@
 """Where the recipe trainer's loop spends its time: torch.profiler over a few steps.
 
     .venv/bin/python -m benchmarks.profile_train [--recipe grid-ticket-routing] [--steps 3]
-        [--rows 200] [--top 15]
+        [--rows 200] [--top 15] [--precision auto|fp32|bf16]
 
 Runs `finetune.train`'s own build and loop in this process on the recipe's data and on the
 generated variable-length set of `benchmarks.train_throughput`: one warm-up step, then
@@ -93,6 +93,7 @@ def profile_loop(recipe: Recipe, models_dir: Path, work: Path, steps: int, top: 
         "steps": steps, "wall_s": wall, "real_tokens": outcome.train_tokens,
         "tokens_per_s": outcome.tokens_per_s, "threads": torch.get_num_threads(),
         "attention_implementation": setup.model.config._attn_implementation,
+        "precision": setup.accelerator.mixed_precision,
         "share": {k: v / wall for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
         "top_ops": [{"op": a.key, "self_s": a.self_cpu_time_total / 1e6, "calls": a.count}
                     for a in table[:top]],
@@ -108,10 +109,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int,
                         help="intra-op threads instead of the trainer's own choice (all cores)")
     parser.add_argument("--models-dir", type=Path, default=Path(".aif/models"))
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="train.precision (default: the recipe's)")
     args = parser.parse_args()
 
     load = os.getloadavg()
     recipe = load_recipe(args.recipe)
+    if args.precision:
+        train = recipe.train.model_copy(update={"precision": args.precision})
+        recipe = recipe.model_copy(update={"train": train})
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, data_recipe in (
@@ -123,7 +129,8 @@ def main() -> None:
                                                args.threads)
             print(f"{name}: {args.steps} steps, {got['wall_s']:.1f} s, "
                   f"{got['tokens_per_s']:.0f} real tokens/s, attention "
-                  f"{got['attention_implementation']}, {got['threads']} threads")
+                  f"{got['attention_implementation']}, {got['threads']} threads, mixed "
+                  f"precision {got['precision']}")
             for category, share in got["share"].items():
                 print(f"  {category:32} {share:6.1%}")
             for op in got["top_ops"]:

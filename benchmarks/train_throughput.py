@@ -129,6 +129,12 @@ def _lora_rank(recipe: Recipe) -> int:
     return recipe.lora.r
 
 
+def _median(values: list[float | None]) -> float | None:
+    """Over the rounds; None where a figure is not measured (reference_s outside DPO)."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
+
+
 def _matmul_dtype(recipe: Recipe) -> torch.dtype:
     """What the trainer's matmuls run in on this machine (train.precision resolved)."""
     return torch.bfloat16 if mixed_precision(recipe.train.precision) == "bf16" else torch.float32
@@ -153,7 +159,7 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
         # Once a round, beside the loops, so that it meets the load they met.
         rooflines.append(matmul_roofline(config, round(mix.tokens_per_micro_batch),
                                          dtype=_matmul_dtype(recipe)))
-    median = {name: {key: statistics.median(run[key] for run in got) for key in got[0]}
+    median = {name: {key: _median([run[key] for run in got]) for key in got[0]}
               for name, got in runs.items()}
     achieved = flops_per_token(config, mix, _lora_rank(recipe)) * median[PACKED]["tokens_per_s"]
     roofline = statistics.median(rooflines)

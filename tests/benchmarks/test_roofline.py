@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 
 from benchmarks.roofline import TokenMix, flops_per_token, matmul_roofline
-from benchmarks.train_throughput import _lora_rank, _matmul_dtype
+from benchmarks.train_throughput import _lora_rank, _matmul_dtype, _median
 from recipes import load_recipe
 
 # SmolLM2-135M's shapes: 30 layers, hidden 576, 9 query and 3 key/value heads of 64, MLP 1536.
@@ -47,3 +47,8 @@ def test_the_roofline_runs_in_the_trainers_matmul_dtype() -> None:
                        num_key_value_heads=2, num_hidden_layers=1, vocab_size=128)
     for dtype in (torch.float32, torch.bfloat16):
         assert matmul_roofline(tiny, tokens=32, seconds=0.05, dtype=dtype) > 0
+
+
+def test_figures_are_medians_over_rounds_and_unmeasured_ones_stay_none() -> None:
+    assert _median([3.0, 1.0, 2.0]) == 2.0
+    assert _median([None, None]) is None  # reference_s of an SFT run, every round
