@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.machine import write_results
@@ -32,6 +31,7 @@ from benchmarks.train_throughput import variable_length_set
 from events.recipe import Recipe
 from finetune.attention import register
 from finetune.base_model import resolve_base_model
+from finetune.build import adapter
 from finetune.data import collator, load_examples
 from finetune.labels import task_labels
 from finetune.loss import sft_loss
@@ -47,10 +47,7 @@ def _model(model_dir: Path, recipe: Recipe, attention: str) -> torch.nn.Module:
         model_dir, dtype=torch.float32,
         attn_implementation="sdpa" if attention == "sdpa" else register())
     model.config.use_cache = False
-    lora = recipe.lora
-    return get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type="CAUSAL_LM")).train()
+    return adapter(model, recipe, None).train()  # the trainer's LoRA, fresh
 
 
 def measure(recipe: Recipe, model_dir: Path, batches: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.machine import write_results
-from benchmarks.train_throughput import variable_length_set
+from benchmarks.train_throughput import variable_length_set, with_precision
 from events.recipe import Recipe
 from finetune import train as trainer
 from finetune.build import build
@@ -114,10 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()
-    recipe = load_recipe(args.recipe)
-    if args.precision:
-        train = recipe.train.model_copy(update={"precision": args.precision})
-        recipe = recipe.model_copy(update={"train": train})
+    recipe = with_precision(load_recipe(args.recipe), args.precision)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, data_recipe in (

@@ -42,7 +42,7 @@ from benchmarks.machine import write_results
 from benchmarks.roofline import TokenMix, flops_per_token, matmul_roofline
 from events.recipe import Recipe
 from finetune.base_model import resolve_base_model
-from finetune.build import mixed_precision
+from finetune.build import precision_on_node
 from recipes import load_recipe
 from stagefiles.jobspec import TRAINING_RESULT, TrainingResult, TrainingSpec
 
@@ -55,7 +55,7 @@ WORDS = ("power", "meter", "line", "bill", "tree", "outage", "street", "spark", 
 
 def _plain_script(recipe: Recipe, model_dir: Path, steps: int, padding: str) -> dict:
     data, train, lora = recipe.data, recipe.train, recipe.lora
-    bf16 = ["--bf16"] if mixed_precision(train.precision) == "bf16" else []
+    bf16 = ["--bf16"] if precision_on_node(train.precision) == "bf16" else []
     argv = [
         sys.executable, "-m", "benchmarks.hf_trainer_baseline",
         "--model", str(model_dir), "--data", data.train_file,
@@ -137,7 +137,15 @@ def _median(values: list[float | None]) -> float | None:
 
 def _matmul_dtype(recipe: Recipe) -> torch.dtype:
     """What the trainer's matmuls run in on this machine (train.precision resolved)."""
-    return torch.bfloat16 if mixed_precision(recipe.train.precision) == "bf16" else torch.float32
+    return torch.bfloat16 if precision_on_node(recipe.train.precision) == "bf16" else torch.float32
+
+
+def with_precision(recipe: Recipe, precision: str | None) -> Recipe:
+    """The recipe with train.precision set, or as it is where `precision` is None."""
+    if precision is None:
+        return recipe
+    return recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"precision": precision})})
 
 
 def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, rounds: int,
@@ -166,7 +174,7 @@ def measure(recipe: Recipe, model_dir: Path, models_dir: Path, steps: int, round
     return {
         "steps": steps, "batch_size": recipe.train.batch_size, "rounds": rounds,
         "max_seq_len": recipe.train.max_seq_len, "variants": median,
-        "precision": mixed_precision(recipe.train.precision),
+        "precision": precision_on_node(recipe.train.precision),
         "packed_vs_plain_longest": median[PACKED]["tokens_per_s"] / median[LONGEST]["tokens_per_s"],
         "peak_memory_ratio": median[PACKED]["peak_memory_mb"] / median[LONGEST]["peak_memory_mb"],
         "token_mix": vars(mix), "achieved_flops_per_s": achieved,
@@ -189,10 +197,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()
-    recipe = load_recipe(args.recipe)
-    if args.precision:
-        train = recipe.train.model_copy(update={"precision": args.precision})
-        recipe = recipe.model_copy(update={"train": train})
+    recipe = with_precision(load_recipe(args.recipe), args.precision)
     if args.train_file:
         data = recipe.data.model_copy(update={"train_file": str(Path(args.train_file).resolve())})
         recipe = recipe.model_copy(update={"data": data})
@@ -220,7 +225,7 @@ def main() -> None:
             print(f"packed loop {got['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s, matmul roofline "
                   f"{got['matmul_roofline_flops_per_s'] / 1e9:.1f} GFLOP/s: "
                   f"{got['roofline_fraction']:.0%}", flush=True)
-    precision = "bf16" if mixed_precision(recipe.train.precision) == "bf16" else "fp32"
+    precision = precision_on_node(recipe.train.precision)
     path = write_results(f"train_throughput_{precision}", {"datasets": figures}, load,
                          "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]))
     print(f"results in {path}")

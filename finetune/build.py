@@ -91,7 +91,7 @@ def build(spec: TrainingSpec) -> Setup:
     model.config.use_cache = False  # a cache would let packed examples attend to each other
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _adapter(model, recipe, spec.init_adapter_dir)
+    model = adapter(model, recipe, spec.init_adapter_dir)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=recipe.train.learning_rate,
@@ -153,7 +153,7 @@ class StartingAdapterError(ValueError):
     """The adapter train.init_from names cannot be read on this node."""
 
 
-def _adapter(model: PreTrainedModel, recipe: Recipe, init_dir: str | None) -> PeftModel:
+def adapter(model: PreTrainedModel, recipe: Recipe, init_dir: str | None) -> PeftModel:
     """A fresh LoRA adapter of the recipe's shape, or the registered one train.init_from
     names (the orchestrator resolved it to `init_dir`), trainable, in its own shape."""
     if init_dir is None:
@@ -221,12 +221,17 @@ def _use_node_cores() -> None:
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
-def mixed_precision(precision: str) -> str:
-    """accelerate's name for the recipe's train.precision on this node: "bf16" (autocast;
-    the trainable weights stay fp32) or "no"."""
+def precision_on_node(precision: str) -> str:
+    """What the recipe's train.precision means on this node: "bf16" (autocast; the
+    trainable weights stay fp32) or "fp32"."""
     if precision == "auto":
-        return "bf16" if native_bf16() else "no"
-    return "no" if precision == "fp32" else "bf16"
+        return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's name for `precision_on_node`: "bf16" or "no"."""
+    return "no" if precision_on_node(precision) == "fp32" else "bf16"
 
 
 def native_bf16() -> bool:

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 
 from benchmarks.roofline import TokenMix, flops_per_token, matmul_roofline
-from benchmarks.train_throughput import _lora_rank, _matmul_dtype, _median
+from benchmarks.train_throughput import _lora_rank, _matmul_dtype, _median, with_precision
 from recipes import load_recipe
 
 # SmolLM2-135M's shapes: 30 layers, hidden 576, 9 query and 3 key/value heads of 64, MLP 1536.
@@ -39,8 +39,7 @@ def test_flop_count_refuses_a_lora_on_some_projections_only() -> None:
 def test_the_roofline_runs_in_the_trainers_matmul_dtype() -> None:
     """Under bf16 autocast the trainer's matmuls are bf16, so its roofline is bf16's."""
     recipe = load_recipe("grid-ticket-routing")
-    pinned = {p: recipe.model_copy(update={"train": recipe.train.model_copy(
-        update={"precision": p})}) for p in ("fp32", "bf16")}
+    pinned = {p: with_precision(recipe, p) for p in ("fp32", "bf16")}
     assert _matmul_dtype(pinned["fp32"]) is torch.float32
     assert _matmul_dtype(pinned["bf16"]) is torch.bfloat16
     tiny = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
