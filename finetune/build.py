@@ -32,6 +32,7 @@ from finetune.attention import register as packed_attention
 from finetune.base_model import resolve_base_model
 from finetune.choice_accuracy import Question, gate_choices, questions
 from finetune.data import Example, TokenizedData, collator, load_examples
+from finetune.dropout import use_fast_dropout
 from finetune.labels import task_labels
 from finetune.loss import StepLoss, sft_loss
 from finetune.preference_data import indexed, pair_collator
@@ -92,6 +93,8 @@ def build(spec: TrainingSpec) -> Setup:
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = adapter(model, recipe, spec.init_adapter_dir)
+    if cpu:
+        use_fast_dropout(model)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=recipe.train.learning_rate,
@@ -185,12 +188,16 @@ def _check_qlora_possible() -> None:
 
 
 def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) -> PreTrainedModel:
-    """fp32 weights (autocast as train.precision says), or NF4 4-bit ones for QLoRA;
-    attention per example of a packed row (`finetune.attention`)."""
+    """The frozen weights in the precision train.precision runs in (bf16 ones are half the
+    memory, and autocast need not cast them again at every matmul; the LoRA weights peft adds
+    stay fp32), or NF4 4-bit ones for QLoRA; attention per example of a packed row
+    (`finetune.attention`)."""
     attention = packed_attention()
     if not recipe.lora.quantize_4bit:
-        return AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32,
-                                                    attn_implementation=attention)
+        bf16 = precision_on_node(recipe.train.precision) == "bf16"
+        return AutoModelForCausalLM.from_pretrained(
+            base_model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
+            attn_implementation=attention)
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from finetune import attention as packed
 from finetune.attention import example_bounds, register
 from finetune.data import IGNORE_INDEX, REAL_TOKENS, collator, real_tokens
 from finetune.preference_data import pair_collator
@@ -141,3 +142,37 @@ def test_per_example_attention_leaves_padded_batches_to_sdpa(
         with torch.no_grad():
             outputs.append(model.eval()(**batches.padded).logits)
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+
+
+def test_short_examples_attend_in_fp32_under_bf16_on_amx(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AMX CPU (forced here, so the test runs anywhere) an example shorter than
+    FP32_BELOW runs its attention in fp32 under bf16 autocast, a longer one stays bf16; the
+    row comes back in bf16, the short example exactly its fp32 causal attention, rounded."""
+    monkeypatch.setattr(packed, "_amx", lambda: True)
+    seen: list[torch.dtype] = []
+    sdpa = packed.sdpa_attention_forward
+
+    def spy(module: torch.nn.Module, query: torch.Tensor, *args: object, **kwargs: object
+            ) -> tuple[torch.Tensor, None]:
+        seen.append(query.dtype)
+        return sdpa(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(packed, "sdpa_attention_forward", spy)
+    short, long = 5, packed.FP32_BELOW
+    positions = torch.cat([torch.arange(short), torch.arange(long)])[None]
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(1, heads, short + long, 8, dtype=torch.bfloat16)
+                         for heads in (4, 2, 2))  # as bf16 frozen weights give them
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = 2, True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = packed.packed_sdpa(module, query, key, value, None,
+                                    position_ids=positions, scaling=8 ** -0.5)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert out.dtype == torch.bfloat16 and out.shape == (1, short + long, 4, 8)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, :short].float(), key[:, :, :short].float().repeat_interleave(2, 1),
+        value[:, :, :short].float().repeat_interleave(2, 1), is_causal=True)
+    torch.testing.assert_close(out[0, :short], want[0].transpose(0, 1).bfloat16(),
+                               rtol=0, atol=0)
