@@ -5,8 +5,9 @@
 
 Deliberately ordinary: prompt and completion joined and tokenised with the tokenizer's own
 padding (`max_length`, as the transformers tutorials do, or the collator's dynamic `longest`),
-loss on every real token, same LoRA settings and optimizer as the recipe, bf16 autocast on a
-GPU (and on a CPU with --bf16), fp32 otherwise. Prints one JSON line:
+loss on every real token, same LoRA settings and optimizer as the recipe, bf16 on a GPU (and
+on a CPU with --bf16: the model loaded in bf16 as the PEFT and TRL examples load it, peft's
+LoRA weights in fp32, Trainer's autocast), fp32 otherwise. Prints one JSON line:
 real (non-padding) tokens per second of the training loop and the peak memory.
 """
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--bf16", action="store_true",
-                        help="bf16 autocast on a CPU too (always on a GPU)")
+                        help="bf16 weights and autocast on a CPU too (always on a GPU)")
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -88,7 +89,9 @@ def main() -> None:
                for i, m in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
 
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    bf16 = cuda or args.bf16
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
                                              lora_dropout=0.05, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
@@ -100,7 +103,7 @@ def main() -> None:
             per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
             lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * args.steps),
             logging_steps=10,
-            save_strategy="no", report_to=[], bf16=cuda or args.bf16, use_cpu=not cuda,
+            save_strategy="no", report_to=[], bf16=bf16, use_cpu=not cuda,
             dataloader_num_workers=0, seed=42,
         ),
         train_dataset=dataset,
