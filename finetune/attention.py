@@ -64,19 +64,36 @@ def _amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def _example_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                  value: torch.Tensor, **kwargs: object) -> torch.Tensor:
-    """Causal SDPA over one example's slice; fp32 where bf16 would be slower (see above)."""
-    cpu = query.device.type == "cpu"
-    bf16 = query.dtype == torch.bfloat16 or (
-        cpu and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-    if bf16 and cpu and query.shape[2] < FP32_BELOW and _amx():
-        with torch.autocast("cpu", enabled=False):
-            out = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
-                                         None, is_causal=True, **kwargs)[0]
-        return out.to(torch.bfloat16)
+def _short_in_fp32(query: torch.Tensor) -> bool:
+    """Whether short examples' attention should leave bf16 for fp32 (see above): bf16
+    inputs or bf16 autocast, on an AMX CPU."""
+    if query.device.type != "cpu" or not _amx():
+        return False
+    return query.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def _causal(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+            value: torch.Tensor, kwargs: dict[str, object]) -> torch.Tensor:
     return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
+
+
+def _row(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+         starts: list[int], fp32: bool, kwargs: dict[str, object]) -> torch.Tensor:
+    """One packed row, each example on its own; with `fp32`, the row's queries, keys and
+    values are cast once and the examples shorter than FP32_BELOW read the fp32 copies."""
+    spans = list(pairwise(starts))
+    fp32 = fp32 and any(e - s < FP32_BELOW for s, e in spans)
+    wide = tuple(t.float() for t in (query, key, value)) if fp32 else ()
+    parts = []
+    for s, e in spans:
+        if fp32 and e - s < FP32_BELOW:
+            with torch.autocast("cpu", enabled=False):
+                parts.append(_causal(module, *(t[:, :, s:e] for t in wide), kwargs))
+        else:
+            parts.append(_causal(module, *(t[:, :, s:e] for t in (query, key, value)), kwargs))
+    row = torch.cat(parts, dim=1)  # fp32 beside bf16 parts promotes to fp32
+    return row.to(torch.bfloat16) if fp32 else row
 
 
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -91,14 +108,11 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    rows = []
-    for b, starts in enumerate(bounds):
-        rows.append(torch.cat([
-            _example_sdpa(module, query[b:b + 1, :, s:e], key[b:b + 1, :, s:e],
-                          value[b:b + 1, :, s:e], **kwargs)
-            for s, e in pairwise(starts)
-        ], dim=1))
-    return torch.cat(rows), None
+    fp32 = _short_in_fp32(query)
+    return torch.cat([
+        _row(module, query[b:b + 1], key[b:b + 1], value[b:b + 1], starts, fp32, kwargs)
+        for b, starts in enumerate(bounds)
+    ]), None
 
 
 def register() -> str:
