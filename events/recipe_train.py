@@ -139,7 +139,8 @@ class TrainSection(Closed):
         AUTO, description="auto: bf16 autocast where the training node computes bf16 "
         "natively (a CUDA GPU with bf16; a CPU with AVX-512 BF16 or AMX), fp32 elsewhere. "
         "fp32: full precision everywhere. bf16: autocast everywhere (slow on CPUs without "
-        "bf16 instructions). The adapter's weights and the optimizer state stay fp32.",
+        "bf16 instructions). Under bf16 the frozen base weights are held in bf16; the "
+        "adapter's weights and the optimizer state stay fp32.",
     )
     checkpoint_steps: Annotated[int, Field(ge=1), NUMBER, Tag("int")] | None = Field(
         100, description="Resumable checkpoint every N optimizer steps; None: only on "
