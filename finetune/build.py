@@ -176,10 +176,11 @@ def adapter(model: PreTrainedModel, recipe: Recipe, init_dir: str | None) -> Pef
 def _lora_inputs_stay_bf16(model: PeftModel) -> None:
     """peft casts each adapter's input to its fp32 weights' dtype; under autocast the matmul
     casts it straight back, so over bf16 frozen weights that is two full copies of every
-    adapted projection's input per step, and the dropout mask drawn in fp32 (8 % of a step
-    on the shipped recipe, 24 % on the variable-length set). Every forward pass runs under
-    autocast (accelerate wraps the model's; the accuracy check enters it), which casts the
-    weights instead. peft's own switch (`peft.helpers.disable_input_dtype_casting`)."""
+    adapted projection's input per step, and the dropout applied in fp32 (leaving the input
+    in bf16 made a step 1.08x faster on the shipped recipe, 1.24x on the variable-length
+    set). Every forward pass runs under autocast (accelerate wraps the model's; the accuracy
+    check enters it), which casts the small LoRA weights instead. The attribute is the one
+    peft's `helpers.disable_input_dtype_casting` sets."""
     for module in model.modules():
         if hasattr(module, "cast_input_dtype_enabled"):
             module.cast_input_dtype_enabled = False
