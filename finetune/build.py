@@ -95,8 +95,8 @@ def build(spec: TrainingSpec) -> Setup:
     model = adapter(model, recipe, spec.init_adapter_dir)
     if cpu:
         use_fast_dropout(model)
-    if mixed_precision(recipe.train.precision) == "bf16" and not recipe.lora.quantize_4bit:
-        _lora_inputs_stay_bf16(model)
+    if accelerator.mixed_precision == "bf16" and not recipe.lora.quantize_4bit:
+        _lora_inputs_stay_bf16(model)  # over the bf16 weights _base_model loaded
     optimizer = torch.optim.AdamW(  # fused: one kernel over LoRA's 420 small tensors
         [p for p in model.parameters() if p.requires_grad],  # (6.6 against 24.8 ms a step)
         lr=recipe.train.learning_rate,
@@ -210,7 +210,7 @@ def _base_model(base_model_dir: Path, recipe: Recipe, accelerator: Accelerator) 
     (`finetune.attention`)."""
     attention = packed_attention()
     if not recipe.lora.quantize_4bit:
-        bf16 = precision_on_node(recipe.train.precision) == "bf16"
+        bf16 = accelerator.mixed_precision == "bf16"  # train.precision as this node resolved it
         return AutoModelForCausalLM.from_pretrained(
             base_model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
             attn_implementation=attention)
